@@ -1,0 +1,46 @@
+//! sockit: a socket toolkit — TCP and UDP servers, clients, message framing and a load
+//! generator, in one library with a thin binary on top.
+//!
+//! ```no_run
+//! use sockit::{Echo, Server, ServerConfig};
+//! use tokio_util::sync::CancellationToken;
+//!
+//! # async fn demo() -> std::io::Result<()> {
+//! let server = Server::bind("127.0.0.1:0".parse().unwrap(), ServerConfig::default(), Echo).await?;
+//! println!("listening on {}", server.local_addr());
+//! server.run(CancellationToken::new()).await;
+//! # Ok(()) }
+//! ```
+//!
+//! # Layout
+//!
+//! - [`codec`]: framings (`raw`, `line`, `lenN[le]`, `header[le]`), each bounded.
+//! - [`message`]: [`Message`] and its optional JSON [`Header`].
+//! - [`service`]: the [`Service`]/[`Session`] interface and the services (`echo`, `ack`).
+//! - [`transport`]: tokio drivers running a session over a framed stream or over UDP.
+//! - [`server`]: bind, accept loop, connection limit, graceful shutdown.
+//! - [`client`]: `sockit connect`.
+//! - [`bench`]: `sockit bench`, the load generator.
+//! - [`net`]: host/port parsing and name resolution.
+//! - [`error`]: the library's error enums.
+//!
+//! A new service is a [`Service`] + [`Session`] pair in `service/`; a new stream transport
+//! implements [`transport::Stream`] and reuses [`transport::tcp::serve_connection`].
+
+pub mod bench;
+pub mod client;
+pub mod codec;
+pub mod error;
+pub mod message;
+pub mod net;
+pub mod server;
+pub mod service;
+pub mod transport;
+
+pub use codec::{FrameCodec, Framing, Limits};
+pub use error::{CodecError, ConfigError};
+pub use message::{Header, Message};
+pub use server::{Server, ServerConfig, ServerReport};
+pub use service::{
+    Ack, ConnHandle, Echo, Outbox, PeerInfo, Service, ServiceKind, Session, Transport,
+};

@@ -1,0 +1,382 @@
+//! The server: binds, accepts, caps the number of connections, spawns one task per connection,
+//! and shuts down gracefully.
+//!
+//! The accept loop never waits on a client: a connection over the limit is refused with one
+//! non-blocking write and closed; an accept error such as running out of file descriptors is
+//! logged and retried with backoff instead of spinning or exiting. On shutdown the listener is
+//! closed first, then every connection finishes the replies it owes and closes, within a grace
+//! period.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::codec::Encoder;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::codec::{FrameCodec, Framing, Limits};
+use crate::message::Message;
+use crate::service::{PeerInfo, Service, Transport};
+use crate::transport::tcp::{ConnSettings, serve_connection};
+use crate::transport::udp::{DEFAULT_PEER_IDLE, UdpReport, UdpSettings, serve_udp};
+
+/// Address `sockit serve` binds when none is given.
+pub const DEFAULT_HOST: &str = "127.0.0.1";
+/// Port `sockit serve` binds when none is given.
+pub const DEFAULT_PORT: u16 = 9000;
+/// Default cap on concurrent connections (TCP) or peers (UDP).
+pub const DEFAULT_MAX_CONNS: usize = 10_000;
+/// Default frame (and write) stall timeout.
+pub const DEFAULT_FRAME_TIMEOUT: Duration = Duration::from_secs(30);
+/// Listen backlog requested from the kernel (which caps it at `net.core.somaxconn`).
+const LISTEN_BACKLOG: u32 = 4096;
+const MIN_BACKOFF: Duration = Duration::from_millis(5);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Everything that shapes a server except the address and the service.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// TCP or UDP.
+    pub transport: Transport,
+    /// Framing of TCP streams (UDP datagrams are always whole messages).
+    pub framing: Framing,
+    /// Size limits for the codecs.
+    pub limits: Limits,
+    /// Maximum concurrent TCP connections, or UDP peers with a session.
+    pub max_conns: usize,
+    /// Close connections (forget UDP peers) silent for this long.
+    pub idle_timeout: Option<Duration>,
+    /// Close connections whose unfinished frame stalls for this long.
+    pub frame_timeout: Option<Duration>,
+    /// How long connections get to finish after shutdown starts.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            transport: Transport::Tcp,
+            framing: Framing::Line,
+            limits: Limits::default(),
+            max_conns: DEFAULT_MAX_CONNS,
+            idle_timeout: None,
+            frame_timeout: Some(DEFAULT_FRAME_TIMEOUT),
+            shutdown_grace: Duration::from_secs(4),
+        }
+    }
+}
+
+/// Totals of a finished server run.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ServerReport {
+    /// TCP connections accepted and served.
+    pub connections: u64,
+    /// TCP connections refused because of the connection limit.
+    pub refused: u64,
+    /// Connections still open when the grace period ran out.
+    pub abandoned: u64,
+    /// UDP totals, for a UDP server.
+    pub udp: Option<UdpReport>,
+}
+
+#[derive(Debug)]
+enum Listener {
+    Tcp(TcpListener),
+    Udp(UdpSocket),
+}
+
+/// A bound server, ready to [`Server::run`].
+#[derive(Debug)]
+pub struct Server<S> {
+    listener: Listener,
+    local: SocketAddr,
+    config: ServerConfig,
+    service: Arc<S>,
+}
+
+impl<S: Service> Server<S> {
+    /// Binds `addr` (port 0 picks a free port; see [`Server::local_addr`]).
+    pub async fn bind(addr: SocketAddr, config: ServerConfig, service: S) -> io::Result<Self> {
+        let listener = match config.transport {
+            Transport::Tcp => {
+                let socket = if addr.is_ipv4() {
+                    TcpSocket::new_v4()?
+                } else {
+                    TcpSocket::new_v6()?
+                };
+                socket.set_reuseaddr(true)?;
+                socket.bind(addr)?;
+                Listener::Tcp(socket.listen(LISTEN_BACKLOG)?)
+            }
+            Transport::Udp => Listener::Udp(UdpSocket::bind(addr).await?),
+        };
+        let local = match &listener {
+            Listener::Tcp(l) => l.local_addr()?,
+            Listener::Udp(s) => s.local_addr()?,
+        };
+        Ok(Server {
+            listener,
+            local,
+            config,
+            service: Arc::new(service),
+        })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ServerConfig {
+        &self.config
+    }
+
+    /// Serves until `shutdown` is cancelled, then closes gracefully.
+    pub async fn run(self, shutdown: CancellationToken) -> ServerReport {
+        match self.listener {
+            Listener::Tcp(listener) => run_tcp(listener, self.service, self.config, shutdown).await,
+            Listener::Udp(socket) => {
+                let settings = UdpSettings {
+                    quit_words: self.service.quit_words(),
+                    peer_idle: self.config.idle_timeout.unwrap_or(DEFAULT_PEER_IDLE),
+                    max_peers: self.config.max_conns,
+                };
+                let udp = serve_udp(socket, self.service, settings, shutdown).await;
+                ServerReport {
+                    udp: Some(udp),
+                    ..ServerReport::default()
+                }
+            }
+        }
+    }
+}
+
+/// Errors from `accept` that concern only the connection being accepted.
+fn is_per_connection(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+            | io::ErrorKind::PermissionDenied
+    ) || e.raw_os_error() == Some(libc::EPROTO)
+}
+
+async fn run_tcp<S: Service>(
+    listener: TcpListener,
+    service: Arc<S>,
+    config: ServerConfig,
+    shutdown: CancellationToken,
+) -> ServerReport {
+    let limit = Arc::new(Semaphore::new(config.max_conns));
+    let tracker = TaskTracker::new();
+    let settings = Arc::new(ConnSettings {
+        quit_words: service.quit_words(),
+        idle_timeout: config.idle_timeout,
+        frame_timeout: config.frame_timeout,
+        ..ConnSettings::default()
+    });
+    let mut report = ServerReport::default();
+    let mut refusals = RateLimited::new(Duration::from_secs(1));
+    let mut backoff = MIN_BACKOFF;
+
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, addr)) => {
+                backoff = MIN_BACKOFF;
+                match limit.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        report.connections += 1;
+                        let conn = Connection {
+                            id: report.connections,
+                            addr,
+                            codec: FrameCodec::new(config.framing, config.limits),
+                            service: service.clone(),
+                            settings: settings.clone(),
+                            shutdown: shutdown.clone(),
+                            _permit: permit,
+                        };
+                        tracker.spawn(conn.run(stream));
+                    }
+                    Err(_) => {
+                        report.refused += 1;
+                        refuse(&stream, &config);
+                        if let Some(n) = refusals.hit() {
+                            warn!(
+                                "refused {n} connection(s) (latest from {addr}): limit of {} reached",
+                                config.max_conns
+                            );
+                        }
+                    }
+                }
+            }
+            Err(e) if is_per_connection(&e) => debug!("accept: {e}"),
+            Err(e) => {
+                warn!("accept failed: {e}; retrying in {backoff:?}");
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+
+    drop(listener);
+    tracker.close();
+    if !tracker.is_empty() {
+        info!("shutting down: closing {} connection(s)", tracker.len());
+    }
+    if tokio::time::timeout(config.shutdown_grace, tracker.wait())
+        .await
+        .is_err()
+    {
+        report.abandoned = tracker.len() as u64;
+        warn!(
+            "{} connection(s) did not close within {:?}; abandoning them",
+            report.abandoned, config.shutdown_grace
+        );
+    }
+    report
+}
+
+/// One accepted connection and what its task needs.
+struct Connection<S> {
+    id: u64,
+    addr: SocketAddr,
+    codec: FrameCodec,
+    service: Arc<S>,
+    settings: Arc<ConnSettings>,
+    shutdown: CancellationToken,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl<S: Service> Connection<S> {
+    async fn run(self, stream: TcpStream) {
+        let addr = self.addr;
+        info!("connect from {addr} (#{})", self.id);
+        // Replies are small and interactive: do not hold them back for coalescing.
+        let _ = stream.set_nodelay(true);
+        let peer = PeerInfo {
+            id: self.id,
+            addr,
+            transport: Transport::Tcp,
+        };
+        let session = self.service.open(&peer);
+        let report = serve_connection(
+            stream,
+            self.codec,
+            session,
+            addr,
+            &self.settings,
+            &self.shutdown,
+        )
+        .await;
+        if report.reason.is_error() {
+            warn!("disconnect {addr} (#{}): {report}", self.id);
+        } else {
+            info!("disconnect {addr} (#{}): {report}", self.id);
+        }
+    }
+}
+
+/// Tells a connection over the limit why it is being closed, without ever waiting on it.
+fn refuse(stream: &TcpStream, config: &ServerConfig) {
+    let mut text = format!(
+        "error: server busy ({} connections open), try again later",
+        config.max_conns
+    );
+    if config.framing == Framing::Raw {
+        text.push('\n');
+    }
+    let mut buf = BytesMut::new();
+    let mut codec = FrameCodec::new(config.framing, config.limits);
+    if codec.encode(&Message::text(text), &mut buf).is_ok() {
+        let _ = stream.try_write(&buf);
+    }
+}
+
+/// Counts events and says when to log them: at most once per period.
+#[derive(Debug)]
+pub(crate) struct RateLimited {
+    period: Duration,
+    last: Option<Instant>,
+    pending: u64,
+}
+
+impl RateLimited {
+    pub(crate) fn new(period: Duration) -> Self {
+        RateLimited {
+            period,
+            last: None,
+            pending: 0,
+        }
+    }
+
+    /// Records one event; returns how many happened since the last log if it is time to log.
+    pub(crate) fn hit(&mut self) -> Option<u64> {
+        self.pending += 1;
+        let now = Instant::now();
+        match self.last {
+            Some(last) if now.duration_since(last) < self.period => None,
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.pending))
+            }
+        }
+    }
+}
+
+/// Raises this process's soft limit on open files to its hard limit, so a server can hold as
+/// many connections as the system allows. Returns the new soft limit.
+pub fn raise_fd_limit() -> io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            lim = raised;
+        }
+    }
+    #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every platform
+    Ok(lim.rlim_cur as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limited_logs_first_event_then_batches() {
+        let mut r = RateLimited::new(Duration::from_secs(3600));
+        assert_eq!(r.hit(), Some(1));
+        assert_eq!(r.hit(), None);
+        assert_eq!(r.hit(), None);
+        r.last = Some(Instant::now() - Duration::from_secs(7200));
+        assert_eq!(r.hit(), Some(3));
+    }
+}

@@ -1,0 +1,323 @@
+//! Services: what a server does with the messages of one connection, independent of transport.
+//!
+//! A [`Service`] opens one [`Session`] per TCP connection or per UDP peer. The session sees
+//! messages (already framed) and an [`Outbox`]; it never sees a socket. Replies go into the
+//! outbox; a session that needs to speak later (a chat room relaying someone else's line) asks
+//! the outbox for a [`ConnHandle`], which can be cloned and used from any task. The same session
+//! code therefore runs over TCP with any framing and over UDP.
+//!
+//! Adding a service: implement [`Service`] and [`Session`] in a new module here, then give it a
+//! name in [`ServiceKind`].
+
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::str::FromStr;
+
+use tokio::sync::mpsc;
+
+use crate::message::Message;
+
+pub mod ack;
+pub mod echo;
+
+pub use ack::Ack;
+pub use echo::Echo;
+
+/// How many pushed messages may wait for one TCP connection before pushers get
+/// [`PushError::Full`].
+pub const PUSH_QUEUE: usize = 1024;
+
+/// The transport a session runs over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Transport {
+    /// A TCP connection, framed.
+    Tcp,
+    /// UDP datagrams from one peer address.
+    Udp,
+}
+
+impl fmt::Display for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Transport::Tcp => "tcp",
+            Transport::Udp => "udp",
+        })
+    }
+}
+
+/// Who a session is talking to.
+#[derive(Clone, Debug)]
+pub struct PeerInfo {
+    /// Server-unique number of this connection or peer, in order of arrival.
+    pub id: u64,
+    /// The remote address.
+    pub addr: SocketAddr,
+    /// The transport.
+    pub transport: Transport,
+}
+
+/// A kind of server behaviour. One value is shared by every connection.
+pub trait Service: Send + Sync + 'static {
+    /// Per-connection (per-peer for UDP) state.
+    type Session: Session;
+
+    /// Opens the session for a new connection or UDP peer.
+    fn open(&self, peer: &PeerInfo) -> Self::Session;
+
+    /// Whether a message that is exactly `bye` or `quit` ends the connection (answered `bye`)
+    /// before the session sees it. Services that carry arbitrary payloads turn this off.
+    fn quit_words(&self) -> bool {
+        true
+    }
+}
+
+/// The state and behaviour of one connection.
+pub trait Session: Send + 'static {
+    /// Called once before the first message; may queue a greeting.
+    fn on_open(&mut self, out: &mut Outbox) -> impl Future<Output = ()> + Send {
+        let _ = out;
+        async {}
+    }
+
+    /// Called for each message, in order. The next message is not read until this finishes,
+    /// which is what gives a slow service back-pressure instead of an unbounded queue.
+    fn on_message(&mut self, msg: Message, out: &mut Outbox) -> impl Future<Output = ()> + Send;
+
+    /// Called once when the connection ends, for whatever reason.
+    fn on_close(&mut self) {}
+}
+
+/// A message or instruction pushed to a connection from outside its own task.
+#[derive(Debug)]
+pub enum Push {
+    /// Send this message.
+    Message(Message),
+    /// Close the connection after what was queued before.
+    Close,
+}
+
+/// Why a push did not reach its connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PushError {
+    /// The connection's queue is full: it is not reading fast enough.
+    #[error("connection's outgoing queue is full")]
+    Full,
+    /// The connection is gone.
+    #[error("connection is closed")]
+    Closed,
+}
+
+#[derive(Clone, Debug)]
+enum HandleTarget {
+    /// A TCP connection's own queue.
+    Direct(mpsc::Sender<Push>),
+    /// The UDP server's shared queue, tagged with the peer address.
+    Tagged(mpsc::Sender<(SocketAddr, Push)>),
+}
+
+/// A cloneable, `Send` handle that pushes messages to one connection from any task.
+#[derive(Clone, Debug)]
+pub struct ConnHandle {
+    target: HandleTarget,
+    peer: SocketAddr,
+}
+
+impl ConnHandle {
+    /// The remote address of the connection.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// Queues `msg` without waiting; fails if the queue is full or the connection is gone.
+    pub fn try_send(&self, msg: Message) -> Result<(), PushError> {
+        self.try_push(Push::Message(msg))
+    }
+
+    /// Queues `msg`, waiting for room in the queue.
+    pub async fn send(&self, msg: Message) -> Result<(), PushError> {
+        let sent = match &self.target {
+            HandleTarget::Direct(tx) => tx.send(Push::Message(msg)).await.is_ok(),
+            HandleTarget::Tagged(tx) => tx.send((self.peer, Push::Message(msg))).await.is_ok(),
+        };
+        if sent { Ok(()) } else { Err(PushError::Closed) }
+    }
+
+    /// Asks the connection to close once what is already queued has been sent.
+    pub fn close(&self) -> Result<(), PushError> {
+        self.try_push(Push::Close)
+    }
+
+    /// Whether the connection has gone away.
+    pub fn is_closed(&self) -> bool {
+        match &self.target {
+            HandleTarget::Direct(tx) => tx.is_closed(),
+            HandleTarget::Tagged(tx) => tx.is_closed(),
+        }
+    }
+
+    fn try_push(&self, push: Push) -> Result<(), PushError> {
+        use mpsc::error::TrySendError;
+        let result = match &self.target {
+            HandleTarget::Direct(tx) => tx
+                .try_send(push)
+                .map_err(|e| matches!(e, TrySendError::Full(_))),
+            HandleTarget::Tagged(tx) => tx
+                .try_send((self.peer, push))
+                .map_err(|e| matches!(e, TrySendError::Full(_))),
+        };
+        result.map_err(|full| {
+            if full {
+                PushError::Full
+            } else {
+                PushError::Closed
+            }
+        })
+    }
+}
+
+#[derive(Debug)]
+enum PushSource {
+    /// TCP: the channel is created the first time a session asks for a handle, so connections
+    /// whose service never pushes pay nothing for it.
+    /// The sender is kept to clone further handles from; the receiver is polled by the driver.
+    Lazy(Option<(mpsc::Sender<Push>, mpsc::Receiver<Push>)>),
+    /// UDP: one channel for the whole socket, owned by the UDP driver.
+    Shared(mpsc::Sender<(SocketAddr, Push)>),
+}
+
+/// What a session writes to: replies in order, a close request, and push handles.
+#[derive(Debug)]
+pub struct Outbox {
+    queue: Vec<Message>,
+    closing: bool,
+    peer: SocketAddr,
+    push: PushSource,
+}
+
+impl Outbox {
+    /// An outbox for one TCP connection (or any stream) with `peer` at the other end.
+    pub(crate) fn for_stream(peer: SocketAddr) -> Self {
+        Outbox {
+            queue: Vec::new(),
+            closing: false,
+            peer,
+            push: PushSource::Lazy(None),
+        }
+    }
+
+    /// An outbox shared by the peers of one UDP socket; see [`Outbox::set_peer`].
+    pub(crate) fn for_datagrams(
+        pushes: mpsc::Sender<(SocketAddr, Push)>,
+        peer: SocketAddr,
+    ) -> Self {
+        Outbox {
+            queue: Vec::new(),
+            closing: false,
+            peer,
+            push: PushSource::Shared(pushes),
+        }
+    }
+
+    /// Queues a message for this connection.
+    pub fn send(&mut self, msg: Message) {
+        self.queue.push(msg);
+    }
+
+    /// Closes the connection once the queued messages are sent.
+    pub fn close(&mut self) {
+        self.closing = true;
+    }
+
+    /// Whether [`Outbox::close`] was called.
+    pub fn is_closing(&self) -> bool {
+        self.closing
+    }
+
+    /// The remote address of this connection.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// A handle through which any task can push messages to this connection later.
+    pub fn handle(&mut self) -> ConnHandle {
+        let target = match &mut self.push {
+            PushSource::Lazy(slot) => {
+                let (tx, _) = slot.get_or_insert_with(|| mpsc::channel(PUSH_QUEUE));
+                HandleTarget::Direct(tx.clone())
+            }
+            PushSource::Shared(tx) => HandleTarget::Tagged(tx.clone()),
+        };
+        ConnHandle {
+            target,
+            peer: self.peer,
+        }
+    }
+
+    pub(crate) fn set_peer(&mut self, peer: SocketAddr) {
+        self.peer = peer;
+        self.closing = false;
+    }
+
+    /// Takes the queued messages, leaving the queue's allocation for reuse.
+    pub(crate) fn drain(&mut self) -> std::vec::Drain<'_, Message> {
+        self.queue.drain(..)
+    }
+
+    /// Frees the queue's memory while the connection is idle.
+    pub(crate) fn release_idle(&mut self) {
+        if self.queue.is_empty() && self.queue.capacity() > 0 {
+            self.queue = Vec::new();
+        }
+    }
+
+    /// The next pushed message, or never if no handle was ever made.
+    pub(crate) async fn next_push(&mut self) -> Push {
+        match &mut self.push {
+            // The outbox holds a sender itself, so `recv` never reports a closed channel.
+            PushSource::Lazy(Some((_, rx))) => match rx.recv().await {
+                Some(push) => push,
+                None => std::future::pending().await,
+            },
+            _ => std::future::pending().await,
+        }
+    }
+}
+
+/// The services `sockit serve --service` can run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ServiceKind {
+    /// [`Echo`]: every message back unchanged.
+    Echo,
+    /// [`Ack`]: a timestamped receipt for every message.
+    Ack,
+}
+
+impl ServiceKind {
+    /// Every accepted `--service` name.
+    pub const NAMES: &'static [&'static str] = &["echo", "ack"];
+}
+
+impl fmt::Display for ServiceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ServiceKind::Echo => "echo",
+            ServiceKind::Ack => "ack",
+        })
+    }
+}
+
+impl FromStr for ServiceKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "echo" => Ok(ServiceKind::Echo),
+            "ack" => Ok(ServiceKind::Ack),
+            _ => Err(format!(
+                "unknown service '{s}' (expected one of: {})",
+                Self::NAMES.join(", ")
+            )),
+        }
+    }
+}

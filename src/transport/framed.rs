@@ -1,0 +1,269 @@
+//! A stream with a codec and two buffers that are allocated only while they hold data.
+//!
+//! Like mini-redis's `Connection`, it reads into a buffer and decodes frames out of it; unlike
+//! it, the read buffer is created when the socket becomes readable and dropped again when it is
+//! empty, and the write buffer is dropped once flushed. An idle connection therefore costs no
+//! buffer memory at all, which is what lets one process hold tens of thousands of them.
+
+use std::future::poll_fn;
+use std::io;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::codec::{Decoder, Encoder};
+
+use crate::codec::FrameCodec;
+use crate::error::CodecError;
+use crate::message::Message;
+use crate::transport::Stream;
+
+/// Size of a freshly allocated read buffer.
+pub const INITIAL_READ: usize = 8 * 1024;
+/// Below this much free space the read buffer grows (by doubling) before the next read.
+const MIN_SPARE: usize = 1024;
+
+/// A [`Stream`] that reads and writes [`Message`]s through a [`FrameCodec`].
+#[derive(Debug)]
+pub struct FramedStream<S> {
+    io: S,
+    codec: FrameCodec,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    eof: bool,
+    bytes_in: u64,
+    bytes_out: u64,
+}
+
+impl<S: Stream> FramedStream<S> {
+    /// Wraps `io`; no buffer is allocated yet.
+    pub fn new(io: S, codec: FrameCodec) -> Self {
+        FramedStream {
+            io,
+            codec,
+            rbuf: BytesMut::new(),
+            wbuf: BytesMut::new(),
+            eof: false,
+            bytes_in: 0,
+            bytes_out: 0,
+        }
+    }
+
+    /// The underlying stream.
+    pub fn get_ref(&self) -> &S {
+        &self.io
+    }
+
+    /// The underlying stream, mutably. Reading from it directly bypasses the buffer.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.io
+    }
+
+    /// The codec.
+    pub fn codec(&self) -> &FrameCodec {
+        &self.codec
+    }
+
+    /// Decodes one message from bytes already received; after end of stream, the codec's
+    /// end-of-stream rules apply (a partial frame is then an error).
+    pub fn decode(&mut self) -> Result<Option<Message>, CodecError> {
+        if self.eof {
+            self.codec.decode_eof(&mut self.rbuf)
+        } else {
+            self.codec.decode(&mut self.rbuf)
+        }
+    }
+
+    /// Reads more bytes, waiting until some arrive. Returns how many; 0 means end of stream.
+    pub async fn fill(&mut self) -> io::Result<usize> {
+        if self.rbuf.capacity() == 0 {
+            // Allocate only once there is something to read.
+            poll_fn(|cx| self.io.poll_read_ready(cx)).await?;
+            self.rbuf.reserve(INITIAL_READ);
+        } else if self.rbuf.capacity() - self.rbuf.len() < MIN_SPARE {
+            self.rbuf.reserve(self.rbuf.len().max(INITIAL_READ));
+        }
+        let n = self.io.read_buf(&mut self.rbuf).await?;
+        if n == 0 {
+            self.eof = true;
+        }
+        self.bytes_in += n as u64;
+        Ok(n)
+    }
+
+    /// Reads the next message. `Ok(None)` is a clean end of stream; end of stream inside a
+    /// frame is [`CodecError::Truncated`].
+    pub async fn read_message(&mut self) -> Result<Option<Message>, CodecError> {
+        loop {
+            if let Some(msg) = self.decode()? {
+                return Ok(Some(msg));
+            }
+            if self.eof {
+                return Ok(None);
+            }
+            self.fill().await?;
+        }
+    }
+
+    /// Whether the peer has closed its side.
+    pub fn is_eof(&self) -> bool {
+        self.eof
+    }
+
+    /// Whether part of a frame is buffered (every codec consumes nothing until a frame is
+    /// complete, so any buffered byte belongs to an unfinished frame).
+    pub fn has_partial_frame(&self) -> bool {
+        !self.rbuf.is_empty()
+    }
+
+    /// Encodes `msg` into the write buffer; nothing is sent until [`FramedStream::flush`].
+    pub fn queue(&mut self, msg: &Message) -> Result<(), CodecError> {
+        self.codec.encode(msg, &mut self.wbuf)
+    }
+
+    /// Bytes encoded but not yet written.
+    pub fn pending_write(&self) -> usize {
+        self.wbuf.len()
+    }
+
+    /// Writes everything queued. With `stall`, a write that makes no progress for that long
+    /// fails with [`io::ErrorKind::TimedOut`] (a peer that stopped reading).
+    pub async fn flush(&mut self, stall: Option<Duration>) -> io::Result<()> {
+        while !self.wbuf.is_empty() {
+            let write = self.io.write(&self.wbuf);
+            let n = match stall {
+                Some(limit) => tokio::time::timeout(limit, write).await.map_err(|_| {
+                    io::Error::new(io::ErrorKind::TimedOut, "peer stopped reading")
+                })??,
+                None => write.await?,
+            };
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            self.wbuf.advance(n);
+            self.bytes_out += n as u64;
+        }
+        self.io.flush().await
+    }
+
+    /// Queues and flushes one message.
+    pub async fn send(&mut self, msg: &Message) -> Result<(), CodecError> {
+        self.queue(msg)?;
+        self.flush(None).await?;
+        Ok(())
+    }
+
+    /// Frees both buffers if they are empty; call before waiting for the peer.
+    pub fn release_idle(&mut self) {
+        if self.rbuf.is_empty() && self.rbuf.capacity() > 0 {
+            self.rbuf = BytesMut::new();
+        }
+        if self.wbuf.is_empty() && self.wbuf.capacity() > 0 {
+            self.wbuf = BytesMut::new();
+        }
+    }
+
+    /// Bytes read so far.
+    pub fn bytes_in(&self) -> u64 {
+        self.bytes_in
+    }
+
+    /// Bytes written so far.
+    pub fn bytes_out(&self) -> u64 {
+        self.bytes_out
+    }
+
+    /// Closes the write side, then reads and discards what the peer still sends for up to
+    /// `linger` (at most 1 MiB), so that closing does not reset the connection and destroy the
+    /// last reply before the peer has read it.
+    pub async fn close_gracefully(&mut self, linger: Duration) {
+        let _ = self.io.shutdown().await;
+        if self.eof {
+            return;
+        }
+        self.rbuf.clear();
+        let drain = async {
+            let mut discarded = 0usize;
+            while discarded < 1024 * 1024 {
+                self.rbuf.clear();
+                if self.rbuf.capacity() < INITIAL_READ {
+                    self.rbuf.reserve(INITIAL_READ);
+                }
+                match self.io.read_buf(&mut self.rbuf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => discarded += n,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(linger, drain).await;
+        self.rbuf = BytesMut::new();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{Framing, Limits};
+
+    fn line_codec() -> FrameCodec {
+        FrameCodec::new(Framing::Line, Limits::default())
+    }
+
+    #[tokio::test]
+    async fn buffers_are_released_once_empty() {
+        let (a, mut b) = tokio::io::duplex(64);
+        let mut framed = FramedStream::new(a, line_codec());
+        b.write_all(b"hi\n").await.unwrap();
+        let msg = framed.read_message().await.unwrap().unwrap();
+        framed.queue(&msg).unwrap();
+        framed.flush(None).await.unwrap();
+        assert!(framed.rbuf.capacity() > 0);
+        framed.release_idle();
+        assert_eq!((framed.rbuf.capacity(), framed.wbuf.capacity()), (0, 0));
+        let mut got = [0u8; 3];
+        b.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"hi\n");
+    }
+
+    #[tokio::test]
+    async fn a_frame_larger_than_the_initial_buffer_is_read_whole() {
+        let (a, mut b) = tokio::io::duplex(1 << 16);
+        let codec = FrameCodec::new("len32".parse().unwrap(), Limits::default());
+        let mut framed = FramedStream::new(a, codec);
+        let body = vec![7u8; 100_000];
+        tokio::spawn(async move {
+            b.write_all(&(body.len() as u32).to_be_bytes())
+                .await
+                .unwrap();
+            b.write_all(&body).await.unwrap();
+        });
+        let msg = framed.read_message().await.unwrap().unwrap();
+        assert_eq!(msg.len(), 100_000);
+        assert!(framed.read_message().await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn eof_inside_a_frame_is_reported_as_truncated() {
+        let (a, mut b) = tokio::io::duplex(64);
+        let codec = FrameCodec::new("len16".parse().unwrap(), Limits::default());
+        let mut framed = FramedStream::new(a, codec);
+        b.write_all(b"\x00\x05ab").await.unwrap();
+        drop(b);
+        assert!(matches!(
+            framed.read_message().await,
+            Err(CodecError::Truncated { buffered: 4 })
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_write_to_a_peer_that_never_reads_times_out() {
+        let (a, _b) = tokio::io::duplex(16);
+        let mut framed = FramedStream::new(a, line_codec());
+        framed.queue(&Message::new(vec![b'x'; 1000])).unwrap();
+        let err = framed
+            .flush(Some(Duration::from_millis(50)))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    }
+}

@@ -1,0 +1,268 @@
+//! Runs one [`Session`] over one framed stream: decode, hand to the session, send its replies,
+//! relay pushes from other tasks, enforce the idle and frame timeouts, and stop cleanly on
+//! shutdown.
+//!
+//! Replies to every message already buffered are encoded before anything is written, so a
+//! client that pipelines a hundred requests gets its hundred replies in one write, while a
+//! ping-pong client costs exactly one read and one write per message.
+
+use std::fmt;
+use std::io;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::codec::FrameCodec;
+use crate::error::CodecError;
+use crate::message::Message;
+use crate::service::{Outbox, Push, Session};
+use crate::transport::{FramedStream, Stream};
+
+/// Encoded replies beyond this many bytes are written before more requests are decoded,
+/// bounding the write buffer of a client that pipelines without reading.
+const WRITE_BATCH: usize = 256 * 1024;
+/// How long the last replies and a closing notice may take to go out.
+const FINAL_FLUSH: Duration = Duration::from_secs(2);
+
+/// Per-connection policy, shared by every connection of a server.
+#[derive(Clone, Debug)]
+pub struct ConnSettings {
+    /// Answer `bye`/`quit` with `bye` and close.
+    pub quit_words: bool,
+    /// Close a connection that sends nothing for this long.
+    pub idle_timeout: Option<Duration>,
+    /// Close a connection whose unfinished frame (or whose unread replies) make no progress
+    /// for this long.
+    pub frame_timeout: Option<Duration>,
+    /// After closing our side, how long to keep draining what the peer still sends, so the
+    /// last reply is not destroyed by a reset.
+    pub linger: Duration,
+}
+
+impl Default for ConnSettings {
+    fn default() -> Self {
+        ConnSettings {
+            quit_words: true,
+            idle_timeout: None,
+            frame_timeout: Some(Duration::from_secs(30)),
+            linger: Duration::from_millis(500),
+        }
+    }
+}
+
+/// Why a connection ended.
+#[derive(Debug)]
+pub enum CloseReason {
+    /// The peer closed its side at a frame boundary.
+    PeerClosed,
+    /// The peer sent a quit word.
+    Quit,
+    /// The session asked to close.
+    ServiceClosed,
+    /// No input for the idle timeout.
+    IdleTimeout(Duration),
+    /// An unfinished frame made no progress for the frame timeout.
+    FrameTimeout(Duration),
+    /// The peer broke the framing (oversized, malformed, truncated).
+    Protocol(CodecError),
+    /// The socket failed (reset, or a peer that stopped reading).
+    Io(io::Error),
+    /// The server is shutting down.
+    Shutdown,
+}
+
+impl CloseReason {
+    /// Whether this is the peer's fault (worth a warning in the log).
+    pub fn is_error(&self) -> bool {
+        matches!(
+            self,
+            CloseReason::Protocol(_) | CloseReason::FrameTimeout(_) | CloseReason::Io(_)
+        )
+    }
+
+    /// The line sent to the peer before closing, where there is something to explain.
+    fn notice(&self) -> Option<String> {
+        match self {
+            CloseReason::Protocol(e) => Some(format!("error: {e}")),
+            CloseReason::IdleTimeout(d) => Some(format!(
+                "error: idle timeout ({}s without a message)",
+                d.as_secs_f64()
+            )),
+            CloseReason::FrameTimeout(d) => Some(format!(
+                "error: frame timeout (unfinished frame stalled for {}s)",
+                d.as_secs_f64()
+            )),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CloseReason::PeerClosed => f.write_str("client closed"),
+            CloseReason::Quit => f.write_str("client said bye"),
+            CloseReason::ServiceClosed => f.write_str("closed by service"),
+            CloseReason::IdleTimeout(d) => write!(f, "idle timeout after {}s", d.as_secs_f64()),
+            CloseReason::FrameTimeout(d) => {
+                write!(f, "frame stalled for {}s", d.as_secs_f64())
+            }
+            CloseReason::Protocol(e) => write!(f, "protocol error: {e}"),
+            CloseReason::Io(e) => write!(f, "i/o error: {e}"),
+            CloseReason::Shutdown => f.write_str("server shutting down"),
+        }
+    }
+}
+
+/// What happened on a connection, for the disconnect log line.
+#[derive(Debug)]
+pub struct ConnReport {
+    /// Why it ended.
+    pub reason: CloseReason,
+    /// Messages decoded from the peer.
+    pub messages_in: u64,
+    /// Messages sent to the peer.
+    pub messages_out: u64,
+    /// Bytes read.
+    pub bytes_in: u64,
+    /// Bytes written.
+    pub bytes_out: u64,
+    /// How long the connection lasted.
+    pub duration: Duration,
+}
+
+impl fmt::Display for ConnReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} ({} messages in, {} out; {} bytes in, {} out; {:.1}s)",
+            self.reason,
+            self.messages_in,
+            self.messages_out,
+            self.bytes_in,
+            self.bytes_out,
+            self.duration.as_secs_f64()
+        )
+    }
+}
+
+/// Encodes every message the session queued; counts them.
+fn deliver<St: Stream>(
+    conn: &mut FramedStream<St>,
+    out: &mut Outbox,
+    sent: &mut u64,
+) -> Result<(), CodecError> {
+    for msg in out.drain() {
+        conn.queue(&msg)?;
+        *sent += 1;
+    }
+    Ok(())
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Serves `session` over `io` until the peer leaves, the session closes, a limit is broken, or
+/// `shutdown` is cancelled. Never panics on peer input; every outcome is in the report.
+pub async fn serve_connection<St: Stream, Se: Session>(
+    io: St,
+    codec: FrameCodec,
+    mut session: Se,
+    peer: std::net::SocketAddr,
+    settings: &ConnSettings,
+    shutdown: &CancellationToken,
+) -> ConnReport {
+    let started = Instant::now();
+    let mut conn = FramedStream::new(io, codec);
+    let mut out = Outbox::for_stream(peer);
+    let (mut messages_in, mut messages_out) = (0u64, 0u64);
+    let mut last_input = started;
+
+    session.on_open(&mut out).await;
+    let reason = loop {
+        if let Err(e) = deliver(&mut conn, &mut out, &mut messages_out) {
+            break CloseReason::Protocol(e);
+        }
+        if out.is_closing() {
+            break CloseReason::ServiceClosed;
+        }
+        if conn.pending_write() >= WRITE_BATCH {
+            if let Err(e) = conn.flush(settings.frame_timeout).await {
+                break CloseReason::Io(e);
+            }
+        }
+        match conn.decode() {
+            Ok(Some(msg)) => {
+                messages_in += 1;
+                if settings.quit_words && msg.is_quit_word() {
+                    out.send(Message::text("bye"));
+                    break CloseReason::Quit;
+                }
+                session.on_message(msg, &mut out).await;
+                continue;
+            }
+            Ok(None) => {}
+            Err(e) => break CloseReason::Protocol(e),
+        }
+        if conn.is_eof() {
+            break CloseReason::PeerClosed;
+        }
+
+        // Everything received has been handled: send the replies, free the buffers, and wait.
+        if let Err(e) = conn.flush(settings.frame_timeout).await {
+            break CloseReason::Io(e);
+        }
+        conn.release_idle();
+        out.release_idle();
+        let partial = conn.has_partial_frame();
+        let limit = if partial {
+            settings.frame_timeout
+        } else {
+            settings.idle_timeout
+        };
+        let deadline = limit.map(|limit| last_input + limit);
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break CloseReason::Shutdown,
+            push = out.next_push() => match push {
+                Push::Message(msg) => out.send(msg),
+                Push::Close => out.close(),
+            },
+            read = conn.fill() => match read {
+                Ok(_) => last_input = Instant::now(),
+                Err(e) => break CloseReason::Io(e),
+            },
+            () = sleep_until(deadline) => {
+                let limit = limit.unwrap_or_default();
+                break if partial {
+                    CloseReason::FrameTimeout(limit)
+                } else {
+                    CloseReason::IdleTimeout(limit)
+                };
+            }
+        }
+    };
+
+    if let Some(text) = reason.notice() {
+        out.send(Message::text(text));
+    }
+    let _ = deliver(&mut conn, &mut out, &mut messages_out);
+    if !matches!(reason, CloseReason::Io(_)) {
+        let _ = conn.flush(Some(FINAL_FLUSH)).await;
+        conn.close_gracefully(settings.linger).await;
+    }
+    session.on_close();
+
+    ConnReport {
+        reason,
+        messages_in,
+        messages_out,
+        bytes_in: conn.bytes_in(),
+        bytes_out: conn.bytes_out(),
+        duration: started.elapsed(),
+    }
+}
