@@ -1,0 +1,273 @@
+//! The `sockit` binary: parses arguments, sets up logging and the runtime, calls the library,
+//! and owns exit codes — 0 success, 1 runtime failure (the whole error chain on one line),
+//! 2 bad arguments (printed by clap with the usage line). A closed stdout is not an error.
+
+mod cli;
+
+use std::io::{BufReader, IsTerminal, Write};
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use sockit::bench::{self, BenchConfig};
+use sockit::client::{self, ClientConfig, Input};
+use sockit::net::{Host, resolve};
+use sockit::server::raise_fd_limit;
+use sockit::{Ack, Echo, Framing, Server, ServerConfig, Service, ServiceKind, Transport};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::{BenchArgs, Command, ConnectArgs, ServeArgs};
+
+fn main() -> ExitCode {
+    let cli = cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sockit: error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => serve(args).await,
+            Command::Connect(args) => connect(args).await,
+            Command::Bench(args) => bench(args).await,
+        }
+    });
+    // Do not wait on a thread still blocked reading a terminal.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sockit: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+fn init_logging(quiet: bool, verbose: u8) {
+    let level = match (quiet, verbose) {
+        (true, _) => "warn",
+        (false, 0) => "info",
+        (false, 1) => "debug",
+        (false, _) => "trace",
+    };
+    let filter = EnvFilter::try_from_env("SOCKIT_LOG").unwrap_or_else(|_| EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+/// The first address `host` resolves to, or an error naming it.
+async fn resolve_one(host: &Host, port: u16) -> Result<Vec<SocketAddr>> {
+    resolve(host, port)
+        .await
+        .with_context(|| format!("cannot resolve {host}"))
+}
+
+async fn serve(args: ServeArgs) -> Result<()> {
+    init_logging(args.quiet, args.verbose);
+    let listen = cli::listen_addr(&args).map_err(anyhow::Error::msg)?;
+    match raise_fd_limit() {
+        Ok(n) => tracing::debug!("open file limit: {n}"),
+        Err(e) => warn!("cannot raise the open file limit: {e}"),
+    }
+    let addr = resolve_one(&listen.host, listen.port).await?[0];
+    let transport = if args.udp {
+        Transport::Udp
+    } else {
+        Transport::Tcp
+    };
+    let optional = |d: Duration| (!d.is_zero()).then_some(d);
+    let config = ServerConfig {
+        transport,
+        framing: cli::framing_or_default(args.framing, args.udp),
+        limits: cli::limits(args.max_frame, args.max_line),
+        max_conns: args.max_conns,
+        idle_timeout: optional(args.idle_timeout),
+        frame_timeout: optional(args.frame_timeout),
+        ..ServerConfig::default()
+    };
+    match args.service {
+        ServiceKind::Echo => serve_with(addr, config, Echo, args.service).await,
+        ServiceKind::Ack => serve_with(addr, config, Ack, args.service).await,
+    }
+}
+
+async fn serve_with<S: Service>(
+    addr: SocketAddr,
+    config: ServerConfig,
+    service: S,
+    kind: ServiceKind,
+) -> Result<()> {
+    let (transport, framing) = (config.transport, config.framing);
+    let server = Server::bind(addr, config, service)
+        .await
+        .with_context(|| format!("cannot listen on {transport} {addr}"))?;
+    let local = server.local_addr();
+    print_banner(local, transport, framing, kind)?;
+    info!("listening on {transport} {local}: {kind} service, {framing} framing");
+
+    let shutdown = CancellationToken::new();
+    tokio::spawn(watch_signals(shutdown.clone()));
+    let report = server.run(shutdown).await;
+    match report.udp {
+        Some(udp) => info!(
+            "stopped: {} datagrams in, {} out, {} peers",
+            udp.datagrams_in, udp.datagrams_out, udp.peers
+        ),
+        None => info!(
+            "stopped: {} connections served, {} refused",
+            report.connections, report.refused
+        ),
+    }
+    Ok(())
+}
+
+/// Tells the user, on stdout, where the server is and how to reach it.
+fn print_banner(
+    local: SocketAddr,
+    transport: Transport,
+    framing: Framing,
+    kind: ServiceKind,
+) -> Result<()> {
+    let reach = match local.ip() {
+        ip if ip.is_unspecified() && local.is_ipv4() => "127.0.0.1".to_owned(),
+        ip if ip.is_unspecified() => "::1".to_owned(),
+        ip => ip.to_string(),
+    };
+    let port = local.port();
+    let (udp_flag, nc_flag) = match transport {
+        Transport::Udp => (" --udp", " -u"),
+        Transport::Tcp => ("", ""),
+    };
+    let framing_flag = match (transport, framing) {
+        (Transport::Tcp, Framing::Line) | (Transport::Udp, _) => String::new(),
+        (Transport::Tcp, f) => format!(" --framing {f}"),
+    };
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "sockit: {kind} service listening on {transport} {local} ({})",
+        if transport == Transport::Udp {
+            "datagrams".to_owned()
+        } else {
+            format!("{framing} framing")
+        }
+    )?;
+    let nc = if matches!(framing, Framing::Line | Framing::Raw) || transport == Transport::Udp {
+        format!("  or:  nc{nc_flag} {reach} {port}")
+    } else {
+        String::new()
+    };
+    writeln!(
+        out,
+        "connect with: sockit connect{udp_flag}{framing_flag} {reach} {port}{nc}"
+    )?;
+    out.flush()?;
+    Ok(())
+}
+
+/// First SIGINT/SIGTERM: graceful shutdown. A second one: exit at once.
+async fn watch_signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        warn!("cannot install signal handlers; stop the server with SIGKILL");
+        return;
+    };
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    info!("{name} received: shutting down (send it again to exit at once)");
+    shutdown.cancel();
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+    warn!("second signal: exiting now");
+    std::process::exit(1);
+}
+
+async fn connect(args: ConnectArgs) -> Result<()> {
+    let addrs = resolve_one(&args.host, args.port).await?;
+    let config = ClientConfig {
+        transport: if args.udp {
+            Transport::Udp
+        } else {
+            Transport::Tcp
+        },
+        framing: cli::framing_or_default(args.framing, args.udp),
+        limits: cli::limits(args.max_frame, sockit::codec::DEFAULT_MAX_LINE),
+        timeout: args.timeout,
+        retries: args.retries,
+    };
+    let input = if !args.messages.is_empty() {
+        Input::Messages(
+            args.messages
+                .into_iter()
+                .map(|m| Bytes::from(m.into_encoded_bytes()))
+                .collect(),
+        )
+    } else {
+        let stdin = std::io::stdin();
+        let interactive = stdin.is_terminal();
+        Input::Lines {
+            reader: Box::new(BufReader::new(stdin)),
+            interactive,
+        }
+    };
+    client::run(&addrs, &config, input, tokio::io::stdout()).await?;
+    Ok(())
+}
+
+async fn bench(args: BenchArgs) -> Result<()> {
+    let _ = raise_fd_limit();
+    let addr = resolve_one(&args.host, args.port).await?[0];
+    let config = BenchConfig {
+        addr,
+        transport: if args.udp {
+            Transport::Udp
+        } else {
+            Transport::Tcp
+        },
+        conns: args.conns,
+        duration: args.duration,
+        size: args.size,
+        framing: cli::framing_or_default(args.framing, args.udp),
+        timeout: args.timeout,
+    };
+    let report = bench::run(&config).await?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        writeln!(out, "{}", serde_json::to_string(&report)?)?;
+    } else {
+        writeln!(out, "{report}")?;
+    }
+    if report.messages == 0 {
+        bail!("no replies from {addr}: is an echo service listening there?");
+    }
+    Ok(())
+}
