@@ -84,12 +84,12 @@ pub struct ClientSummary {
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// Connecting failed (refused, unreachable...).
-    #[error("cannot connect to {addr}: {source}")]
+    #[error("cannot connect to {addr}: {error}")]
     Connect {
         /// The address tried last.
         addr: SocketAddr,
         /// What the system said.
-        source: io::Error,
+        error: io::Error,
     },
     /// Connecting took longer than the timeout.
     #[error("cannot connect to {addr}: timed out after {secs}s")]
@@ -315,7 +315,7 @@ async fn connect_tcp(
     for &addr in addrs {
         match tokio::time::timeout(limit, TcpStream::connect(addr)).await {
             Ok(Ok(stream)) => return Ok((stream, addr)),
-            Ok(Err(source)) => last = Some(ClientError::Connect { addr, source }),
+            Ok(Err(error)) => last = Some(ClientError::Connect { addr, error }),
             Err(_) => {
                 last = Some(ClientError::ConnectTimeout {
                     addr,

@@ -116,12 +116,12 @@ impl fmt::Display for BenchReport {
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
     /// No client could connect.
-    #[error("cannot connect to {addr}: {source}")]
+    #[error("cannot connect to {addr}: {error}")]
     Connect {
         /// The server.
         addr: SocketAddr,
         /// The first client's error.
-        source: io::Error,
+        error: io::Error,
     },
     /// The configuration cannot work.
     #[error("{0}")]
@@ -214,10 +214,10 @@ pub async fn run(config: &BenchConfig) -> Result<BenchReport, BenchError> {
     }
     let elapsed = started.elapsed();
     if connected == 0 {
-        if let Some(source) = first_error {
+        if let Some(error) = first_error {
             return Err(BenchError::Connect {
                 addr: config.addr,
-                source,
+                error,
             });
         }
     }

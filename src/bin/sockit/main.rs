@@ -124,11 +124,15 @@ async fn serve_with<S: Service>(
         .await
         .with_context(|| format!("cannot listen on {transport} {addr}"))?;
     let local = server.local_addr();
-    print_banner(local, transport, framing, kind)?;
-    info!("listening on {transport} {local}: {kind} service, {framing} framing");
-
+    // Handlers first: a signal sent as soon as the banner appears must already be caught.
     let shutdown = CancellationToken::new();
-    tokio::spawn(watch_signals(shutdown.clone()));
+    let signals = Signals::install().context("cannot install signal handlers")?;
+    tokio::spawn(signals.watch(shutdown.clone()));
+    // The banner is a convenience: a closed stdout must not stop the server.
+    if let Err(e) = print_banner(local, transport, framing, kind) {
+        warn!("cannot print the banner: {e}");
+    }
+    info!("listening on {transport} {local}: {kind} service, {framing} framing");
     let report = server.run(shutdown).await;
     match report.udp {
         Some(udp) => info!(
@@ -187,28 +191,37 @@ fn print_banner(
     Ok(())
 }
 
-/// First SIGINT/SIGTERM: graceful shutdown. A second one: exit at once.
-async fn watch_signals(shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        warn!("cannot install signal handlers; stop the server with SIGKILL");
-        return;
-    };
-    let name = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    };
-    info!("{name} received: shutting down (send it again to exit at once)");
-    shutdown.cancel();
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = int.recv() => {},
+/// SIGINT and SIGTERM, registered with the OS as soon as this is created.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
     }
-    warn!("second signal: exiting now");
-    std::process::exit(1);
+
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
+
+    /// First signal: graceful shutdown. A second one: exit at once.
+    async fn watch(mut self, shutdown: CancellationToken) {
+        let name = self.next().await;
+        info!("{name} received: shutting down (send it again to exit at once)");
+        shutdown.cancel();
+        let name = self.next().await;
+        warn!("second signal ({name}): exiting now");
+        std::process::exit(1);
+    }
 }
 
 async fn connect(args: ConnectArgs) -> Result<()> {
