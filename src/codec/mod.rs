@@ -32,8 +32,9 @@ pub const DEFAULT_MAX_LINE: usize = 64 * 1024;
 pub const DEFAULT_MAX_HEADER: usize = 64 * 1024;
 /// Largest UDP payload over IPv4 (65535 − 8 byte UDP header − 20 byte IP header).
 pub const MAX_DATAGRAM: usize = 65_507;
-/// Largest single read taken as one `raw` message.
-pub const RAW_CHUNK: usize = 64 * 1024;
+/// Largest single read taken as one `raw` message: the size of a fresh read buffer, so one
+/// `recv` on the server is one message, as with a `recv(8192)` loop.
+pub const RAW_CHUNK: usize = crate::transport::framed::INITIAL_READ;
 
 /// Size limits that every decoder enforces.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -157,7 +158,7 @@ impl FromStr for Framing {
         let length = |prefix, order| Framing::Length { prefix, order };
         Ok(match name.as_str() {
             "raw" => Framing::Raw,
-            "line" | "lines" => Framing::Line,
+            "line" => Framing::Line,
             "len8" => length(Prefix::U8, ByteOrder::Big),
             "len16" => length(Prefix::U16, ByteOrder::Big),
             "len16le" => length(Prefix::U16, ByteOrder::Little),

@@ -219,8 +219,10 @@ pub async fn serve_connection<St: Stream, Se: Session>(
         conn.release_idle();
         out.release_idle();
         let partial = conn.has_partial_frame();
+        // An unfinished frame is held to the frame timeout, or to the idle timeout when the
+        // frame timeout is off: a connection is never exempt from both just by starting a frame.
         let limit = if partial {
-            settings.frame_timeout
+            settings.frame_timeout.or(settings.idle_timeout)
         } else {
             settings.idle_timeout
         };
@@ -238,7 +240,7 @@ pub async fn serve_connection<St: Stream, Se: Session>(
             },
             () = sleep_until(deadline) => {
                 let limit = limit.unwrap_or_default();
-                break if partial {
+                break if partial && settings.frame_timeout.is_some() {
                     CloseReason::FrameTimeout(limit)
                 } else {
                     CloseReason::IdleTimeout(limit)

@@ -129,7 +129,7 @@ impl<Sv: Service> Driver<Sv> {
     async fn on_datagram(&mut self, addr: SocketAddr, datagram: Bytes) {
         self.report.datagrams_in += 1;
         let now = Instant::now();
-        if !self.peers.contains_key(&addr) && !self.admit(addr, now).await {
+        if !self.peers.contains_key(&addr) && !self.admit(addr, &datagram, now).await {
             return;
         }
         let Some(peer) = self.peers.get_mut(&addr) else {
@@ -160,7 +160,7 @@ impl<Sv: Service> Driver<Sv> {
     }
 
     /// Opens a session for a new peer, making room if the table is full.
-    async fn admit(&mut self, addr: SocketAddr, now: Instant) -> bool {
+    async fn admit(&mut self, addr: SocketAddr, first: &Bytes, now: Instant) -> bool {
         if self.peers.len() >= self.settings.max_peers {
             // Sweeping is O(peers): at most once a second, however hard the flood.
             if now.duration_since(self.last_sweep) >= Duration::from_secs(1) {
@@ -178,7 +178,9 @@ impl<Sv: Service> Driver<Sv> {
                     "error: server busy ({} peers), try again later",
                     self.settings.max_peers
                 ));
+                // Answer in the newcomer's own style: a line if it sent a line.
                 let mut codec = RawCodec::new(RECV_BUFFER);
+                codec.decode_datagram(first.clone());
                 send_datagram(
                     &self.socket,
                     &mut self.wbuf,
