@@ -168,3 +168,22 @@ async fn sessions_can_push_datagrams_to_their_peer() {
     assert_eq!(recv(&sock).await, b"pushed later");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_burst_larger_than_one_receive_batch_loses_nothing() {
+    let server = TestServer::start(udp_config(), Echo).await;
+    let sock = client(&server).await;
+    // Well within the default socket buffers, but more than the server handles per wake-up.
+    const BURST: usize = 150;
+    for i in 0..BURST {
+        sock.send(format!("{i:04}").as_bytes()).await.unwrap();
+    }
+    let mut got: Vec<Vec<u8>> = Vec::new();
+    for _ in 0..BURST {
+        got.push(recv(&sock).await);
+    }
+    got.sort();
+    let want: Vec<Vec<u8>> = (0..BURST).map(|i| format!("{i:04}").into_bytes()).collect();
+    assert_eq!(got, want);
+    server.stop().await;
+}

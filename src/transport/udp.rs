@@ -27,6 +27,8 @@ use crate::service::{Outbox, PeerInfo, Push, Service, Session, Transport};
 pub const DEFAULT_PEER_IDLE: Duration = Duration::from_secs(120);
 /// Capacity of the queue shared by every push handle of one UDP socket.
 const PUSH_QUEUE: usize = 8192;
+/// Most datagrams handled per wake-up of the receive loop.
+const RECV_BATCH: usize = 64;
 /// Receive buffer: large enough for any UDP payload, so nothing is ever truncated.
 const RECV_BUFFER: usize = 65_536;
 
@@ -106,15 +108,30 @@ pub async fn serve_udp<Sv: Service>(
             biased;
             () = shutdown.cancelled() => break,
             Some((addr, push)) = push_rx.recv() => driver.on_push(addr, push).await,
-            received = driver.socket.recv_from(&mut buf) => match received {
-                Ok((n, addr)) => {
-                    let datagram = Bytes::copy_from_slice(&buf[..n]);
-                    driver.on_datagram(addr, datagram).await;
+            received = driver.socket.recv_from(&mut buf) => {
+                let mut received = received;
+                let mut handled = 0;
+                // Handle every datagram already queued before going back to `select!`: under
+                // load one wake-up serves a batch. Bounded so pushes and shutdown still run;
+                // a datagram is only read when there is room in the batch to handle it.
+                loop {
+                    match received {
+                        Ok((n, addr)) => {
+                            let datagram = Bytes::copy_from_slice(&buf[..n]);
+                            driver.on_datagram(addr, datagram).await;
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        // Linux reports ICMP errors for earlier sends on a later receive; they
+                        // concern one peer and must not stop the server.
+                        Err(e) => debug!("udp receive error: {e}"),
+                    }
+                    handled += 1;
+                    if handled == RECV_BATCH {
+                        break;
+                    }
+                    received = driver.socket.try_recv_from(&mut buf);
                 }
-                // Linux reports ICMP errors for earlier sends on the next receive; they concern
-                // one peer and must not stop the server.
-                Err(e) => debug!("udp receive error: {e}"),
-            },
+            }
             _ = sweep.tick() => driver.sweep(Instant::now()),
         }
     }

@@ -133,7 +133,11 @@ async fn serve_with<S: Service>(
         warn!("cannot print the banner: {e}");
     }
     info!("listening on {transport} {local}: {kind} service, {framing} framing");
-    let report = server.run(shutdown).await;
+    // On a worker thread, not in `block_on` on the main thread: the worker that polls the
+    // socket then runs the loop itself, with no cross-thread wake-up per datagram.
+    let report = tokio::spawn(server.run(shutdown))
+        .await
+        .context("server task failed")?;
     match report.udp {
         Some(udp) => info!(
             "stopped: {} datagrams in, {} out, {} peers",
