@@ -19,6 +19,7 @@
 //! - [`service`]: the [`Service`]/[`Session`] interface and the services (`echo`, `ack`).
 //! - [`transport`]: tokio drivers running a session over a framed stream or over UDP.
 //! - [`server`]: bind, accept loop, connection limit, graceful shutdown.
+//! - [`shutdown`]: the shutdown signal every connection checks while it waits.
 //! - [`client`]: `sockit connect`.
 //! - [`bench`]: `sockit bench`, the load generator.
 //! - [`net`]: host/port parsing and name resolution.
@@ -35,6 +36,7 @@ pub mod message;
 pub mod net;
 pub mod server;
 pub mod service;
+pub mod shutdown;
 pub mod transport;
 
 pub use codec::{FrameCodec, Framing, Limits};

@@ -15,7 +15,8 @@ use crate::error::CodecError;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Message {
     body: Bytes,
-    header: Option<Header>,
+    /// Boxed: most messages have none, and a small `Message` keeps every task small.
+    header: Option<Box<Header>>,
     text: bool,
 }
 
@@ -43,7 +44,7 @@ impl Message {
 
     /// Attaches a JSON header (used by the `header` framing; ignored by the others).
     pub fn with_header(mut self, header: Header) -> Self {
-        self.header = Some(header);
+        self.header = Some(Box::new(header));
         self
     }
 
@@ -59,7 +60,7 @@ impl Message {
 
     /// The JSON header, if the message arrived with (or was given) one.
     pub fn header(&self) -> Option<&Header> {
-        self.header.as_ref()
+        self.header.as_deref()
     }
 
     /// Whether this is server-written text rather than opaque bytes.

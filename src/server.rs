@@ -13,8 +13,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use futures_util::FutureExt;
 use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_util::codec::Encoder;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -23,7 +24,9 @@ use tracing::{debug, info, warn};
 use crate::codec::{FrameCodec, Framing, Limits};
 use crate::message::Message;
 use crate::service::{PeerInfo, Service, Transport};
-use crate::transport::tcp::{ConnSettings, serve_connection};
+use crate::shutdown::ShutdownSignal;
+use crate::transport::FramedStream;
+use crate::transport::tcp::{ConnReport, ConnSettings, serve_connection};
 use crate::transport::udp::{DEFAULT_PEER_IDLE, UdpReport, UdpSettings, serve_udp};
 
 /// Address `sockit serve` binds when none is given.
@@ -185,6 +188,8 @@ async fn run_tcp<S: Service>(
     });
     let mut report = ServerReport::default();
     let mut refusals = RateLimited::new(Duration::from_secs(1));
+    // Connections watch this rather than the token: see `crate::shutdown`.
+    let closing = ShutdownSignal::new();
     let mut backoff = MIN_BACKOFF;
 
     loop {
@@ -199,16 +204,34 @@ async fn run_tcp<S: Service>(
                 match limit.clone().try_acquire_owned() {
                     Ok(permit) => {
                         report.connections += 1;
-                        let conn = Connection {
-                            id: report.connections,
+                        let id = report.connections;
+                        info!("connect from {addr} (#{id})");
+                        // Replies are small and interactive: do not hold them back.
+                        let _ = stream.set_nodelay(true);
+                        let peer = PeerInfo {
+                            id,
                             addr,
-                            codec: FrameCodec::new(config.framing, config.limits),
-                            service: service.clone(),
-                            settings: settings.clone(),
-                            shutdown: shutdown.clone(),
-                            _permit: permit,
+                            transport: Transport::Tcp,
                         };
-                        tracker.spawn(conn.run(stream));
+                        let session = service.open(&peer);
+                        let conn = FramedStream::new(
+                            stream,
+                            FrameCodec::new(config.framing, config.limits),
+                        );
+                        // `map` wraps the connection future in place; another async block
+                        // around it would store it a second time.
+                        let task = serve_connection(
+                            conn,
+                            session,
+                            addr,
+                            settings.clone(),
+                            closing.listen(),
+                        )
+                        .map(move |report| {
+                            log_disconnect(addr, id, &report);
+                            drop(permit);
+                        });
+                        tracker.spawn(task);
                     }
                     Err(_) => {
                         report.refused += 1;
@@ -235,6 +258,7 @@ async fn run_tcp<S: Service>(
     }
 
     drop(listener);
+    closing.trigger();
     tracker.close();
     if !tracker.is_empty() {
         info!("shutting down: closing {} connection(s)", tracker.len());
@@ -252,43 +276,11 @@ async fn run_tcp<S: Service>(
     report
 }
 
-/// One accepted connection and what its task needs.
-struct Connection<S> {
-    id: u64,
-    addr: SocketAddr,
-    codec: FrameCodec,
-    service: Arc<S>,
-    settings: Arc<ConnSettings>,
-    shutdown: CancellationToken,
-    _permit: OwnedSemaphorePermit,
-}
-
-impl<S: Service> Connection<S> {
-    async fn run(self, stream: TcpStream) {
-        let addr = self.addr;
-        info!("connect from {addr} (#{})", self.id);
-        // Replies are small and interactive: do not hold them back for coalescing.
-        let _ = stream.set_nodelay(true);
-        let peer = PeerInfo {
-            id: self.id,
-            addr,
-            transport: Transport::Tcp,
-        };
-        let session = self.service.open(&peer);
-        let report = serve_connection(
-            stream,
-            self.codec,
-            session,
-            addr,
-            &self.settings,
-            &self.shutdown,
-        )
-        .await;
-        if report.reason.is_error() {
-            warn!("disconnect {addr} (#{}): {report}", self.id);
-        } else {
-            info!("disconnect {addr} (#{}): {report}", self.id);
-        }
+fn log_disconnect(addr: SocketAddr, id: u64, report: &ConnReport) {
+    if report.reason.is_error() {
+        warn!("disconnect {addr} (#{id}): {report}");
+    } else {
+        info!("disconnect {addr} (#{id}): {report}");
     }
 }
 

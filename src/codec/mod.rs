@@ -32,9 +32,9 @@ pub const DEFAULT_MAX_LINE: usize = 64 * 1024;
 pub const DEFAULT_MAX_HEADER: usize = 64 * 1024;
 /// Largest UDP payload over IPv4 (65535 − 8 byte UDP header − 20 byte IP header).
 pub const MAX_DATAGRAM: usize = 65_507;
-/// Largest single read taken as one `raw` message: the size of a fresh read buffer, so one
-/// `recv` on the server is one message, as with a `recv(8192)` loop.
-pub const RAW_CHUNK: usize = crate::transport::framed::INITIAL_READ;
+/// Largest `raw` message: the server reads at most this much at once with `raw` framing, so
+/// one `recv` is one message, as with a `recv(8192)` loop.
+pub const RAW_CHUNK: usize = 8 * 1024;
 
 /// Size limits that every decoder enforces.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -275,6 +275,20 @@ mod tests {
         for name in Framing::NAMES {
             let f: Framing = name.parse().unwrap();
             assert_eq!(f.to_string(), *name);
+        }
+    }
+
+    /// tokio-util's `FramedRead` reads into the decoder's buffer's spare capacity: a decoder
+    /// that took the whole buffer would leave it none, and the next read would get 8 bytes.
+    #[test]
+    fn decoding_a_whole_buffer_leaves_its_capacity_for_the_next_read() {
+        for name in Framing::NAMES {
+            let framing: Framing = name.parse().unwrap();
+            let mut codec = FrameCodec::new(framing, Limits::default());
+            let mut buf = BytesMut::with_capacity(4096);
+            codec.encode(&Message::new("hello"), &mut buf).unwrap();
+            assert!(codec.decode(&mut buf).unwrap().is_some(), "{name}");
+            assert!(buf.capacity() >= 4000, "{name}: {} left", buf.capacity());
         }
     }
 

@@ -5,21 +5,31 @@
 //! empty, and the write buffer is dropped once flushed. An idle connection therefore costs no
 //! buffer memory at all, which is what lets one process hold tens of thousands of them.
 
-use std::future::poll_fn;
+use std::cell::RefCell;
+use std::future::{Future, poll_fn};
 use std::io;
+use std::pin::Pin;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadBuf};
+use tokio::time::Sleep;
 use tokio_util::codec::{Decoder, Encoder};
 
-use crate::codec::FrameCodec;
+use crate::codec::{FrameCodec, RAW_CHUNK};
 use crate::error::CodecError;
 use crate::message::Message;
 use crate::transport::Stream;
 
-/// Size of a freshly allocated read buffer.
+/// Size of a read buffer allocated to finish a frame that spans several reads.
 pub const INITIAL_READ: usize = 8 * 1024;
+/// Per-thread scratch buffer for reads between frames.
+const SCRATCH_LEN: usize = 64 * 1024;
+
+thread_local! {
+    static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; SCRATCH_LEN]);
+}
 /// Below this much free space the read buffer grows (by doubling) before the next read.
 const MIN_SPARE: usize = 1024;
 
@@ -75,15 +85,41 @@ impl<S: Stream> FramedStream<S> {
     }
 
     /// Reads more bytes, waiting until some arrive. Returns how many; 0 means end of stream.
+    ///
+    /// Between frames the read goes into a per-thread scratch buffer and only the bytes that
+    /// arrived are kept, in a buffer of exactly their size: a connection waiting for its next
+    /// message holds no read buffer, and a 64-byte message costs a 64-byte allocation rather
+    /// than a fresh 8 KiB one. Inside a frame, reads go straight into the connection's buffer,
+    /// which grows by doubling.
     pub async fn fill(&mut self) -> io::Result<usize> {
-        if self.rbuf.capacity() == 0 {
-            // Allocate only once there is something to read.
-            poll_fn(|cx| self.io.poll_read_ready(cx)).await?;
-            self.rbuf.reserve(INITIAL_READ);
-        } else if self.rbuf.capacity() - self.rbuf.len() < MIN_SPARE {
-            self.rbuf.reserve(self.rbuf.len().max(INITIAL_READ));
-        }
-        let n = self.io.read_buf(&mut self.rbuf).await?;
+        let n = if self.rbuf.is_empty() {
+            let limit = match self.codec {
+                // One read is one raw message: read no more than one message's worth.
+                FrameCodec::Raw(_) => RAW_CHUNK,
+                _ => SCRATCH_LEN,
+            };
+            // Borrowed mutably so the future needs only `S: Send`, not `S: Sync`.
+            let (io, rbuf) = (&mut self.io, &mut self.rbuf);
+            poll_fn(move |cx| {
+                SCRATCH.with_borrow_mut(|scratch| {
+                    let mut buf = ReadBuf::new(&mut scratch[..limit]);
+                    match Pin::new(&mut *io).poll_read(cx, &mut buf) {
+                        Poll::Ready(Ok(())) => {
+                            rbuf.extend_from_slice(buf.filled());
+                            Poll::Ready(Ok(buf.filled().len()))
+                        }
+                        Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                        Poll::Pending => Poll::Pending,
+                    }
+                })
+            })
+            .await?
+        } else {
+            if self.rbuf.capacity() - self.rbuf.len() < MIN_SPARE {
+                self.rbuf.reserve(self.rbuf.len().max(INITIAL_READ));
+            }
+            self.io.read_buf(&mut self.rbuf).await?
+        };
         if n == 0 {
             self.eof = true;
         }
@@ -127,19 +163,34 @@ impl<S: Stream> FramedStream<S> {
     }
 
     /// Writes everything queued. With `stall`, a write that makes no progress for that long
-    /// fails with [`io::ErrorKind::TimedOut`] (a peer that stopped reading).
+    /// fails with [`io::ErrorKind::TimedOut`] (a peer that stopped reading). The stall timer is
+    /// created only when the socket is actually full, so the usual write costs no timer.
     pub async fn flush(&mut self, stall: Option<Duration>) -> io::Result<()> {
+        let mut timer: Option<Pin<Box<Sleep>>> = None;
         while !self.wbuf.is_empty() {
-            let write = self.io.write(&self.wbuf);
-            let n = match stall {
-                Some(limit) => tokio::time::timeout(limit, write).await.map_err(|_| {
-                    io::Error::new(io::ErrorKind::TimedOut, "peer stopped reading")
-                })??,
-                None => write.await?,
-            };
+            let (io, wbuf) = (&mut self.io, &self.wbuf);
+            let n = poll_fn(|cx| match Pin::new(&mut *io).poll_write(cx, wbuf) {
+                Poll::Ready(result) => Poll::Ready(result),
+                Poll::Pending => {
+                    let Some(limit) = stall else {
+                        return Poll::Pending;
+                    };
+                    let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                    match timer.as_mut().poll(cx) {
+                        Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "peer stopped reading",
+                        ))),
+                        Poll::Pending => Poll::Pending,
+                    }
+                }
+            })
+            .await?;
             if n == 0 {
                 return Err(io::ErrorKind::WriteZero.into());
             }
+            // Progress: the stall clock starts again at the next blocked write.
+            timer = None;
             self.wbuf.advance(n);
             self.bytes_out += n as u64;
         }
@@ -217,7 +268,6 @@ mod tests {
         let msg = framed.read_message().await.unwrap().unwrap();
         framed.queue(&msg).unwrap();
         framed.flush(None).await.unwrap();
-        assert!(framed.rbuf.capacity() > 0);
         framed.release_idle();
         assert_eq!((framed.rbuf.capacity(), framed.wbuf.capacity()), (0, 0));
         let mut got = [0u8; 3];

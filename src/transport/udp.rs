@@ -22,6 +22,7 @@ use crate::codec::RawCodec;
 use crate::message::Message;
 use crate::server::RateLimited;
 use crate::service::{Outbox, PeerInfo, Push, Service, Session, Transport};
+use crate::shutdown::ShutdownSignal;
 
 /// How long a silent UDP peer keeps its session when no idle timeout is configured.
 pub const DEFAULT_PEER_IDLE: Duration = Duration::from_secs(120);
@@ -99,6 +100,13 @@ pub async fn serve_udp<Sv: Service>(
         refusals: RateLimited::new(Duration::from_secs(1)),
         report: UdpReport::default(),
     };
+    // Checked once per wake-up: the cheap signal, fed by the caller's token.
+    let closing = ShutdownSignal::new();
+    let mut shutdown_listener = closing.listen();
+    let relay = tokio::spawn(async move {
+        shutdown.cancelled().await;
+        closing.trigger();
+    });
     let mut buf = vec![0u8; RECV_BUFFER];
     let mut sweep = tokio::time::interval(Duration::from_secs(1));
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -106,7 +114,7 @@ pub async fn serve_udp<Sv: Service>(
     loop {
         tokio::select! {
             biased;
-            () = shutdown.cancelled() => break,
+            () = &mut shutdown_listener => break,
             Some((addr, push)) = push_rx.recv() => driver.on_push(addr, push).await,
             received = driver.socket.recv_from(&mut buf) => {
                 let mut received = received;
@@ -135,6 +143,7 @@ pub async fn serve_udp<Sv: Service>(
             _ = sweep.tick() => driver.sweep(Instant::now()),
         }
     }
+    relay.abort();
     for (addr, mut peer) in driver.peers.drain() {
         peer.session.on_close();
         debug!("peer {addr} closed: server shutting down");
