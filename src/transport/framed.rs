@@ -205,11 +205,14 @@ impl<S: Stream> FramedStream<S> {
     }
 
     /// Frees both buffers if they are empty; call before waiting for the peer.
+    ///
+    /// Emptiness, not capacity, decides: a buffer that was advanced or split to its end reports
+    /// no capacity yet still owns its whole allocation (a large frame's, possibly).
     pub fn release_idle(&mut self) {
-        if self.rbuf.is_empty() && self.rbuf.capacity() > 0 {
+        if self.rbuf.is_empty() {
             self.rbuf = BytesMut::new();
         }
-        if self.wbuf.is_empty() && self.wbuf.capacity() > 0 {
+        if self.wbuf.is_empty() {
             self.wbuf = BytesMut::new();
         }
     }
