@@ -438,3 +438,27 @@ fn a_closed_stdout_is_not_an_error() {
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{out:?}");
 }
+
+#[test]
+fn verbose_serve_logs_every_message_and_quiet_logs_none_of_the_chatter() {
+    let server = ServeProcess::start(&["-v"]);
+    let port = server.addr.port().to_string();
+    sockit()
+        .args(["connect", "127.0.0.1", &port, "-m", "12345"])
+        .assert()
+        .success();
+    let log = server.stop();
+    assert!(
+        log.contains("message from 127.0.0.1:") && log.contains("5 bytes"),
+        "{log}"
+    );
+
+    let server = ServeProcess::start(&["-q"]);
+    let port = server.addr.port().to_string();
+    sockit()
+        .args(["connect", "127.0.0.1", &port, "-m", "12345"])
+        .assert()
+        .success();
+    let log = server.stop();
+    assert!(!log.contains("connect from"), "{log}");
+}

@@ -332,3 +332,68 @@ fn socat_streams_lines_through_echo() {
     let out = run_with_stdin(cmd, lines.as_bytes());
     assert_eq!(out, lines);
 }
+
+/// A server that speaks first: a greeting on connect, then an echo of every line.
+const GREETING_SERVER: &str = r#"
+import socketserver
+class Greeter(socketserver.StreamRequestHandler):
+    def handle(self):
+        self.wfile.write(b"welcome, stranger\n")
+        for line in self.rfile:
+            self.wfile.write(line)
+server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Greeter)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"#;
+
+#[test]
+fn connect_prints_what_the_server_sends_unprompted() {
+    let server = PythonServer::start(GREETING_SERVER);
+    let mut cmd = Command::new(sockit_bin());
+    cmd.args(["connect", "127.0.0.1", &server.1]);
+    let out = run_with_stdin(cmd, b"ping\n");
+    assert_eq!(out, "welcome, stranger\nping\n");
+}
+
+/// Drives `sockit connect` with its stdin on a pseudo-terminal, as a person at a keyboard.
+const INTERACTIVE_SESSION: &str = r#"
+import os, pty, subprocess, sys, time
+sockit, port = sys.argv[1], sys.argv[2]
+master, slave = pty.openpty()
+p = subprocess.Popen([sockit, "connect", "127.0.0.1", port],
+                     stdin=slave, stdout=subprocess.PIPE, stderr=slave)
+os.close(slave)
+def expect_reply(text):
+    # Wait for the echo on stdout before typing on, as a person would.
+    got = b""
+    while text not in got:
+        got += os.read(p.stdout.fileno(), 1024)
+    return got
+os.write(master, b"hello there\n")
+first = expect_reply(b"hello there")
+os.write(master, b"\n")          # an empty line ends the session
+rest = p.stdout.read()
+rc = p.wait(timeout=10)
+time.sleep(0.1)
+terminal = b""
+try:
+    while True:
+        chunk = os.read(master, 4096)
+        if not chunk:
+            break
+        terminal += chunk
+except OSError:
+    pass
+print(rc, (first + rest).decode().strip(), b"> " in terminal)
+"#;
+
+#[test]
+fn connect_on_a_terminal_prompts_and_stops_at_an_empty_line() {
+    let server = ServeProcess::start(&[]);
+    let port = server.addr.port().to_string();
+    let out = python(
+        INTERACTIVE_SESSION,
+        &[sockit_bin().to_str().unwrap(), &port],
+    );
+    assert_eq!(out.trim(), "0 hello there True");
+}

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::time::Sleep;
+use tracing::debug;
 
 use crate::error::CodecError;
 use crate::message::Message;
@@ -227,6 +228,7 @@ pub fn serve_connection<St: Stream, Se: Session>(
             match conn.decode() {
                 Ok(Some(msg)) => {
                     messages_in += 1;
+                    debug!("message from {peer}: {} bytes", msg.len());
                     if settings.quit_words && msg.is_quit_word() {
                         out.send(Message::text("bye"));
                         break CloseReason::Quit;
