@@ -189,6 +189,10 @@ enum PushSource {
 /// What a session writes to: replies in order, a close request, and push handles.
 #[derive(Debug)]
 pub struct Outbox {
+    /// The first queued message, kept inline: most messages get exactly one reply, and this
+    /// spares them an allocation.
+    first: Option<Message>,
+    /// Any further queued messages, in order after `first`.
     queue: Vec<Message>,
     closing: bool,
     peer: SocketAddr,
@@ -199,6 +203,7 @@ impl Outbox {
     /// An outbox for one TCP connection (or any stream) with `peer` at the other end.
     pub(crate) fn for_stream(peer: SocketAddr) -> Self {
         Outbox {
+            first: None,
             queue: Vec::new(),
             closing: false,
             peer,
@@ -212,6 +217,7 @@ impl Outbox {
         peer: SocketAddr,
     ) -> Self {
         Outbox {
+            first: None,
             queue: Vec::new(),
             closing: false,
             peer,
@@ -221,7 +227,11 @@ impl Outbox {
 
     /// Queues a message for this connection.
     pub fn send(&mut self, msg: Message) {
-        self.queue.push(msg);
+        if self.first.is_none() && self.queue.is_empty() {
+            self.first = Some(msg);
+        } else {
+            self.queue.push(msg);
+        }
     }
 
     /// Closes the connection once the queued messages are sent.
@@ -259,9 +269,15 @@ impl Outbox {
         self.closing = false;
     }
 
-    /// Takes the queued messages, leaving the queue's allocation for reuse.
-    pub(crate) fn drain(&mut self) -> std::vec::Drain<'_, Message> {
-        self.queue.drain(..)
+    /// Takes the queued messages in order, leaving the queue's allocation for reuse.
+    pub(crate) fn drain(&mut self) -> impl Iterator<Item = Message> + '_ {
+        self.first.take().into_iter().chain(self.queue.drain(..))
+    }
+
+    /// Drops every queued message.
+    pub(crate) fn clear(&mut self) {
+        self.first = None;
+        self.queue.clear();
     }
 
     /// Frees the queue's memory while the connection is idle.
@@ -319,5 +335,42 @@ impl FromStr for ServiceKind {
                 Self::NAMES.join(", ")
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bodies(out: &mut Outbox) -> Vec<String> {
+        out.drain()
+            .map(|m| String::from_utf8(m.into_body().to_vec()).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn the_outbox_keeps_send_order_across_its_inline_slot() {
+        let mut out = Outbox::for_stream("127.0.0.1:1".parse().unwrap());
+        for m in ["a", "b", "c"] {
+            out.send(Message::new(m));
+        }
+        assert_eq!(bodies(&mut out), ["a", "b", "c"]);
+        out.send(Message::new("d"));
+        assert_eq!(bodies(&mut out), ["d"]);
+        assert!(bodies(&mut out).is_empty());
+    }
+
+    #[test]
+    fn handles_share_one_lazily_created_channel() {
+        let mut out = Outbox::for_stream("127.0.0.1:1".parse().unwrap());
+        assert!(matches!(out.push, PushSource::Lazy(None)));
+        let a = out.handle();
+        let b = out.handle();
+        a.try_send(Message::new("1")).unwrap();
+        b.try_send(Message::new("2")).unwrap();
+        let PushSource::Lazy(Some((_, rx))) = &mut out.push else {
+            panic!("channel created by the first handle");
+        };
+        assert_eq!(rx.len(), 2);
     }
 }

@@ -24,6 +24,8 @@ use crate::transport::Stream;
 
 /// Size of a read buffer allocated to finish a frame that spans several reads.
 pub const INITIAL_READ: usize = 8 * 1024;
+/// Room for framing overhead (prefix, line ending, short header) when sizing a write buffer.
+const WRITE_SLACK: usize = 32;
 /// Per-thread scratch buffer for reads between frames.
 const SCRATCH_LEN: usize = 64 * 1024;
 
@@ -105,7 +107,8 @@ impl<S: Stream> FramedStream<S> {
                     let mut buf = ReadBuf::new(&mut scratch[..limit]);
                     match Pin::new(&mut *io).poll_read(cx, &mut buf) {
                         Poll::Ready(Ok(())) => {
-                            rbuf.extend_from_slice(buf.filled());
+                            // A buffer of exactly the bytes read (`rbuf` is empty here).
+                            *rbuf = BytesMut::from(buf.filled());
                             Poll::Ready(Ok(buf.filled().len()))
                         }
                         Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
@@ -154,6 +157,10 @@ impl<S: Stream> FramedStream<S> {
 
     /// Encodes `msg` into the write buffer; nothing is sent until [`FramedStream::flush`].
     pub fn queue(&mut self, msg: &Message) -> Result<(), CodecError> {
+        if self.wbuf.capacity() == 0 {
+            // Sized up front: growing an empty buffer takes a slower path in `bytes`.
+            self.wbuf = BytesMut::with_capacity(msg.len() + WRITE_SLACK);
+        }
         self.codec.encode(msg, &mut self.wbuf)
     }
 

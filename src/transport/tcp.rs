@@ -137,13 +137,16 @@ pub struct ConnReport {
 
 impl fmt::Display for ConnReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let plural = |n: u64| if n == 1 { "" } else { "s" };
         write!(
             f,
-            "{} ({} messages in, {} out; {} bytes in, {} out; {:.1}s)",
+            "{} ({} message{} in, {} out; {} byte{} in, {} out; {:.1}s)",
             self.reason,
             self.messages_in,
+            plural(self.messages_in),
             self.messages_out,
             self.bytes_in,
+            plural(self.bytes_in),
             self.bytes_out,
             self.duration.as_secs_f64()
         )

@@ -265,7 +265,7 @@ impl<Sv: Service> Driver<Sv> {
             ..
         } = self;
         let Some(peer) = peers.get_mut(&addr) else {
-            out.drain();
+            out.clear();
             return;
         };
         for msg in out.drain() {
