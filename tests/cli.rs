@@ -195,12 +195,7 @@ fn connect_over_udp_sends_datagrams() {
 
 #[test]
 fn connect_to_a_closed_port_fails_with_one_line_naming_it() {
-    // Bind then drop a listener to find a port nobody listens on.
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = unused_port();
     let out = sockit()
         .args(["connect", "127.0.0.1", &port.to_string(), "-m", "x"])
         .output()
@@ -401,11 +396,7 @@ fn bench_over_udp_and_in_text_form() {
 
 #[test]
 fn bench_against_nothing_fails_cleanly() {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = unused_port();
     let out = sockit()
         .args(["bench", "127.0.0.1", &port.to_string(), "--conns", "2"])
         .args(["--duration", "0.2"])

@@ -115,6 +115,28 @@ pub async fn read_len32(stream: &mut TcpStream) -> Vec<u8> {
     read_exact(stream, len as usize).await
 }
 
+/// A loopback TCP port nobody listens on (bound, then released).
+pub fn unused_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Asserts that `line` is an `ack` receipt for `bytes` bytes.
+pub fn assert_receipt(line: &str, bytes: usize) {
+    let words: Vec<&str> = line.trim_end().split(' ').collect();
+    assert_eq!(words.len(), 4, "{line:?}");
+    assert_eq!(words[0], "ack", "{line:?}");
+    chrono::DateTime::parse_from_rfc3339(words[1]).expect("an RFC 3339 timestamp");
+    assert_eq!(
+        (words[2], words[3]),
+        (bytes.to_string().as_str(), "bytes"),
+        "{line:?}"
+    );
+}
+
 /// Path of the built `sockit` binary.
 pub fn sockit_bin() -> std::path::PathBuf {
     assert_cmd::cargo::cargo_bin!("sockit").to_path_buf()

@@ -9,7 +9,7 @@ use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{ArgAction, Args, CommandFactory, Parser, Subcommand};
 use sockit::net::{Host, parse_host, parse_port};
 use sockit::server::{DEFAULT_HOST, DEFAULT_MAX_CONNS, DEFAULT_PORT};
-use sockit::{Framing, ServiceKind};
+use sockit::{Framing, ServiceKind, Transport};
 
 /// sockit: a socket toolkit for building, testing and debugging TCP and UDP programs.
 #[derive(Debug, Parser)]
@@ -78,9 +78,9 @@ pub struct ServeArgs {
     pub verbose: u8,
 }
 
-/// `sockit connect`.
+/// The server that `connect` and `bench` talk to, and how.
 #[derive(Debug, Args)]
-pub struct ConnectArgs {
+pub struct Target {
     /// Server address or host name
     #[arg(value_parser = parse_host_arg)]
     pub host: Host,
@@ -93,6 +93,26 @@ pub struct ConnectArgs {
     /// How messages are delimited on TCP (see `sockit serve --help`) [default: line]
     #[arg(long, value_name = "FRAMING", value_parser = parse_framing)]
     pub framing: Option<Framing>,
+}
+
+impl Target {
+    /// TCP or UDP.
+    pub fn transport(&self) -> Transport {
+        transport(self.udp)
+    }
+
+    /// The framing given, or the default for the transport.
+    pub fn framing(&self) -> Framing {
+        framing_or_default(self.framing, self.udp)
+    }
+}
+
+/// `sockit connect`.
+#[derive(Debug, Args)]
+pub struct ConnectArgs {
+    /// Where to connect.
+    #[command(flatten)]
+    pub target: Target,
     /// Send this message and print the reply; repeat for more. Without -m, lines are read
     /// from standard input
     #[arg(short = 'm', long = "message", value_name = "MSG")]
@@ -111,15 +131,9 @@ pub struct ConnectArgs {
 /// `sockit bench`.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Server address or host name
-    #[arg(value_parser = parse_host_arg)]
-    pub host: Host,
-    /// Server port
-    #[arg(value_parser = parse_remote_port)]
-    pub port: u16,
-    /// Benchmark UDP instead of TCP
-    #[arg(long)]
-    pub udp: bool,
+    /// The echo server to load.
+    #[command(flatten)]
+    pub target: Target,
     /// Concurrent ping-pong clients
     #[arg(long, value_name = "N", default_value_t = 50, value_parser = parse_count)]
     pub conns: usize,
@@ -129,9 +143,6 @@ pub struct BenchArgs {
     /// Message body size in bytes (suffixes K, M)
     #[arg(long, value_name = "BYTES", default_value = "64", value_parser = parse_size)]
     pub size: usize,
-    /// How messages are delimited on TCP [default: line]
-    #[arg(long, value_name = "FRAMING", value_parser = parse_framing)]
-    pub framing: Option<Framing>,
     /// Seconds a client waits for one reply before counting a timeout
     #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_positive_secs)]
     pub timeout: Duration,
@@ -185,8 +196,8 @@ fn validate(cli: &Cli) -> Result<(), (&'static str, String)> {
             listen_addr(a).map_err(|e| ("serve", e))?;
             ("serve", a.udp, a.framing)
         }
-        Command::Connect(a) => ("connect", a.udp, a.framing),
-        Command::Bench(a) => ("bench", a.udp, a.framing),
+        Command::Connect(a) => ("connect", a.target.udp, a.target.framing),
+        Command::Bench(a) => ("bench", a.target.udp, a.target.framing),
     };
     if udp && framing.is_some_and(|f| f != Framing::Raw) {
         return Err((
@@ -309,6 +320,11 @@ fn parse_size(s: &str) -> Result<usize, String> {
         .and_then(|n| n.checked_mul(unit))
         .and_then(|n| usize::try_from(n).ok())
         .ok_or_else(|| format!("'{s}' is not a size (a number, optionally K, M or G)"))
+}
+
+/// `--udp` as a transport.
+pub fn transport(udp: bool) -> Transport {
+    if udp { Transport::Udp } else { Transport::Tcp }
 }
 
 /// The framing to use: the one given, else `raw` for UDP and `line` for TCP.

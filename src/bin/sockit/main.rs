@@ -77,8 +77,8 @@ fn init_logging(quiet: bool, verbose: u8) {
         .init();
 }
 
-/// The first address `host` resolves to, or an error naming it.
-async fn resolve_one(host: &Host, port: u16) -> Result<Vec<SocketAddr>> {
+/// Every address `host` resolves to (IPv4 first), or an error naming it.
+async fn resolve_all(host: &Host, port: u16) -> Result<Vec<SocketAddr>> {
     resolve(host, port)
         .await
         .with_context(|| format!("cannot resolve {host}"))
@@ -91,12 +91,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
         Ok(n) => tracing::debug!("open file limit: {n}"),
         Err(e) => warn!("cannot raise the open file limit: {e}"),
     }
-    let addr = resolve_one(&listen.host, listen.port).await?[0];
-    let transport = if args.udp {
-        Transport::Udp
-    } else {
-        Transport::Tcp
-    };
+    let addr = resolve_all(&listen.host, listen.port).await?[0];
+    let transport = cli::transport(args.udp);
     let optional = |d: Duration| (!d.is_zero()).then_some(d);
     let config = ServerConfig {
         transport,
@@ -229,14 +225,11 @@ impl Signals {
 }
 
 async fn connect(args: ConnectArgs) -> Result<()> {
-    let addrs = resolve_one(&args.host, args.port).await?;
+    let target = &args.target;
+    let addrs = resolve_all(&target.host, target.port).await?;
     let config = ClientConfig {
-        transport: if args.udp {
-            Transport::Udp
-        } else {
-            Transport::Tcp
-        },
-        framing: cli::framing_or_default(args.framing, args.udp),
+        transport: target.transport(),
+        framing: target.framing(),
         limits: cli::limits(args.max_frame, sockit::codec::DEFAULT_MAX_LINE),
         timeout: args.timeout,
         retries: args.retries,
@@ -262,18 +255,15 @@ async fn connect(args: ConnectArgs) -> Result<()> {
 
 async fn bench(args: BenchArgs) -> Result<()> {
     let _ = raise_fd_limit();
-    let addr = resolve_one(&args.host, args.port).await?[0];
+    let target = &args.target;
+    let addr = resolve_all(&target.host, target.port).await?[0];
     let config = BenchConfig {
         addr,
-        transport: if args.udp {
-            Transport::Udp
-        } else {
-            Transport::Tcp
-        },
+        transport: target.transport(),
         conns: args.conns,
         duration: args.duration,
         size: args.size,
-        framing: cli::framing_or_default(args.framing, args.udp),
+        framing: target.framing(),
         timeout: args.timeout,
     };
     let report = bench::run(&config).await?;
