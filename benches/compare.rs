@@ -9,9 +9,10 @@
 //! 3. 10,000 idle TCP connections: server RSS growth per connection. Target: ≤ 2 KiB.
 //!
 //! Every server runs as its own process, and the load always comes from the same generator,
-//! `sockit bench`, in another process. Servers alternate within each round, and the median of
-//! the rounds is reported. Environment: `SOCKIT_BENCH_SECS` (default 3) per measurement,
-//! `SOCKIT_BENCH_ROUNDS` (default 3), `SOCKIT_BENCH_ONLY` (`tcp`, `udp` or `idle`).
+//! `sockit bench`, in another process. Each round measures every server back to back, in
+//! alternating order; rates are medians over the rounds and ratios are medians of the per-round
+//! ratios, which cancel the machine's drift between rounds. Environment: `SOCKIT_BENCH_SECS` (default 3) per measurement,
+//! `SOCKIT_BENCH_ROUNDS` (default 5), `SOCKIT_BENCH_ONLY` (`tcp`, `udp` or `idle`).
 //!
 //! The minimal peers live in this file and are started by re-running this binary with
 //! `--peer tcp` or `--peer udp`.
@@ -36,7 +37,7 @@ fn main() {
     }
     raise_fd_limit();
     let secs: f64 = env_or("SOCKIT_BENCH_SECS", 3.0);
-    let rounds: usize = env_or("SOCKIT_BENCH_ROUNDS", 3);
+    let rounds: usize = env_or("SOCKIT_BENCH_ROUNDS", 5).max(1);
     let only = std::env::var("SOCKIT_BENCH_ONLY").unwrap_or_default();
     println!(
         "sockit side-by-side benchmarks: {secs}s per measurement, median of {rounds} rounds, {} cores",
@@ -194,8 +195,26 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Measures each peer `rounds` times at `conns`, alternating order; returns medians.
-fn compare(peers: &[Peer], udp: bool, conns: usize, secs: f64, rounds: usize) -> Vec<Figures> {
+/// Medians over the rounds of one peer's figures, and of its per-round ratios to the base
+/// peer. A round measures every peer back to back, so the per-round ratio cancels the slow
+/// drifts of a shared machine that make raw rates vary by ±20% between rounds.
+#[derive(Clone, Copy, Debug, Default)]
+struct Summary {
+    median: Figures,
+    rate_ratio: f64,
+    p99_ratio: f64,
+}
+
+/// Measures each peer `rounds` times at `conns`, alternating order; ratios are against
+/// `peers[base]`.
+fn compare(
+    peers: &[Peer],
+    base: usize,
+    udp: bool,
+    conns: usize,
+    secs: f64,
+    rounds: usize,
+) -> Vec<Summary> {
     let mut runs: Vec<Vec<Figures>> = vec![Vec::new(); peers.len()];
     for round in 0..rounds {
         let mut order: Vec<usize> = (0..peers.len()).collect();
@@ -209,33 +228,49 @@ fn compare(peers: &[Peer], udp: bool, conns: usize, secs: f64, rounds: usize) ->
             runs[i].push(load(server.addr, udp, conns, secs));
         }
     }
-    runs.into_iter()
-        .map(|r| Figures {
-            rate: median(r.iter().map(|f| f.rate).collect()),
-            p99: median(r.iter().map(|f| f.p99).collect()),
-            p50: median(r.iter().map(|f| f.p50).collect()),
+    let base_runs = runs[base].clone();
+    runs.iter()
+        .map(|r| Summary {
+            median: Figures {
+                rate: median(r.iter().map(|f| f.rate).collect()),
+                p99: median(r.iter().map(|f| f.p99).collect()),
+                p50: median(r.iter().map(|f| f.p50).collect()),
+            },
+            rate_ratio: median(
+                r.iter()
+                    .zip(&base_runs)
+                    .map(|(f, b)| f.rate / b.rate)
+                    .collect(),
+            ),
+            p99_ratio: median(
+                r.iter()
+                    .zip(&base_runs)
+                    .map(|(f, b)| f.p99 / b.p99)
+                    .collect(),
+            ),
         })
         .collect()
 }
 
 fn print_header(title: &str) {
     println!("\n{title}");
+    println!("(msgs/s and latencies: medians of the rounds; ratios: medians of per-round ratios)");
     println!(
         "{:>6}  {:<15} {:>12} {:>9} {:>9} {:>11} {:>9}",
         "conns", "server", "msgs/s", "p50 us", "p99 us", "rate ratio", "p99 ratio"
     );
 }
 
-fn print_row(conns: usize, peer: Peer, f: Figures, base: Figures) {
+fn print_row(conns: usize, peer: Peer, s: Summary) {
     println!(
         "{:>6}  {:<15} {:>12.0} {:>9.0} {:>9.0} {:>11.2} {:>9.2}",
         conns,
         peer.name(),
-        f.rate,
-        f.p50,
-        f.p99,
-        f.rate / base.rate,
-        f.p99 / base.p99
+        s.median.rate,
+        s.median.p50,
+        s.median.p99,
+        s.rate_ratio,
+        s.p99_ratio
     );
 }
 
@@ -244,12 +279,11 @@ fn tcp_echo(secs: f64, rounds: usize) -> Vec<(String, bool)> {
     let peers = [Peer::SockitEcho, Peer::MinimalTokio, Peer::PythonThreads];
     let mut verdicts = Vec::new();
     for conns in [1, 50, 500] {
-        let figures = compare(&peers, false, conns, secs, rounds);
-        let base = figures[1];
-        for (peer, f) in peers.iter().zip(&figures) {
-            print_row(conns, *peer, *f, base);
+        let summaries = compare(&peers, 1, false, conns, secs, rounds);
+        for (peer, s) in peers.iter().zip(&summaries) {
+            print_row(conns, *peer, *s);
         }
-        let (rate, p99) = (figures[0].rate / base.rate, figures[0].p99 / base.p99);
+        let (rate, p99) = (summaries[0].rate_ratio, summaries[0].p99_ratio);
         verdicts.push((
             format!("tcp {conns} conns: rate {rate:.2}x (target >= 0.90)"),
             rate >= 0.9,
@@ -267,13 +301,12 @@ fn udp(secs: f64, rounds: usize) -> Vec<(String, bool)> {
     let peers = [Peer::SockitEcho, Peer::SockitAck, Peer::MinimalTokio];
     let mut verdicts = Vec::new();
     for conns in [1, 50] {
-        let figures = compare(&peers, true, conns, secs, rounds);
-        let base = figures[2];
-        for (peer, f) in peers.iter().zip(&figures) {
-            print_row(conns, *peer, *f, base);
+        let summaries = compare(&peers, 2, true, conns, secs, rounds);
+        for (peer, s) in peers.iter().zip(&summaries) {
+            print_row(conns, *peer, *s);
         }
         for (i, name) in [(0, "echo"), (1, "ack")] {
-            let rate = figures[i].rate / base.rate;
+            let rate = summaries[i].rate_ratio;
             verdicts.push((
                 format!("udp {name} {conns} clients: rate {rate:.2}x (target >= 0.90)"),
                 rate >= 0.9,
