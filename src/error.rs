@@ -12,12 +12,15 @@ use std::io;
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
     /// A length prefix or header announced a body larger than the configured maximum.
-    #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
+    #[error("frame of {len} bytes exceeds the limit of {max} bytes{hint}")]
     FrameTooLarge {
         /// The announced body length.
         len: u64,
         /// The configured maximum.
         max: usize,
+        /// Empty, or a suggestion when the prefix read in the other byte order would fit
+        /// (` — a little-endian prefix? try --framing len32le`).
+        hint: String,
     },
     /// A line grew past the maximum without a newline.
     #[error("line exceeds the limit of {max} bytes")]
@@ -26,12 +29,14 @@ pub enum CodecError {
         max: usize,
     },
     /// A `header` frame announced a JSON header larger than the maximum.
-    #[error("header of {len} bytes exceeds the limit of {max} bytes")]
+    #[error("header of {len} bytes exceeds the limit of {max} bytes{hint}")]
     HeaderTooLarge {
         /// The announced header length.
         len: u64,
         /// The configured maximum.
         max: usize,
+        /// Empty, or a suggestion when the length read in the other byte order would fit.
+        hint: String,
     },
     /// A `header` frame's header did not parse as a JSON object.
     #[error("header is not a JSON object: {reason}")]
@@ -59,8 +64,8 @@ pub enum CodecError {
         /// How many bytes of the unfinished frame had arrived.
         buffered: usize,
     },
-    /// The underlying stream failed.
-    #[error("i/o error: {0}")]
+    /// The underlying stream failed (its message is the system's, not repeated here).
+    #[error(transparent)]
     Io(#[from] io::Error),
 }
 

@@ -19,19 +19,23 @@
 //! - [`service`]: the [`Service`]/[`Session`] interface and the services (`echo`, `ack`).
 //! - [`transport`]: tokio drivers running a session over a framed stream or over UDP.
 //! - [`server`]: bind, accept loop, connection limit, graceful shutdown.
+//! - [`budget`]: the server-wide memory budget for buffered frames and replies.
 //! - [`shutdown`]: the shutdown signal every connection checks while it waits.
 //! - [`client`]: `sockit connect`.
 //! - [`bench`]: `sockit bench`, the load generator.
 //! - [`net`]: host/port parsing and name resolution.
 //! - [`error`]: the library's error enums.
+//! - [`logging`]: a log sink that never blocks or crashes the process on a closed stderr.
 //!
 //! A new service is a [`Service`] + [`Session`] pair in `service/`; a new stream transport
 //! implements [`transport::Stream`] and reuses [`transport::tcp::serve_connection`].
 
 pub mod bench;
+pub mod budget;
 pub mod client;
 pub mod codec;
 pub mod error;
+pub mod logging;
 pub mod message;
 pub mod net;
 pub mod server;

@@ -7,8 +7,9 @@
 //! closed first, then every connection finishes the replies it owes and closes, within a grace
 //! period.
 
+use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,12 +22,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::budget::{Charge, DEFAULT_MAX_MEMORY, MemoryBudget};
 use crate::codec::{FrameCodec, Framing, Limits};
 use crate::message::Message;
+use crate::net::PeerAddr;
 use crate::service::{PeerInfo, Service, Transport};
 use crate::shutdown::ShutdownSignal;
 use crate::transport::FramedStream;
-use crate::transport::tcp::{ConnReport, ConnSettings, serve_connection};
+use crate::transport::tcp::{ConnReport, ConnSettings, DEFAULT_MIN_RATE, serve_connection};
 use crate::transport::udp::{DEFAULT_PEER_IDLE, UdpReport, UdpSettings, serve_udp};
 
 /// Address `sockit serve` binds when none is given.
@@ -55,8 +58,19 @@ pub struct ServerConfig {
     pub max_conns: usize,
     /// Close connections (forget UDP peers) silent for this long.
     pub idle_timeout: Option<Duration>,
-    /// Close connections whose unfinished frame stalls for this long.
+    /// Close connections whose unfinished frame takes this long (longer only while it keeps
+    /// arriving at `min_rate`).
     pub frame_timeout: Option<Duration>,
+    /// Bytes per second an unfinished frame must average to outlive `frame_timeout`.
+    pub min_rate: Option<u64>,
+    /// Most TCP connections one IP address may hold at once (off by default: load tests open
+    /// thousands from 127.0.0.1).
+    pub max_conns_per_ip: Option<usize>,
+    /// Server-wide budget for buffered frame and reply bytes.
+    pub max_memory: usize,
+    /// UDP: most replies per second to one source IP address (a token bucket); `None` is
+    /// unlimited.
+    pub udp_rate: Option<u32>,
     /// How long connections get to finish after shutdown starts.
     pub shutdown_grace: Duration,
 }
@@ -70,6 +84,10 @@ impl Default for ServerConfig {
             max_conns: DEFAULT_MAX_CONNS,
             idle_timeout: None,
             frame_timeout: Some(DEFAULT_FRAME_TIMEOUT),
+            min_rate: Some(DEFAULT_MIN_RATE),
+            max_conns_per_ip: None,
+            max_memory: DEFAULT_MAX_MEMORY,
+            udp_rate: None,
             shutdown_grace: Duration::from_secs(4),
         }
     }
@@ -80,7 +98,7 @@ impl Default for ServerConfig {
 pub struct ServerReport {
     /// TCP connections accepted and served.
     pub connections: u64,
-    /// TCP connections refused because of the connection limit.
+    /// TCP connections refused because of the connection limit or the per-address limit.
     pub refused: u64,
     /// Connections still open when the grace period ran out.
     pub abandoned: u64,
@@ -150,6 +168,7 @@ impl<S: Service> Server<S> {
                     quit_words: self.service.quit_words(),
                     peer_idle: self.config.idle_timeout.unwrap_or(DEFAULT_PEER_IDLE),
                     max_peers: self.config.max_conns,
+                    reply_rate: self.config.udp_rate,
                 };
                 let udp = serve_udp(socket, self.service, settings, shutdown).await;
                 ServerReport {
@@ -178,16 +197,21 @@ async fn run_tcp<S: Service>(
     config: ServerConfig,
     shutdown: CancellationToken,
 ) -> ServerReport {
-    let limit = Arc::new(Semaphore::new(config.max_conns));
+    let max_conns = fd_capped(config.max_conns);
+    let limit = Arc::new(Semaphore::new(max_conns));
+    let per_ip = config.max_conns_per_ip.map(PerIpLimit::new);
+    let budget = MemoryBudget::new(config.max_memory);
     let tracker = TaskTracker::new();
     let settings = Arc::new(ConnSettings {
         quit_words: service.quit_words(),
         idle_timeout: config.idle_timeout,
         frame_timeout: config.frame_timeout,
+        min_rate: config.min_rate,
         ..ConnSettings::default()
     });
     let mut report = ServerReport::default();
     let mut refusals = RateLimited::new(Duration::from_secs(1));
+    let mut ip_refusals = RateLimited::new(Duration::from_secs(1));
     // Connections watch this rather than the token: see `crate::shutdown`.
     let closing = ShutdownSignal::new();
     let mut backoff = MIN_BACKOFF;
@@ -201,6 +225,29 @@ async fn run_tcp<S: Service>(
         match accepted {
             Ok((stream, addr)) => {
                 backoff = MIN_BACKOFF;
+                let ip_slot = match &per_ip {
+                    None => None,
+                    Some(per_ip) => match per_ip.try_acquire(addr.ip()) {
+                        Some(slot) => Some(slot),
+                        None => {
+                            report.refused += 1;
+                            let text = format!(
+                                "error: too many connections from your address ({} open), \
+                                 try again later",
+                                per_ip.max
+                            );
+                            refuse(&stream, &config, text);
+                            if let Some(n) = ip_refusals.hit() {
+                                warn!(
+                                    "refused {n} connection(s) (latest from {addr}): \
+                                     {} connections from that address already",
+                                    per_ip.max
+                                );
+                            }
+                            continue;
+                        }
+                    },
+                };
                 match limit.clone().try_acquire_owned() {
                     Ok(permit) => {
                         report.connections += 1;
@@ -210,36 +257,40 @@ async fn run_tcp<S: Service>(
                         let _ = stream.set_nodelay(true);
                         let peer = PeerInfo {
                             id,
-                            addr,
+                            addr: PeerAddr::Inet(addr),
                             transport: Transport::Tcp,
                         };
                         let session = service.open(&peer);
-                        let conn = FramedStream::new(
+                        let mut conn = FramedStream::new(
                             stream,
                             FrameCodec::new(config.framing, config.limits),
                         );
+                        conn.set_budget(Charge::new(budget.clone()));
                         // `map` wraps the connection future in place; another async block
                         // around it would store it a second time.
                         let task = serve_connection(
                             conn,
                             session,
-                            addr,
+                            peer.addr,
                             settings.clone(),
                             closing.listen(),
                         )
                         .map(move |report| {
                             log_disconnect(addr, id, &report);
                             drop(permit);
+                            drop(ip_slot);
                         });
                         tracker.spawn(task);
                     }
                     Err(_) => {
                         report.refused += 1;
-                        refuse(&stream, &config);
+                        let text = format!(
+                            "error: server busy ({max_conns} connections open), try again later"
+                        );
+                        refuse(&stream, &config, text);
                         if let Some(n) = refusals.hit() {
                             warn!(
-                                "refused {n} connection(s) (latest from {addr}): limit of {} reached",
-                                config.max_conns
+                                "refused {n} connection(s) (latest from {addr}): limit of {max_conns} reached"
                             );
                         }
                     }
@@ -284,12 +335,8 @@ fn log_disconnect(addr: SocketAddr, id: u64, report: &ConnReport) {
     }
 }
 
-/// Tells a connection over the limit why it is being closed, without ever waiting on it.
-fn refuse(stream: &TcpStream, config: &ServerConfig) {
-    let mut text = format!(
-        "error: server busy ({} connections open), try again later",
-        config.max_conns
-    );
+/// Tells a connection over a limit why it is being closed, without ever waiting on it.
+fn refuse(stream: &TcpStream, config: &ServerConfig, mut text: String) {
     if config.framing == Framing::Raw {
         text.push('\n');
     }
@@ -326,6 +373,90 @@ impl RateLimited {
             _ => {
                 self.last = Some(now);
                 Some(std::mem::take(&mut self.pending))
+            }
+        }
+    }
+}
+
+/// Descriptors kept free of connections: stdio, the listener, the runtime's epoll and wake-up
+/// descriptors, the log thread, signal handling, and one to accept and refuse a client with.
+const RESERVED_FDS: u64 = 32;
+
+/// `max_conns`, lowered (with one warning) when the open-file limit cannot hold that many
+/// connections: past it, clients would hang in the backlog with no answer. Within it, the
+/// excess gets the usual "server busy" line.
+fn fd_capped(max_conns: usize) -> usize {
+    let Ok(limit) = fd_limit() else {
+        return max_conns;
+    };
+    let room = limit.saturating_sub(RESERVED_FDS).max(1);
+    if (max_conns as u64) <= room {
+        return max_conns;
+    }
+    let capped = room as usize;
+    warn!(
+        "the open file limit ({limit}) cannot hold --max-conns {max_conns}: \
+         serving at most {capped} connections (raise it with `ulimit -n`)"
+    );
+    capped
+}
+
+/// This process's soft limit on open files.
+pub fn fd_limit() -> io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every platform
+    Ok(lim.rlim_cur as u64)
+}
+
+/// Counts open connections per IP address for `--max-conns-per-ip`.
+#[derive(Debug)]
+struct PerIpLimit {
+    max: usize,
+    open: Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>,
+}
+
+/// One connection's place in its address's count; freed when dropped.
+struct IpSlot {
+    ip: IpAddr,
+    open: Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl PerIpLimit {
+    fn new(max: usize) -> Self {
+        PerIpLimit {
+            max,
+            open: Arc::default(),
+        }
+    }
+
+    fn try_acquire(&self, ip: IpAddr) -> Option<IpSlot> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let count = open.entry(ip).or_insert(0);
+        if *count >= self.max {
+            return None;
+        }
+        *count += 1;
+        Some(IpSlot {
+            ip,
+            open: self.open.clone(),
+        })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = open.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.ip);
             }
         }
     }

@@ -380,12 +380,87 @@ async fn a_stalled_frame_is_closed_after_the_frame_timeout() {
     let reply = read_to_eof(&mut stalled).await;
     assert_eq!(
         &reply[4..],
-        b"error: frame timeout (unfinished frame stalled for 0.3s)"
+        b"error: frame timeout (an unfinished frame took over 0.3s, too slowly)"
     );
     // A connection between frames is idle, not stalled: the frame timeout leaves it alone.
     tokio::time::sleep(Duration::from_millis(400)).await;
     idle.write_all(&len32(b"alive")).await.unwrap();
     assert_eq!(read_len32(&mut idle).await, b"alive");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_frame_trickling_in_below_the_minimum_rate_is_closed_despite_progress() {
+    let mut cfg = config("len32");
+    cfg.frame_timeout = Some(Duration::from_millis(300));
+    let server = TestServer::start(cfg, Echo).await;
+    let mut slow = server.connect().await;
+    slow.write_all(&[0, 0, 0, 100]).await.unwrap();
+    // One byte every 50 ms: progress, but far below 1 KiB/s. The old timer restarted on
+    // every byte and never fired.
+    let mut closed = false;
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if slow.write_all(b"x").await.is_err() {
+            closed = true;
+            break;
+        }
+        let mut probe = [0u8; 256];
+        if let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_millis(1), slow.read(&mut probe)).await
+        {
+            let text = String::from_utf8_lossy(&probe[..n]).into_owned();
+            assert!(text.contains("error: frame timeout"), "{text:?}");
+            closed = true;
+            break;
+        }
+    }
+    assert!(
+        closed,
+        "a slowloris sender outlived 3 s of a 0.3 s frame timeout"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_frame_arriving_faster_than_the_minimum_rate_may_outlast_the_frame_timeout() {
+    let mut cfg = config("len32");
+    cfg.frame_timeout = Some(Duration::from_millis(200));
+    cfg.min_rate = Some(16 * 1024);
+    let server = TestServer::start(cfg, Echo).await;
+    let mut c = server.connect().await;
+    let body = vec![b'z'; 64 * 1024];
+    let frame = len32(&body);
+    // About 80 KiB/s over ~0.8 s: four times the frame timeout, five times the minimum rate.
+    for chunk in frame.chunks(4096) {
+        c.write_all(chunk).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(read_len32(&mut c).await, body);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_idle_timeout_counts_from_the_last_complete_message_not_the_last_byte() {
+    let mut cfg = config("line");
+    cfg.frame_timeout = None;
+    cfg.idle_timeout = Some(Duration::from_millis(300));
+    let server = TestServer::start(cfg, Echo).await;
+    let mut c = server.connect().await;
+    let mut reply = Vec::new();
+    for _ in 0..40 {
+        if c.write_all(b"a").await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut buf = [0u8; 128];
+        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(1), c.read(&mut buf)).await {
+            reply.extend_from_slice(&buf[..n]);
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&reply).into_owned();
+    assert!(text.starts_with("error: idle timeout"), "{text:?}");
     server.stop().await;
 }
 
@@ -522,9 +597,9 @@ impl Session for Member {
     }
 
     async fn on_message(&mut self, msg: Message, out: &mut Outbox) {
-        let me = out.peer();
+        let me = out.peer().clone();
         let members = self.room.members.lock().unwrap().clone();
-        for member in members.iter().filter(|m| m.peer() != me) {
+        for member in members.iter().filter(|m| *m.peer() != me) {
             let mut line = format!("{me}: ").into_bytes();
             line.extend_from_slice(msg.body());
             let _ = member.try_send(Message::new(line));
@@ -532,12 +607,12 @@ impl Session for Member {
     }
 
     fn on_close(&mut self) {
-        let me = self.me.take().map(|m| m.peer());
+        let me = self.me.take().map(|m| m.peer().clone());
         self.room
             .members
             .lock()
             .unwrap()
-            .retain(|m| Some(m.peer()) != me);
+            .retain(|m| Some(m.peer()) != me.as_ref());
     }
 }
 
@@ -583,4 +658,40 @@ async fn a_push_handle_can_close_its_connection() {
     }
     assert!(handle.is_closed());
     server.stop().await;
+}
+
+#[tokio::test]
+async fn one_address_may_hold_only_max_conns_per_ip_connections() {
+    let mut cfg = config("line");
+    cfg.max_conns_per_ip = Some(2);
+    let server = TestServer::start(cfg, Echo).await;
+    let mut a = server.connect().await;
+    let mut b = server.connect().await;
+    assert_eq!(round_trip(&mut a, "a").await, "a");
+    assert_eq!(round_trip(&mut b, "b").await, "b");
+    let mut third = server.connect().await;
+    let refusal = String::from_utf8(read_to_eof(&mut third).await).unwrap();
+    assert_eq!(
+        refusal,
+        "error: too many connections from your address (2 open), try again later\n"
+    );
+    // A slot frees when a connection closes.
+    drop(a);
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let mut c = server.connect().await;
+        c.write_all(b"again\n").await.unwrap();
+        let got = read_to_eof_or_line(&mut c).await;
+        if got == "again" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "slot never freed: {got}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(round_trip(&mut b, "still").await, "still");
+    let report = server.stop().await;
+    assert!(report.refused >= 1);
 }

@@ -117,24 +117,70 @@ async fn each_peer_has_its_own_session_until_it_says_bye() {
 }
 
 #[tokio::test]
-async fn peers_over_the_limit_are_refused_until_a_session_expires() {
+async fn a_full_peer_table_evicts_the_least_recently_active_peer() {
     let mut cfg = udp_config();
-    cfg.max_conns = 1;
-    cfg.idle_timeout = Some(Duration::from_millis(300));
+    cfg.max_conns = 2;
     let server = TestServer::start(cfg, Counter).await;
-    let a = client(&server).await;
-    let b = client(&server).await;
+    let (a, b, c) = (
+        client(&server).await,
+        client(&server).await,
+        client(&server).await,
+    );
     assert_eq!(ask(&a, b"x").await, b"1");
-    let refusal = String::from_utf8(ask(&b, b"x").await).unwrap();
-    assert_eq!(refusal, "error: server busy (1 peers), try again later");
-    // A newcomer that sends lines is refused with a line.
-    let refusal = String::from_utf8(ask(&b, b"x\n").await).unwrap();
-    assert_eq!(refusal, "error: server busy (1 peers), try again later\n");
-    // After a's session expires, b gets one.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(ask(&b, b"x").await, b"1");
+    assert_eq!(ask(&a, b"x").await, b"2", "a is now the most recent");
+    // The newcomer is served; b, the least recently active, makes room.
+    assert_eq!(ask(&c, b"x").await, b"1");
+    assert_eq!(ask(&a, b"x").await, b"3", "a kept its session");
+    assert_eq!(ask(&b, b"x").await, b"1", "b starts over");
     let report = server.stop().await.udp.unwrap();
-    assert_eq!(report.refused, 2);
+    assert_eq!(report.evicted, 2);
+    assert_eq!(report.peers, 4);
+}
+
+#[tokio::test]
+async fn a_real_client_is_answered_during_a_flood_of_source_ports() {
+    let mut cfg = udp_config();
+    cfg.max_conns = 100;
+    let server = TestServer::start(cfg, Counter).await;
+    let real = client(&server).await;
+    assert_eq!(ask(&real, b"x").await, b"1");
+    // 2,000 one-off source ports, twenty times the table, sending without reading.
+    for _ in 0..20 {
+        let mut flood = Vec::new();
+        for _ in 0..100 {
+            let s = client(&server).await;
+            s.send(b"junk").await.unwrap();
+            flood.push(s);
+        }
+        // Still answered (with a fresh session if the flood pushed it out).
+        assert!(!ask(&real, b"x").await.is_empty());
+    }
+    let report = server.stop().await.udp.unwrap();
+    assert!(report.evicted >= 1900, "{report:?}");
+}
+
+#[tokio::test]
+async fn the_reply_rate_limit_caps_replies_per_source_address() {
+    let mut cfg = udp_config();
+    cfg.udp_rate = Some(5);
+    let server = TestServer::start(cfg, Echo).await;
+    let sock = client(&server).await;
+    for i in 0..50 {
+        sock.send(format!("{i}").as_bytes()).await.unwrap();
+    }
+    let mut got = 0;
+    let mut buf = [0u8; 64];
+    while tokio::time::timeout(Duration::from_millis(300), sock.recv(&mut buf))
+        .await
+        .is_ok()
+    {
+        got += 1;
+    }
+    // A burst of 5, plus whatever the bucket refilled while the 50 datagrams were handled.
+    assert!((5..=7).contains(&got), "{got} replies");
+    let report = server.stop().await.udp.unwrap();
+    assert_eq!(report.rate_limited, 50 - got);
 }
 
 /// Greets on open and pushes a second message from another task.

@@ -9,7 +9,7 @@
 use bytes::{Buf, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
-use crate::codec::length::{put_uint, read_uint};
+use crate::codec::length::{order_hint, put_uint, read_uint};
 use crate::codec::{ByteOrder, eof_leftover};
 use crate::error::CodecError;
 use crate::message::{Header, Message};
@@ -37,6 +37,16 @@ impl HeaderCodec {
         }
     }
 
+    /// How far the frame in progress is known to extend: the whole frame once its header is
+    /// parsed, else the end of the header once its length is read.
+    pub fn frame_len(&self, src: &[u8]) -> Option<usize> {
+        if let Some((body_start, header)) = &self.parsed {
+            return Some(body_start + header.body_len() as usize);
+        }
+        let len = read_uint(src.get(..LEN_BYTES)?, self.order);
+        (len <= self.max_header as u64).then(|| LEN_BYTES + len as usize)
+    }
+
     /// Byte order of the header length.
     pub fn order(&self) -> ByteOrder {
         self.order
@@ -49,9 +59,13 @@ impl HeaderCodec {
         }
         let len = read_uint(&src[..LEN_BYTES], self.order);
         if len > self.max_header as u64 {
+            let hint = order_hint(&src[..LEN_BYTES], self.order, self.max_header, |order| {
+                crate::codec::Framing::Header { order }
+            });
             return Err(CodecError::HeaderTooLarge {
                 len,
                 max: self.max_header,
+                hint,
             });
         }
         let body_start = LEN_BYTES + len as usize;
@@ -63,6 +77,7 @@ impl HeaderCodec {
             return Err(CodecError::FrameTooLarge {
                 len: header.body_len(),
                 max: self.max_body,
+                hint: String::new(),
             });
         }
         Ok(Some((body_start, header)))
@@ -211,6 +226,21 @@ mod tests {
             codec().decode(&mut buf),
             Err(CodecError::FrameTooLarge { len: 1025, .. })
         ));
+    }
+
+    #[test]
+    fn the_tutorials_little_endian_header_sent_to_header_suggests_headerle() {
+        let header = br#"{"file_name":"a.txt","len":10}"#;
+        let mut bytes = (header.len() as u32).to_le_bytes().to_vec();
+        bytes.extend_from_slice(header);
+        let err = codec()
+            .decode(&mut BytesMut::from(&bytes[..]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.ends_with("— a little-endian prefix? try --framing headerle"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -27,6 +27,14 @@ impl LengthCodec {
         LengthCodec { prefix, order, max }
     }
 
+    /// The whole frame's size (prefix included) once the prefix is complete and within the
+    /// limit.
+    pub fn frame_len(&self, src: &[u8]) -> Option<usize> {
+        let width = self.prefix.bytes();
+        let len = read_uint(src.get(..width)?, self.order);
+        (len <= self.max as u64).then(|| width + len as usize)
+    }
+
     /// The prefix width.
     pub fn prefix(&self) -> Prefix {
         self.prefix
@@ -45,6 +53,28 @@ pub(crate) fn read_uint(mut bytes: &[u8], order: ByteOrder) -> u64 {
         ByteOrder::Big => bytes.get_uint(n),
         ByteOrder::Little => bytes.get_uint_le(n),
     }
+}
+
+/// When a length read in `order` is over `max` but the same bytes read in the other order are
+/// not, the peer most likely uses the other byte order: a hint naming the framing to try.
+pub(crate) fn order_hint(
+    prefix: &[u8],
+    order: ByteOrder,
+    max: usize,
+    framing: impl Fn(ByteOrder) -> crate::codec::Framing,
+) -> String {
+    let other = match order {
+        ByteOrder::Big => ByteOrder::Little,
+        ByteOrder::Little => ByteOrder::Big,
+    };
+    if prefix.len() < 2 || read_uint(prefix, other) > max as u64 {
+        return String::new();
+    }
+    let name = match other {
+        ByteOrder::Little => "little-endian",
+        ByteOrder::Big => "big-endian",
+    };
+    format!(" — a {name} prefix? try --framing {}", framing(other))
 }
 
 /// Writes `value` as an unsigned integer of `width` bytes in `order`.
@@ -66,7 +96,17 @@ impl Decoder for LengthCodec {
         }
         let len = read_uint(&src[..width], self.order);
         if len > self.max as u64 {
-            return Err(CodecError::FrameTooLarge { len, max: self.max });
+            let hint = order_hint(&src[..width], self.order, self.max, |order| {
+                crate::codec::Framing::Length {
+                    prefix: self.prefix,
+                    order,
+                }
+            });
+            return Err(CodecError::FrameTooLarge {
+                len,
+                max: self.max,
+                hint,
+            });
         }
         // `len <= max`, and `max` is a usize, so neither conversion nor sum can overflow.
         let total = width + len as usize;
@@ -155,12 +195,30 @@ mod tests {
         let mut c = LengthCodec::new(Prefix::U64, ByteOrder::Big, 8);
         let mut buf = BytesMut::from(&u64::MAX.to_be_bytes()[..]);
         match c.decode(&mut buf) {
-            Err(CodecError::FrameTooLarge { len, max }) => {
-                assert_eq!((len, max), (u64::MAX, 8));
+            Err(CodecError::FrameTooLarge { len, max, hint }) => {
+                assert_eq!((len, max, hint.as_str()), (u64::MAX, 8, ""));
             }
             other => panic!("expected FrameTooLarge, got {other:?}"),
         }
         assert!(buf.capacity() < 1024, "no memory reserved for the body");
+    }
+
+    #[test]
+    fn an_oversized_prefix_that_fits_in_the_other_byte_order_suggests_it() {
+        // struct.pack('i', 5) sent to a big-endian len32 reader.
+        let mut c = codec(Prefix::U32, ByteOrder::Big);
+        let err = c
+            .decode(&mut BytesMut::from(&b"\x05\x00\x00\x00hello"[..]))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "frame of 83886080 bytes exceeds the limit of 1024 bytes \
+             — a little-endian prefix? try --framing len32le"
+        );
+        let mut c = codec(Prefix::U16, ByteOrder::Little);
+        let err = c.decode(&mut BytesMut::from(&b"\x00\x05"[..])).unwrap_err();
+        assert!(err.to_string().ends_with("try --framing len16"), "{err}");
     }
 
     #[test]

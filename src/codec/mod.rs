@@ -205,6 +205,17 @@ impl FrameCodec {
         }
     }
 
+    /// How many bytes the frame at the front of `src` takes in all, once its prefix or header
+    /// says so (`None` for `raw` and `line`, whose ends are not announced). Lets a reader size
+    /// its buffer once instead of growing it by doubling.
+    pub fn frame_len(&self, src: &[u8]) -> Option<usize> {
+        match self {
+            FrameCodec::Raw(_) | FrameCodec::Line(_) => None,
+            FrameCodec::Length(c) => c.frame_len(src),
+            FrameCodec::Header(c) => c.frame_len(src),
+        }
+    }
+
     /// The framing this codec implements.
     pub fn framing(&self) -> Framing {
         match self {

@@ -1,4 +1,5 @@
-//! Network basics: parsing hosts and ports the way users type them, and resolving names.
+//! Network basics: parsing hosts, ports and addresses the way users type them, and resolving
+//! names.
 //!
 //! A string made only of digits and dots is taken as an IPv4 address and must be one (so
 //! `256.1.1.1` is an error, not a host name to look up); one with a colon must be an IPv6
@@ -9,6 +10,10 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use crate::error::ConfigError;
+
+pub mod addr;
+
+pub use addr::{Address, Endpoint, PeerAddr, Scheme, UnixName};
 
 /// A host as given by the user: an address, or a name to resolve.
 #[derive(Clone, Debug, PartialEq, Eq)]

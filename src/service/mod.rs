@@ -12,6 +12,8 @@
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
+
+use crate::net::PeerAddr;
 use std::str::FromStr;
 
 use tokio::sync::mpsc;
@@ -51,8 +53,8 @@ impl fmt::Display for Transport {
 pub struct PeerInfo {
     /// Server-unique number of this connection or peer, in order of arrival.
     pub id: u64,
-    /// The remote address.
-    pub addr: SocketAddr,
+    /// The remote address (an IP socket address, or a unix-socket peer).
+    pub addr: PeerAddr,
     /// The transport.
     pub transport: Transport,
 }
@@ -113,20 +115,20 @@ enum HandleTarget {
     /// A TCP connection's own queue.
     Direct(mpsc::Sender<Push>),
     /// The UDP server's shared queue, tagged with the peer address.
-    Tagged(mpsc::Sender<(SocketAddr, Push)>),
+    Tagged(mpsc::Sender<(SocketAddr, Push)>, SocketAddr),
 }
 
 /// A cloneable, `Send` handle that pushes messages to one connection from any task.
 #[derive(Clone, Debug)]
 pub struct ConnHandle {
     target: HandleTarget,
-    peer: SocketAddr,
+    peer: PeerAddr,
 }
 
 impl ConnHandle {
     /// The remote address of the connection.
-    pub fn peer(&self) -> SocketAddr {
-        self.peer
+    pub fn peer(&self) -> &PeerAddr {
+        &self.peer
     }
 
     /// Queues `msg` without waiting; fails if the queue is full or the connection is gone.
@@ -138,7 +140,7 @@ impl ConnHandle {
     pub async fn send(&self, msg: Message) -> Result<(), PushError> {
         let sent = match &self.target {
             HandleTarget::Direct(tx) => tx.send(Push::Message(msg)).await.is_ok(),
-            HandleTarget::Tagged(tx) => tx.send((self.peer, Push::Message(msg))).await.is_ok(),
+            HandleTarget::Tagged(tx, addr) => tx.send((*addr, Push::Message(msg))).await.is_ok(),
         };
         if sent { Ok(()) } else { Err(PushError::Closed) }
     }
@@ -152,7 +154,7 @@ impl ConnHandle {
     pub fn is_closed(&self) -> bool {
         match &self.target {
             HandleTarget::Direct(tx) => tx.is_closed(),
-            HandleTarget::Tagged(tx) => tx.is_closed(),
+            HandleTarget::Tagged(tx, _) => tx.is_closed(),
         }
     }
 
@@ -162,8 +164,8 @@ impl ConnHandle {
             HandleTarget::Direct(tx) => tx
                 .try_send(push)
                 .map_err(|e| matches!(e, TrySendError::Full(_))),
-            HandleTarget::Tagged(tx) => tx
-                .try_send((self.peer, push))
+            HandleTarget::Tagged(tx, addr) => tx
+                .try_send((*addr, push))
                 .map_err(|e| matches!(e, TrySendError::Full(_))),
         };
         result.map_err(|full| {
@@ -195,13 +197,13 @@ pub struct Outbox {
     /// Any further queued messages, in order after `first`.
     queue: Vec<Message>,
     closing: bool,
-    peer: SocketAddr,
+    peer: PeerAddr,
     push: PushSource,
 }
 
 impl Outbox {
     /// An outbox for one TCP connection (or any stream) with `peer` at the other end.
-    pub(crate) fn for_stream(peer: SocketAddr) -> Self {
+    pub(crate) fn for_stream(peer: PeerAddr) -> Self {
         Outbox {
             first: None,
             queue: Vec::new(),
@@ -220,7 +222,7 @@ impl Outbox {
             first: None,
             queue: Vec::new(),
             closing: false,
-            peer,
+            peer: PeerAddr::Inet(peer),
             push: PushSource::Shared(pushes),
         }
     }
@@ -245,8 +247,8 @@ impl Outbox {
     }
 
     /// The remote address of this connection.
-    pub fn peer(&self) -> SocketAddr {
-        self.peer
+    pub fn peer(&self) -> &PeerAddr {
+        &self.peer
     }
 
     /// A handle through which any task can push messages to this connection later.
@@ -256,16 +258,23 @@ impl Outbox {
                 let (tx, _) = slot.get_or_insert_with(|| mpsc::channel(PUSH_QUEUE));
                 HandleTarget::Direct(tx.clone())
             }
-            PushSource::Shared(tx) => HandleTarget::Tagged(tx.clone()),
+            PushSource::Shared(tx) => {
+                // Datagram peers are always IP peers; see `for_datagrams` and `set_peer`.
+                let addr = self
+                    .peer
+                    .socket_addr()
+                    .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+                HandleTarget::Tagged(tx.clone(), addr)
+            }
         };
         ConnHandle {
             target,
-            peer: self.peer,
+            peer: self.peer.clone(),
         }
     }
 
     pub(crate) fn set_peer(&mut self, peer: SocketAddr) {
-        self.peer = peer;
+        self.peer = PeerAddr::Inet(peer);
         self.closing = false;
     }
 
@@ -350,7 +359,7 @@ mod tests {
 
     #[test]
     fn the_outbox_keeps_send_order_across_its_inline_slot() {
-        let mut out = Outbox::for_stream("127.0.0.1:1".parse().unwrap());
+        let mut out = Outbox::for_stream(PeerAddr::Inet("127.0.0.1:1".parse().unwrap()));
         for m in ["a", "b", "c"] {
             out.send(Message::new(m));
         }
@@ -362,7 +371,7 @@ mod tests {
 
     #[test]
     fn handles_share_one_lazily_created_channel() {
-        let mut out = Outbox::for_stream("127.0.0.1:1".parse().unwrap());
+        let mut out = Outbox::for_stream(PeerAddr::Inet("127.0.0.1:1".parse().unwrap()));
         assert!(matches!(out.push, PushSource::Lazy(None)));
         let a = out.handle();
         let b = out.handle();

@@ -9,7 +9,8 @@ use std::cell::RefCell;
 use std::future::{Future, poll_fn};
 use std::io;
 use std::pin::Pin;
-use std::task::Poll;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
@@ -17,6 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::time::Sleep;
 use tokio_util::codec::{Decoder, Encoder};
 
+use crate::budget::{Charge, MemoryBudget};
 use crate::codec::{FrameCodec, RAW_CHUNK};
 use crate::error::CodecError;
 use crate::message::Message;
@@ -45,6 +47,8 @@ pub struct FramedStream<S> {
     eof: bool,
     bytes_in: u64,
     bytes_out: u64,
+    /// The server-wide memory budget the buffers are charged to, if any.
+    charge: Option<Charge>,
 }
 
 impl<S: Stream> FramedStream<S> {
@@ -58,6 +62,7 @@ impl<S: Stream> FramedStream<S> {
             eof: false,
             bytes_in: 0,
             bytes_out: 0,
+            charge: None,
         }
     }
 
@@ -86,48 +91,111 @@ impl<S: Stream> FramedStream<S> {
         }
     }
 
-    /// Reads more bytes, waiting until some arrive. Returns how many; 0 means end of stream.
+    /// Reads more bytes, waiting until some arrive. Returns how many (0 means end of stream),
+    /// or `None` when reading would take the connection over its memory budget: the read is
+    /// not made, and the caller waits for [`MemoryBudget::released`] before trying again.
     ///
     /// Between frames the read goes into a per-thread scratch buffer and only the bytes that
     /// arrived are kept, in a buffer of exactly their size: a connection waiting for its next
     /// message holds no read buffer, and a 64-byte message costs a 64-byte allocation rather
-    /// than a fresh 8 KiB one. Inside a frame, reads go straight into the connection's buffer,
-    /// which grows by doubling.
-    pub async fn fill(&mut self) -> io::Result<usize> {
+    /// than a fresh 8 KiB one. Inside a frame, the buffer is sized once to the whole frame when
+    /// the framing announces its length, and grows by doubling otherwise.
+    pub fn fill(&mut self) -> impl Future<Output = io::Result<Option<usize>>> + '_ {
+        // One poll function rather than an `async` body: every connection waiting for input
+        // holds this future, and a closure over `&mut self` is the smallest it can be.
+        poll_fn(move |cx| self.poll_fill(cx))
+    }
+
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<usize>>> {
         let n = if self.rbuf.is_empty() {
             let limit = match self.codec {
                 // One read is one raw message: read no more than one message's worth.
                 FrameCodec::Raw(_) => RAW_CHUNK,
                 _ => SCRATCH_LEN,
             };
-            // Borrowed mutably so the future needs only `S: Send`, not `S: Sync`.
-            let (io, rbuf) = (&mut self.io, &mut self.rbuf);
-            poll_fn(move |cx| {
-                SCRATCH.with_borrow_mut(|scratch| {
-                    let mut buf = ReadBuf::new(&mut scratch[..limit]);
-                    match Pin::new(&mut *io).poll_read(cx, &mut buf) {
-                        Poll::Ready(Ok(())) => {
-                            // A buffer of exactly the bytes read (`rbuf` is empty here).
-                            *rbuf = BytesMut::from(buf.filled());
-                            Poll::Ready(Ok(buf.filled().len()))
-                        }
-                        Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-                        Poll::Pending => Poll::Pending,
-                    }
-                })
-            })
-            .await?
-        } else {
-            if self.rbuf.capacity() - self.rbuf.len() < MIN_SPARE {
-                self.rbuf.reserve(self.rbuf.len().max(INITIAL_READ));
+            // Charged at the moment of reading, never while waiting: idle connections hold
+            // nothing, and no two connections can both spend the same free bytes.
+            if let Some(charge) = self.charge.as_mut() {
+                if !charge.try_grow(limit) {
+                    return Poll::Ready(Ok(None));
+                }
             }
-            self.io.read_buf(&mut self.rbuf).await?
+            let (io, rbuf) = (&mut self.io, &mut self.rbuf);
+            let read = SCRATCH.with_borrow_mut(|scratch| {
+                let mut buf = ReadBuf::new(&mut scratch[..limit]);
+                match Pin::new(io).poll_read(cx, &mut buf) {
+                    Poll::Ready(Ok(())) => {
+                        // A buffer of exactly the bytes read (`rbuf` is empty here).
+                        *rbuf = BytesMut::from(buf.filled());
+                        Poll::Ready(Ok(buf.filled().len()))
+                    }
+                    other => other.map_ok(|()| 0),
+                }
+            });
+            self.settle();
+            match read {
+                Poll::Ready(Ok(n)) => n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        } else {
+            let (len, cap) = (self.rbuf.len(), self.rbuf.capacity());
+            let want = match self.codec.frame_len(&self.rbuf) {
+                Some(total) if total > len => total,
+                _ if cap - len < MIN_SPARE => len + len.max(INITIAL_READ),
+                _ => cap,
+            };
+            if want > cap {
+                // A growing buffer may double rather than take exactly what was asked.
+                let extra = want.max(2 * cap) - cap;
+                if let Some(charge) = self.charge.as_mut() {
+                    if !charge.try_grow_large(extra) {
+                        return Poll::Ready(Ok(None));
+                    }
+                }
+                self.rbuf.reserve(want - len);
+                self.settle();
+            }
+            let spare = self.rbuf.spare_capacity_mut();
+            let mut buf = ReadBuf::uninit(spare);
+            match Pin::new(&mut self.io).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+            let n = buf.filled().len();
+            // SAFETY: `poll_read` initialized the first `n` bytes of the spare capacity.
+            unsafe { self.rbuf.set_len(len + n) };
+            n
         };
         if n == 0 {
             self.eof = true;
         }
         self.bytes_in += n as u64;
-        Ok(n)
+        Poll::Ready(Ok(Some(n)))
+    }
+
+    /// Makes the budget charge match the buffers' actual sizes.
+    fn settle(&mut self) {
+        if let Some(charge) = self.charge.as_mut() {
+            charge.settle(self.rbuf.capacity() + self.wbuf.capacity());
+        }
+    }
+
+    /// Charges this connection's buffers to `charge`'s budget from now on.
+    pub fn set_budget(&mut self, charge: Charge) {
+        self.charge = Some(charge);
+        self.settle();
+    }
+
+    /// The memory budget this connection is charged to, if any.
+    pub fn budget(&self) -> Option<&Arc<MemoryBudget>> {
+        self.charge.as_ref().map(Charge::budget)
+    }
+
+    /// Bytes of the frame in progress received so far.
+    pub fn partial_len(&self) -> usize {
+        self.rbuf.len()
     }
 
     /// Reads the next message. `Ok(None)` is a clean end of stream; end of stream inside a
@@ -140,7 +208,11 @@ impl<S: Stream> FramedStream<S> {
             if self.eof {
                 return Ok(None);
             }
-            self.fill().await?;
+            if self.fill().await?.is_none() {
+                if let Some(budget) = self.budget().cloned() {
+                    budget.released(INITIAL_READ).await;
+                }
+            }
         }
     }
 
@@ -161,7 +233,9 @@ impl<S: Stream> FramedStream<S> {
             // Sized up front: growing an empty buffer takes a slower path in `bytes`.
             self.wbuf = BytesMut::with_capacity(msg.len() + WRITE_SLACK);
         }
-        self.codec.encode(msg, &mut self.wbuf)
+        let encoded = self.codec.encode(msg, &mut self.wbuf);
+        self.settle();
+        encoded
     }
 
     /// Bytes encoded but not yet written.
@@ -222,6 +296,7 @@ impl<S: Stream> FramedStream<S> {
         if self.wbuf.is_empty() {
             self.wbuf = BytesMut::new();
         }
+        self.settle();
     }
 
     /// Bytes read so far.
@@ -258,6 +333,7 @@ impl<S: Stream> FramedStream<S> {
         };
         let _ = tokio::time::timeout(linger, drain).await;
         self.rbuf = BytesMut::new();
+        self.settle();
     }
 }
 

@@ -16,15 +16,22 @@ use std::time::{Duration, Instant};
 use tokio::time::Sleep;
 use tracing::debug;
 
+use crate::budget::MemoryBudget;
 use crate::error::CodecError;
 use crate::message::Message;
+use crate::net::PeerAddr;
 use crate::service::{Outbox, Push, Session};
 use crate::shutdown::ShutdownListener;
+use crate::transport::framed::INITIAL_READ;
 use crate::transport::{FramedStream, Stream};
 
 /// Encoded replies beyond this many bytes are written before more requests are decoded,
 /// bounding the write buffer of a client that pipelines without reading.
 const WRITE_BATCH: usize = 256 * 1024;
+/// Default `--min-rate`: an unfinished frame must average 1 KiB/s to outlive the frame timeout.
+pub const DEFAULT_MIN_RATE: u64 = 1024;
+/// How long a connection paused by the memory budget waits for room when no frame timeout is set.
+const DEFAULT_PAUSE_LIMIT: Duration = Duration::from_secs(30);
 /// How long the last replies and a closing notice may take to go out.
 const FINAL_FLUSH: Duration = Duration::from_secs(2);
 
@@ -35,9 +42,11 @@ pub struct ConnSettings {
     pub quit_words: bool,
     /// Close a connection that sends nothing for this long.
     pub idle_timeout: Option<Duration>,
-    /// Close a connection whose unfinished frame (or whose unread replies) make no progress
-    /// for this long.
+    /// Close a connection whose unfinished frame takes this long (longer only while it keeps
+    /// arriving at `min_rate`), or whose unread replies make no progress for this long.
     pub frame_timeout: Option<Duration>,
+    /// Bytes per second an unfinished frame must average to be allowed past `frame_timeout`.
+    pub min_rate: Option<u64>,
     /// After closing our side, how long to keep draining what the peer still sends, so the
     /// last reply is not destroyed by a reset.
     pub linger: Duration,
@@ -49,6 +58,7 @@ impl Default for ConnSettings {
             quit_words: true,
             idle_timeout: None,
             frame_timeout: Some(Duration::from_secs(30)),
+            min_rate: Some(DEFAULT_MIN_RATE),
             linger: Duration::from_millis(500),
         }
     }
@@ -65,8 +75,11 @@ pub enum CloseReason {
     ServiceClosed,
     /// No input for the idle timeout.
     IdleTimeout(Duration),
-    /// An unfinished frame made no progress for the frame timeout.
+    /// An unfinished frame took longer than the frame timeout without keeping the minimum rate,
+    /// or stalled for the frame timeout.
     FrameTimeout(Duration),
+    /// Paused by the server's memory budget for this long without finding room.
+    OverBudget(Duration),
     /// The peer broke the framing (oversized, malformed, truncated).
     Protocol(CodecError),
     /// The socket failed (reset, or a peer that stopped reading).
@@ -80,7 +93,10 @@ impl CloseReason {
     pub fn is_error(&self) -> bool {
         matches!(
             self,
-            CloseReason::Protocol(_) | CloseReason::FrameTimeout(_) | CloseReason::Io(_)
+            CloseReason::Protocol(_)
+                | CloseReason::FrameTimeout(_)
+                | CloseReason::OverBudget(_)
+                | CloseReason::Io(_)
         )
     }
 
@@ -93,7 +109,11 @@ impl CloseReason {
                 d.as_secs_f64()
             )),
             CloseReason::FrameTimeout(d) => Some(format!(
-                "error: frame timeout (unfinished frame stalled for {}s)",
+                "error: frame timeout (an unfinished frame took over {}s, too slowly)",
+                d.as_secs_f64()
+            )),
+            CloseReason::OverBudget(d) => Some(format!(
+                "error: server busy (no memory to read your data for {}s), try again later",
                 d.as_secs_f64()
             )),
             _ => None,
@@ -109,7 +129,10 @@ impl fmt::Display for CloseReason {
             CloseReason::ServiceClosed => f.write_str("closed by service"),
             CloseReason::IdleTimeout(d) => write!(f, "idle timeout after {}s", d.as_secs_f64()),
             CloseReason::FrameTimeout(d) => {
-                write!(f, "frame stalled for {}s", d.as_secs_f64())
+                write!(f, "unfinished frame too slow after {}s", d.as_secs_f64())
+            }
+            CloseReason::OverBudget(d) => {
+                write!(f, "no room in the memory budget for {}s", d.as_secs_f64())
             }
             CloseReason::Protocol(e) => write!(f, "protocol error: {e}"),
             CloseReason::Io(e) => write!(f, "i/o error: {e}"),
@@ -192,6 +215,151 @@ impl Deadline {
     }
 }
 
+/// The timers of one connection, measured lazily: a connection that only ever exchanges whole
+/// messages and has no idle timeout never reads the clock.
+#[derive(Default)]
+struct Clocks {
+    /// Since when no message has completed (`None`: one just did; measured at the next wait).
+    idle_since: Option<Instant>,
+    /// The unfinished frame in progress, if any (boxed, like `paused`: both are rare, and
+    /// every idle connection carries this struct).
+    frame: Option<Box<FrameClock>>,
+    /// Paused by the memory budget: since when, and the wait for memory to come back.
+    paused: Option<Box<Paused>>,
+}
+
+/// A connection paused by the memory budget.
+struct Paused {
+    since: Instant,
+    /// Made once when the pause begins, so the idle task does not carry its state.
+    released: Pin<Box<dyn Future<Output = ()> + Send>>,
+}
+
+/// Which timer a deadline belongs to.
+#[derive(Clone, Copy)]
+enum Timer {
+    Idle(Duration),
+    Frame(Duration),
+    Paused(Duration),
+}
+
+impl Timer {
+    fn reason(self) -> CloseReason {
+        match self {
+            Timer::Idle(d) => CloseReason::IdleTimeout(d),
+            Timer::Frame(d) => CloseReason::FrameTimeout(d),
+            Timer::Paused(d) => CloseReason::OverBudget(d),
+        }
+    }
+}
+
+/// When the unfinished frame started and when it last grew.
+struct FrameClock {
+    started: Instant,
+    progress: Instant,
+    len: usize,
+}
+
+impl Clocks {
+    fn message_complete(&mut self) {
+        self.idle_since = None;
+        self.frame = None;
+    }
+
+    /// The earliest deadline that applies now, and what closes the connection when it passes.
+    ///
+    /// - Idle: `idle_timeout` after the last complete message (a trickle of bytes that never
+    ///   completes a message does not count as activity).
+    /// - Frame: an unfinished frame gets `frame_timeout`, and longer only while it keeps
+    ///   arriving at `min_rate` on average since it began; a stall of `frame_timeout` ends it
+    ///   whatever its rate.
+    /// - Paused by the memory budget: the idle and frame clocks stop; a connection that finds no
+    ///   room for `frame_timeout` (30 s if off) is closed, which keeps the budget from
+    ///   deadlocking when every holder is waiting for room.
+    fn next_deadline(
+        &mut self,
+        settings: &ConnSettings,
+        partial: usize,
+    ) -> Option<(Instant, Timer)> {
+        if let Some(paused) = &self.paused {
+            let limit = settings.frame_timeout.unwrap_or(DEFAULT_PAUSE_LIMIT);
+            return Some((paused.since + limit, Timer::Paused(limit)));
+        }
+        let frame_timeout = settings.frame_timeout.filter(|_| partial > 0);
+        if partial == 0 {
+            self.frame = None;
+        }
+        if settings.idle_timeout.is_none() && frame_timeout.is_none() {
+            return None;
+        }
+        let now = Instant::now();
+        let idle = settings.idle_timeout.map(|limit| {
+            let since = *self.idle_since.get_or_insert(now);
+            (since + limit, Timer::Idle(limit))
+        });
+        let frame = frame_timeout.map(|limit| {
+            let clock = self.frame.get_or_insert_with(|| {
+                Box::new(FrameClock {
+                    started: now,
+                    progress: now,
+                    len: partial,
+                })
+            });
+            if partial != clock.len {
+                clock.len = partial;
+                clock.progress = now;
+            }
+            let earned = match settings.min_rate {
+                Some(rate) => Duration::from_secs_f64(partial as f64 / rate as f64),
+                // Without a minimum rate, a frame may take as long as it keeps moving.
+                None => Duration::MAX,
+            };
+            let by_rate = clock.started.checked_add(limit.max(earned));
+            let at = match by_rate {
+                Some(by_rate) => by_rate.min(clock.progress + limit),
+                None => clock.progress + limit,
+            };
+            (at, Timer::Frame(limit))
+        });
+        match (idle, frame) {
+            (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn pause(&mut self, budget: Option<Arc<MemoryBudget>>) {
+        if let Some(budget) = budget {
+            self.paused = Some(Box::new(Paused {
+                since: Instant::now(),
+                released: Box::pin(async move { budget.released(INITIAL_READ).await }),
+            }));
+        }
+    }
+
+    /// Resolves when memory may have come back (never while not paused).
+    fn released(&mut self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| match &mut self.paused {
+            Some(paused) => paused.released.as_mut().poll(cx),
+            None => std::task::Poll::Pending,
+        })
+    }
+
+    /// Memory came back: restart the clocks, minus the time spent paused.
+    fn resume(&mut self) {
+        let Some(paused) = self.paused.take() else {
+            return;
+        };
+        let paused = paused.since.elapsed();
+        if let Some(idle) = &mut self.idle_since {
+            *idle += paused;
+        }
+        if let Some(frame) = &mut self.frame {
+            frame.started += paused;
+            frame.progress += paused;
+        }
+    }
+}
+
 /// Serves `session` over `conn` until the peer leaves, the session closes, a limit is broken, or
 /// `shutdown` fires. Never panics on peer input; every outcome is in the report.
 ///
@@ -203,7 +371,7 @@ impl Deadline {
 pub fn serve_connection<St: Stream, Se: Session>(
     mut conn: FramedStream<St>,
     mut session: Se,
-    peer: std::net::SocketAddr,
+    peer: PeerAddr,
     settings: Arc<ConnSettings>,
     mut shutdown: ShutdownListener,
 ) -> impl Future<Output = ConnReport> + Send + 'static {
@@ -212,8 +380,7 @@ pub fn serve_connection<St: Stream, Se: Session>(
         let mut out = Outbox::for_stream(peer);
         let mut deadline = Deadline::default();
         let (mut messages_in, mut messages_out) = (0u64, 0u64);
-        // When input last arrived; measured lazily, only when a timeout needs it.
-        let mut last_input: Option<Instant> = None;
+        let mut clocks = Clocks::default();
 
         session.on_open(&mut out).await;
         let reason = loop {
@@ -231,7 +398,8 @@ pub fn serve_connection<St: Stream, Se: Session>(
             match conn.decode() {
                 Ok(Some(msg)) => {
                     messages_in += 1;
-                    debug!("message from {peer}: {} bytes", msg.len());
+                    clocks.message_complete();
+                    debug!("message from {}: {} bytes", out.peer(), msg.len());
                     if settings.quit_words && msg.is_quit_word() {
                         out.send(Message::text("bye"));
                         break CloseReason::Quit;
@@ -252,15 +420,9 @@ pub fn serve_connection<St: Stream, Se: Session>(
             }
             conn.release_idle();
             out.release_idle();
-            let partial = conn.has_partial_frame();
-            // An unfinished frame is held to the frame timeout, or to the idle timeout when the
-            // frame timeout is off: a connection is never exempt from both just by starting a frame.
-            let limit = if partial {
-                settings.frame_timeout.or(settings.idle_timeout)
-            } else {
-                settings.idle_timeout
-            };
-            deadline.set(limit.map(|limit| *last_input.get_or_insert_with(Instant::now) + limit));
+            let timer = clocks.next_deadline(&settings, conn.partial_len());
+            deadline.set(timer.map(|(at, _)| at));
+            let timer = timer.map(|(_, timer)| timer);
             tokio::select! {
                 biased;
                 () = &mut shutdown => break CloseReason::Shutdown,
@@ -268,17 +430,17 @@ pub fn serve_connection<St: Stream, Se: Session>(
                     Push::Message(msg) => out.send(msg),
                     Push::Close => out.close(),
                 },
-                read = conn.fill() => match read {
-                    Ok(_) => last_input = None,
+                read = conn.fill(), if clocks.paused.is_none() => match read {
+                    Ok(Some(_)) => {}
+                    // Over the memory budget: stop reading until memory comes back.
+                    Ok(None) => clocks.pause(conn.budget().cloned()),
                     Err(e) => break CloseReason::Io(e),
                 },
+                () = clocks.released(), if clocks.paused.is_some() => clocks.resume(),
                 () = deadline.expired() => {
-                    let limit = limit.unwrap_or_default();
-                    break if partial && settings.frame_timeout.is_some() {
-                        CloseReason::FrameTimeout(limit)
-                    } else {
-                        CloseReason::IdleTimeout(limit)
-                    };
+                    if let Some(fired) = timer {
+                        break fired.reason();
+                    }
                 }
             }
         };
@@ -325,7 +487,7 @@ mod tests {
         let fut = serve_connection(
             conn,
             EchoSession,
-            listener.local_addr().unwrap(),
+            PeerAddr::Inet(listener.local_addr().unwrap()),
             Arc::new(ConnSettings::default()),
             crate::shutdown::ShutdownSignal::new().listen(),
         );

@@ -3,15 +3,20 @@
 //!
 //! UDP has no close, so a peer's session ends when it sends a quit word, when its session
 //! closes, or when it has been silent for the idle limit. The peer table is bounded: when it is
-//! full, expired peers are swept out, and if none are, the newcomer is told the server is busy.
+//! full, the least recently active peer makes room for the newcomer, so a flood of spoofed or
+//! one-off source ports cannot lock real clients out.
+//!
+//! A UDP reply goes wherever the source address says, and that address can be forged: an
+//! internet-facing echo or ack service is a reflector (a 0-byte datagram earns a 41-byte `ack`).
+//! `reply_rate` caps the replies per second to each source IP with a token bucket.
 
-use std::collections::HashMap;
-use std::collections::hash_map::Entry;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use lru::LruCache;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio_util::codec::Encoder;
@@ -20,6 +25,7 @@ use tracing::{debug, info, warn};
 
 use crate::codec::RawCodec;
 use crate::message::Message;
+use crate::net::PeerAddr;
 use crate::server::RateLimited;
 use crate::service::{Outbox, PeerInfo, Push, Service, Session, Transport};
 use crate::shutdown::ShutdownSignal;
@@ -32,6 +38,8 @@ const PUSH_QUEUE: usize = 8192;
 const RECV_BATCH: usize = 64;
 /// Receive buffer: large enough for any UDP payload, so nothing is ever truncated.
 const RECV_BUFFER: usize = 65_536;
+/// Source addresses whose reply rate is tracked; the least recent are forgotten beyond this.
+const RATE_TABLE: usize = 65_536;
 
 /// Policy for a UDP server.
 #[derive(Clone, Debug)]
@@ -42,6 +50,8 @@ pub struct UdpSettings {
     pub peer_idle: Duration,
     /// How many peers may have sessions at once.
     pub max_peers: usize,
+    /// Most replies per second to one source IP address; `None` is unlimited.
+    pub reply_rate: Option<u32>,
 }
 
 /// Totals for a UDP server run.
@@ -53,8 +63,40 @@ pub struct UdpReport {
     pub datagrams_out: u64,
     /// Distinct peers that got a session.
     pub peers: u64,
-    /// Datagrams answered with "server busy" because the peer table was full.
-    pub refused: u64,
+    /// Peers dropped, least recently active first, to make room in a full peer table.
+    pub evicted: u64,
+    /// Replies not sent because their destination was over its reply rate.
+    pub rate_limited: u64,
+}
+
+/// A token bucket per source IP: `rate` replies a second, in bursts of up to `rate`.
+struct ReplyLimiter {
+    rate: f64,
+    buckets: LruCache<IpAddr, (f64, Instant)>,
+}
+
+impl ReplyLimiter {
+    fn new(rate: u32) -> Self {
+        ReplyLimiter {
+            rate: f64::from(rate.max(1)),
+            buckets: LruCache::new(NonZeroUsize::new(RATE_TABLE).unwrap_or(NonZeroUsize::MIN)),
+        }
+    }
+
+    /// Takes one token for `ip`; false if it has none left.
+    fn allow(&mut self, ip: IpAddr, now: Instant) -> bool {
+        let rate = self.rate;
+        let (tokens, last) = self.buckets.get_or_insert_mut(ip, || (rate, now));
+        let refill = now.saturating_duration_since(*last).as_secs_f64() * rate;
+        *tokens = (*tokens + refill).min(rate);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 struct Peer<Se> {
@@ -68,12 +110,14 @@ struct Driver<Sv: Service> {
     socket: UdpSocket,
     service: Arc<Sv>,
     settings: UdpSettings,
-    peers: HashMap<SocketAddr, Peer<Sv::Session>>,
+    /// Most recently active first.
+    peers: LruCache<SocketAddr, Peer<Sv::Session>>,
     out: Outbox,
     wbuf: BytesMut,
     next_id: u64,
-    last_sweep: Instant,
-    refusals: RateLimited,
+    evictions: RateLimited,
+    limiter: Option<ReplyLimiter>,
+    limited: RateLimited,
     report: UdpReport,
 }
 
@@ -88,16 +132,18 @@ pub async fn serve_udp<Sv: Service>(
     let placeholder = socket
         .local_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let limiter = settings.reply_rate.map(ReplyLimiter::new);
     let mut driver = Driver {
         socket,
         service,
         settings,
-        peers: HashMap::new(),
+        peers: LruCache::unbounded(),
         out: Outbox::for_datagrams(push_tx, placeholder),
         wbuf: BytesMut::new(),
         next_id: 0,
-        last_sweep: Instant::now(),
-        refusals: RateLimited::new(Duration::from_secs(1)),
+        evictions: RateLimited::new(Duration::from_secs(1)),
+        limiter,
+        limited: RateLimited::new(Duration::from_secs(1)),
         report: UdpReport::default(),
     };
     // Checked once per wake-up: the cheap signal, fed by the caller's token.
@@ -144,7 +190,7 @@ pub async fn serve_udp<Sv: Service>(
         }
     }
     relay.abort();
-    for (addr, mut peer) in driver.peers.drain() {
+    while let Some((addr, mut peer)) = driver.peers.pop_lru() {
         peer.session.on_close();
         debug!("peer {addr} closed: server shutting down");
     }
@@ -155,9 +201,10 @@ impl<Sv: Service> Driver<Sv> {
     async fn on_datagram(&mut self, addr: SocketAddr, datagram: Bytes) {
         self.report.datagrams_in += 1;
         let now = Instant::now();
-        if !self.peers.contains_key(&addr) && !self.admit(addr, &datagram, now).await {
-            return;
+        if !self.peers.contains(&addr) {
+            self.admit(addr, now).await;
         }
+        // `get_mut` also marks the peer most recently active.
         let Some(peer) = self.peers.get_mut(&addr) else {
             return;
         };
@@ -185,38 +232,24 @@ impl<Sv: Service> Driver<Sv> {
         }
     }
 
-    /// Opens a session for a new peer, making room if the table is full.
-    async fn admit(&mut self, addr: SocketAddr, first: &Bytes, now: Instant) -> bool {
+    /// Opens a session for a new peer, making room if the table is full: expired peers go
+    /// first, then the least recently active one.
+    async fn admit(&mut self, addr: SocketAddr, now: Instant) {
         if self.peers.len() >= self.settings.max_peers {
-            // Sweeping is O(peers): at most once a second, however hard the flood.
-            if now.duration_since(self.last_sweep) >= Duration::from_secs(1) {
-                self.sweep(now);
-            }
-            if self.peers.len() >= self.settings.max_peers {
-                self.report.refused += 1;
-                if let Some(n) = self.refusals.hit() {
+            self.sweep(now);
+        }
+        if self.peers.len() >= self.settings.max_peers {
+            if let Some((old, mut peer)) = self.peers.pop_lru() {
+                peer.session.on_close();
+                self.report.evicted += 1;
+                debug!("udp peer {old} evicted to make room for {addr}");
+                if let Some(n) = self.evictions.hit() {
                     warn!(
-                        "refused {n} udp peer(s) (latest {addr}): limit of {} peers reached",
+                        "peer table full ({} peers): evicted {n} least recently active peer(s) \
+                         (latest for {addr})",
                         self.settings.max_peers
                     );
                 }
-                let busy = Message::text(format!(
-                    "error: server busy ({} peers), try again later",
-                    self.settings.max_peers
-                ));
-                // Answer in the newcomer's own style: a line if it sent a line.
-                let mut codec = RawCodec::new(RECV_BUFFER);
-                codec.decode_datagram(first.clone());
-                send_datagram(
-                    &self.socket,
-                    &mut self.wbuf,
-                    &mut self.report,
-                    addr,
-                    &busy,
-                    &mut codec,
-                )
-                .await;
-                return false;
             }
         }
         self.next_id += 1;
@@ -224,7 +257,7 @@ impl<Sv: Service> Driver<Sv> {
         info!("new udp peer {addr}");
         let info = PeerInfo {
             id: self.next_id,
-            addr,
+            addr: PeerAddr::Inet(addr),
             transport: Transport::Udp,
         };
         let mut peer = Peer {
@@ -235,13 +268,12 @@ impl<Sv: Service> Driver<Sv> {
         };
         self.out.set_peer(addr);
         peer.session.on_open(&mut self.out).await;
-        self.peers.insert(addr, peer);
+        self.peers.put(addr, peer);
         self.flush(addr).await;
-        true
     }
 
     async fn on_push(&mut self, addr: SocketAddr, push: Push) {
-        if !self.peers.contains_key(&addr) {
+        if !self.peers.contains(&addr) {
             return;
         }
         match push {
@@ -262,31 +294,43 @@ impl<Sv: Service> Driver<Sv> {
             out,
             wbuf,
             report,
+            limiter,
+            limited,
             ..
         } = self;
-        let Some(peer) = peers.get_mut(&addr) else {
+        let Some(peer) = peers.peek_mut(&addr) else {
             out.clear();
             return;
         };
         for msg in out.drain() {
+            if let Some(limiter) = limiter.as_mut() {
+                if !limiter.allow(addr.ip(), Instant::now()) {
+                    report.rate_limited += 1;
+                    if let Some(n) = limited.hit() {
+                        warn!("udp reply rate limit: dropped {n} repl(ies) (latest to {addr})");
+                    }
+                    continue;
+                }
+            }
             send_datagram(socket, wbuf, report, addr, &msg, &mut peer.codec).await;
         }
     }
 
     fn forget(&mut self, addr: SocketAddr, why: &str) {
-        if let Entry::Occupied(e) = self.peers.entry(addr) {
-            let mut peer = e.remove();
+        if let Some(mut peer) = self.peers.pop(&addr) {
             peer.session.on_close();
             info!("udp peer {addr} {why} ({} datagrams)", peer.datagrams);
         }
     }
 
+    /// Forgets peers silent for the idle limit, oldest first; stops at the first active one.
     fn sweep(&mut self, now: Instant) {
-        self.last_sweep = now;
         let idle = self.settings.peer_idle;
-        self.peers.retain(|addr, peer| {
-            let keep = now.duration_since(peer.last_seen) < idle;
-            if !keep {
+        while let Some((_, peer)) = self.peers.peek_lru() {
+            if now.saturating_duration_since(peer.last_seen) < idle {
+                break;
+            }
+            if let Some((addr, mut peer)) = self.peers.pop_lru() {
                 peer.session.on_close();
                 info!(
                     "udp peer {addr} expired after {}s of silence ({} datagrams)",
@@ -294,8 +338,7 @@ impl<Sv: Service> Driver<Sv> {
                     peer.datagrams
                 );
             }
-            keep
-        });
+        }
     }
 }
 

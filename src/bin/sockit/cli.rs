@@ -280,15 +280,31 @@ fn parse_count(s: &str) -> Result<usize, String> {
     }
 }
 
-/// Seconds, fractions allowed; 0 is allowed (it means "off" where the flag says so).
+/// A duration: seconds, fractions allowed, with an optional unit — `1.5`, `500ms`, `2s`, `1m`,
+/// `1h`. 0 is allowed (it means "off" where the flag says so).
 fn parse_secs(s: &str) -> Result<Duration, String> {
-    let secs: f64 = s
-        .parse()
-        .map_err(|_| format!("'{s}' is not a number of seconds"))?;
-    if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
-        return Err(format!("'{s}' is not a number of seconds from 0 to 1e9"));
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let scale = match unit.trim_start().to_ascii_lowercase().as_str() {
+        "" | "s" | "sec" | "secs" => 1.0,
+        "ms" => 1e-3,
+        "us" | "µs" => 1e-6,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        _ => f64::NAN,
+    };
+    let secs = number.parse::<f64>().map(|n| n * scale);
+    match secs {
+        Ok(secs) if secs.is_finite() && (0.0..=1e9).contains(&secs) => {
+            Ok(Duration::from_secs_f64(secs))
+        }
+        _ => Err(format!(
+            "'{s}' is not a duration (seconds, or a number with ms, s, m or h, up to 1e9 s)"
+        )),
     }
-    Ok(Duration::from_secs_f64(secs))
 }
 
 fn parse_positive_secs(s: &str) -> Result<Duration, String> {
@@ -402,7 +418,11 @@ mod tests {
         assert_eq!(parse_secs("0.25").unwrap(), Duration::from_millis(250));
         assert_eq!(parse_secs("0").unwrap(), Duration::ZERO);
         assert!(parse_positive_secs("0").is_err());
-        for bad in ["-1", "NaN", "inf", "soon"] {
+        assert_eq!(parse_secs("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_secs("2s").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_secs("1m").unwrap(), Duration::from_secs(60));
+        assert_eq!(parse_secs("1.5h").unwrap(), Duration::from_secs(5400));
+        for bad in ["-1", "NaN", "inf", "soon", "5x", "ms", "1e99", "2 weeks"] {
             assert!(parse_secs(bad).is_err(), "{bad}");
         }
     }

@@ -7,12 +7,14 @@ mod cli;
 use std::io::{BufReader, IsTerminal, Write};
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use sockit::bench::{self, BenchConfig};
 use sockit::client::{self, ClientConfig, Input};
+use sockit::logging::{LogSink, stderr_line};
 use sockit::net::{Host, resolve};
 use sockit::server::raise_fd_limit;
 use sockit::{Ack, Echo, Framing, Server, ServerConfig, Service, ServiceKind, Transport};
@@ -30,7 +32,9 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("sockit: error: cannot start the async runtime: {e}");
+            stderr_line(&format!(
+                "sockit: error: cannot start the async runtime: {e}"
+            ));
             return ExitCode::FAILURE;
         }
     };
@@ -43,11 +47,15 @@ fn main() -> ExitCode {
     });
     // Do not wait on a thread still blocked reading a terminal.
     runtime.shutdown_timeout(Duration::from_millis(100));
+    if let Some(sink) = LOG.get() {
+        // The last lines (the shutdown summary) are worth a short wait, never a long one.
+        sink.flush(Duration::from_millis(500));
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("sockit: error: {e:#}");
+            stderr_line(&format!("sockit: error: {e:#}"));
             ExitCode::FAILURE
         }
     }
@@ -61,6 +69,11 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
     })
 }
 
+/// The log queue, kept to flush it before exiting.
+static LOG: OnceLock<LogSink> = OnceLock::new();
+
+/// Sends log lines to stderr through [`LogSink`], so that a closed or stuck stderr can never
+/// stop, block or crash the process.
 fn init_logging(quiet: bool, verbose: u8) {
     let level = match (quiet, verbose) {
         (true, _) => "warn",
@@ -69,12 +82,19 @@ fn init_logging(quiet: bool, verbose: u8) {
         (false, _) => "trace",
     };
     let filter = EnvFilter::try_from_env("SOCKIT_LOG").unwrap_or_else(|_| EnvFilter::new(level));
-    tracing_subscriber::fmt()
+    let ansi = std::io::stderr().is_terminal();
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
         .with_target(false)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_ansi(ansi);
+    match LogSink::stderr() {
+        Ok(sink) => {
+            let _ = LOG.set(sink.clone());
+            builder.with_writer(sink).init();
+        }
+        // No thread for the log: log nothing rather than risk blocking on stderr.
+        Err(_) => builder.with_writer(std::io::sink).init(),
+    }
 }
 
 /// Every address `host` resolves to (IPv4 first), or an error naming it.
