@@ -776,7 +776,10 @@ where
         if interactive {
             note("> ");
         }
+        // Input first: a message that is ready is sent (and its missing reply reported) even
+        // if the server has just closed; only waiting on input ends with the server.
         let next = tokio::select! {
+            biased;
             next = input.next() => next?,
             _ = printer.seen.wait_for(|s| s.ended || s.output_closed) => {
                 ended = true;
@@ -889,6 +892,7 @@ where
                     break;
                 }
                 tokio::select! {
+                    biased;
                     next = input.next() => next?,
                     _ = printer.seen.wait_for(|s| s.ended || s.output_closed) => break,
                 }

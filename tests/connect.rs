@@ -251,6 +251,22 @@ fn a_server_closing_before_every_reply_exits_1_naming_the_message() {
 }
 
 #[test]
+fn a_server_closing_right_after_a_reply_fails_the_next_message() {
+    let port = tcp_peer(|mut s| {
+        if let Some(line) = read_line_blocking(&mut s) {
+            let _ = s.write_all(&[line.as_slice(), b"\n"].concat());
+        }
+    });
+    let out = sockit()
+        .args(["connect", "127.0.0.1", &port, "-m", "one", "-m", "two"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("before replying to message 2 of 2"), "{err}");
+}
+
+#[test]
 fn an_error_notice_followed_by_a_close_exits_1_with_the_notice() {
     let server = ServeProcess::start(&["--framing", "len32", "--max-frame", "1K", "-q"]);
     let port = server.addr.port().to_string();
