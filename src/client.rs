@@ -325,6 +325,10 @@ where
             let result = io::copy(&mut input, &mut up);
             // Like `nc -N`: tell the server our input is over, keep reading its replies.
             let _ = up.shutdown(Shutdown::Write);
+            // Logged here: the server's close may reach the other thread before we report.
+            if let Ok(n) = &result {
+                info!("input ended after {n} bytes: half-closed the connection to {addr}");
+            }
             let _ = up_tx.send(Copied::Up(result));
         })?;
     std::thread::Builder::new()
@@ -353,7 +357,6 @@ where
         match event {
             Copied::Up(Ok(n)) => {
                 summary.sent = n;
-                info!("input ended after {n} bytes: half-closed the connection to {addr}");
                 deadline = quit_after.map(|d| Instant::now() + d);
             }
             Copied::Up(Err(e)) if is_peer_gone(&e) => {
@@ -604,7 +607,10 @@ enum Wait {
 }
 
 impl Printer {
-    fn spawn<W, S>(mut output: W, mut messages: S) -> Printer
+    /// `flush_each`: a message counts as printed only once flushed, so that whoever waits
+    /// for it (a prompt, the next `-m`) comes after it on the screen; otherwise output is
+    /// flushed when no more messages are ready.
+    fn spawn<W, S>(mut output: W, mut messages: S, flush_each: bool) -> Printer
     where
         W: AsyncWrite + Send + Unpin + 'static,
         S: Stream<Item = Result<Message, ClientError>> + Send + Unpin + 'static,
@@ -629,6 +635,9 @@ impl Printer {
                     print_message(&mut output, &msg)
                         .await
                         .map_err(Stop::Output)?;
+                    if flush_each {
+                        output.flush().await.map_err(Stop::Output)?;
+                    }
                     let notice = msg
                         .body()
                         .starts_with(b"error:")
@@ -737,6 +746,7 @@ async fn connect_framed<W>(
     addrs: &[SocketAddr],
     config: &ClientConfig,
     output: W,
+    flush_each: bool,
 ) -> Result<
     (
         FramedWrite<tokio::net::tcp::OwnedWriteHalf, FrameCodec>,
@@ -753,7 +763,11 @@ where
     let (rd, wr) = stream.into_split();
     let writer = FramedWrite::new(wr, FrameCodec::new(config.framing, config.limits));
     let reader = FramedRead::new(rd, FrameCodec::new(config.framing, config.limits));
-    let printer = Printer::spawn(output, reader.map(|r| r.map_err(ClientError::from)));
+    let printer = Printer::spawn(
+        output,
+        reader.map(|r| r.map_err(ClientError::from)),
+        flush_each,
+    );
     Ok((writer, printer, addr))
 }
 
@@ -768,7 +782,7 @@ where
     W: AsyncWrite + Send + Unpin + 'static,
 {
     let interactive = input.mode == LineMode::Interactive;
-    let (mut writer, mut printer, addr) = connect_framed(addrs, config, output).await?;
+    let (mut writer, mut printer, addr) = connect_framed(addrs, config, output, true).await?;
     let mut summary = ClientSummary::default();
     let mut ended = false;
 
@@ -879,7 +893,7 @@ async fn run_stream<W>(
 where
     W: AsyncWrite + Send + Unpin + 'static,
 {
-    let (mut writer, mut printer, _addr) = connect_framed(addrs, config, output).await?;
+    let (mut writer, mut printer, _addr) = connect_framed(addrs, config, output, false).await?;
     let mut summary = ClientSummary::default();
     let mut server_gone = false;
     loop {
