@@ -1,35 +1,53 @@
-//! The client behind `sockit connect`: send messages or lines, print what comes back.
+//! The client behind `sockit connect`: a byte pipe like `nc -N`, or messages with replies.
 //!
-//! Everything the server sends is printed as it arrives, prompted or not (chat relies on
-//! this), by a printer task that counts messages. The sender waits on that count when it needs
-//! a reply before going on:
+//! Four ways to talk to a server:
 //!
-//! - `-m` messages go one at a time, each after the previous reply (`--timeout` each).
-//! - Piped lines stream out as fast as they come, like `nc`, except with `raw` framing, where
-//!   back-to-back sends would merge into one "sticky" message, so each waits for its reply.
-//! - Interactive lines never wait: a chat line may have no reply.
-//! - UDP always waits, resending up to `--retries` times.
+//! - [`pipe`]: piped input with `raw` or `line` framing is a plain byte pipe. After a tokio
+//!   connect (with its timeout) the socket becomes a blocking std socket and two threads run
+//!   `std::io::copy` in each direction, which the standard library turns into `splice(2)` or
+//!   `sendfile(2)` when one side is a pipe or a file. Nothing is added, removed or buffered
+//!   beyond one chunk; at the end of the input the connection is half-closed and the client
+//!   waits for the server to close (or `quit_after`).
+//! - [`run`] with [`LineMode::Stream`]: piped lines with a length-prefixed or header framing;
+//!   each line is one frame, replies are printed one per line as they arrive.
+//! - [`run`] with [`Input::Messages`] or [`LineMode::WaitReply`]: one message at a time, each
+//!   after the previous reply; a missing reply, or the server closing first, is an error.
+//! - [`run`] with [`LineMode::Interactive`]: a person at a terminal; each line waits briefly
+//!   for its reply so the next prompt comes after it, but no reply is not an error.
 //!
-//! When the input ends the client half-closes the connection and keeps printing until the
-//! server closes or stays silent for `--timeout`.
+//! UDP always goes one datagram at a time, resending up to `retries` times; replies that
+//! arrive after a resend are reported as duplicates instead of being taken for the next
+//! message's reply.
 
-use std::io::{self, BufRead, Write};
-use std::net::SocketAddr;
+use std::io::{self, BufRead, Read, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::os::fd::AsFd;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_util::{SinkExt, Stream, StreamExt};
+use futures_util::{FutureExt, SinkExt, Stream, StreamExt};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::codec::{FramedRead, FramedWrite};
+use tracing::{debug, info};
 
-use crate::codec::{FrameCodec, Framing, Limits, RAW_CHUNK, RawCodec};
+use crate::codec::{FrameCodec, Framing, Limits};
 use crate::error::CodecError;
 use crate::message::Message;
 use crate::service::Transport;
+
+/// How long to watch for the server closing after a reply that starts with `error:`: a
+/// server's error notice is followed by a close, an echo of `error: x` is not.
+const NOTICE_GRACE: Duration = Duration::from_millis(200);
+/// Longest wait for a reply in a terminal session before the next prompt.
+const PROMPT_WAIT: Duration = Duration::from_secs(1);
+/// Read buffer of the byte pipe when the output is not a pipe (no `splice` possible).
+const PIPE_CHUNK: usize = 64 * 1024;
+/// Input lines queued between the reader thread and the sender.
+const LINE_QUEUE: usize = 32;
 
 /// How the client talks to the server.
 #[derive(Clone, Debug)]
@@ -38,12 +56,15 @@ pub struct ClientConfig {
     pub transport: Transport,
     /// Framing for TCP.
     pub framing: Framing,
-    /// Limits for decoding the server's messages.
+    /// Limits for decoding the server's messages; `max_frame` also bounds input lines.
     pub limits: Limits,
     /// Connect timeout, and how long to wait for each reply.
     pub timeout: Duration,
     /// UDP: how many times to resend a message that got no reply.
     pub retries: u32,
+    /// After the end of the input, wait at most this long for the server to close (`nc -q`);
+    /// `None` waits until it does.
+    pub quit_after: Option<Duration>,
 }
 
 impl Default for ClientConfig {
@@ -54,29 +75,42 @@ impl Default for ClientConfig {
             limits: Limits::default(),
             timeout: Duration::from_secs(2),
             retries: 2,
+            quit_after: None,
         }
     }
 }
 
-/// What to send.
+/// What to send with [`run`].
 pub enum Input {
     /// These messages, one at a time, each after the previous one's reply.
     Messages(Vec<Bytes>),
-    /// The lines of a reader (without their line endings).
+    /// The lines of a reader, each one message (line endings removed).
     Lines {
         /// Where the lines come from; read on a thread of its own.
         reader: Box<dyn BufRead + Send>,
-        /// A person is typing: show a prompt, stop at an empty line, never wait for replies.
-        interactive: bool,
+        /// How lines and replies pair up.
+        mode: LineMode,
     },
+}
+
+/// How lines read from the input are sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LineMode {
+    /// A person is typing: prompt on stderr, wait briefly for each reply, stop at an empty line.
+    Interactive,
+    /// Send a line, wait for its reply (an error if none comes), then the next line: for
+    /// servers that answer each `recv(1024)`.
+    WaitReply,
+    /// Stream every line as one frame without waiting; print replies as they come.
+    Stream,
 }
 
 /// Totals of a client run.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct ClientSummary {
-    /// Messages sent (UDP retries not counted).
+    /// Messages sent (UDP resends not counted); bytes for [`pipe`].
     pub sent: u64,
-    /// Messages received and printed.
+    /// Messages received and printed; bytes for [`pipe`].
     pub received: u64,
 }
 
@@ -84,11 +118,12 @@ pub struct ClientSummary {
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// Connecting failed (refused, unreachable...).
-    #[error("cannot connect to {addr}: {error}")]
+    #[error("cannot connect to {addr}")]
     Connect {
         /// The address tried last.
         addr: SocketAddr,
         /// What the system said.
+        #[source]
         error: io::Error,
     },
     /// Connecting took longer than the timeout.
@@ -107,204 +142,88 @@ pub enum ClientError {
         /// Total time waited.
         secs: f64,
     },
+    /// The server closed the connection while a message still waited for its reply.
+    #[error("server closed the connection before replying to message {message} of {total}")]
+    ClosedBeforeReply {
+        /// The message without a reply (1-based).
+        message: u64,
+        /// Messages sent or to send; for streamed input, those sent so far.
+        total: u64,
+    },
+    /// The server sent an `error: …` notice and closed the connection.
+    #[error("server closed the connection after: {notice}")]
+    ServerError {
+        /// The notice, as received.
+        notice: String,
+    },
     /// UDP: the server's host said nothing is listening on that port.
     #[error("no reply from {addr}: connection refused (is anything listening on that port?)")]
     Refused {
         /// The server.
         addr: SocketAddr,
     },
+    /// The server reset the connection.
+    #[error("connection reset by server")]
+    Reset,
+    /// An input line does not fit in one frame.
+    #[error("input line {line} is too long for {framing} framing (at most {max} bytes)")]
+    LineTooLong {
+        /// The line number (1-based).
+        line: u64,
+        /// The framing in use.
+        framing: Framing,
+        /// The longest line accepted.
+        max: u64,
+    },
     /// The server's bytes did not follow the framing.
-    #[error("bad data from server: {0}")]
-    Codec(#[from] CodecError),
-    /// Reading input or writing output failed.
-    #[error("i/o error: {0}")]
+    #[error("bad data from server")]
+    Codec(#[source] CodecError),
+    /// Reading the input failed.
+    #[error("cannot read the input")]
+    Input(#[source] io::Error),
+    /// Writing the output failed (other than it being closed, which ends the run quietly).
+    #[error("cannot write the output")]
+    Output(#[source] io::Error),
+    /// A socket operation failed.
+    #[error("network i/o failed")]
     Io(#[from] io::Error),
 }
 
-/// Connects to the first of `addrs` that answers and runs `input` against it, printing every
-/// message from the server to `output`.
-pub async fn run<W>(
-    addrs: &[SocketAddr],
-    config: &ClientConfig,
-    input: Input,
-    output: W,
-) -> Result<ClientSummary, ClientError>
-where
-    W: AsyncWrite + Send + Unpin + 'static,
-{
-    let lines = InputSource::start(input);
-    match config.transport {
-        Transport::Tcp => run_tcp(addrs, config, lines, output).await,
-        Transport::Udp => run_udp(addrs, config, lines, output).await,
-    }
-}
-
-/// Input messages, delivered from a reader thread where needed.
-struct InputSource {
-    messages: std::vec::IntoIter<Bytes>,
-    lines: Option<mpsc::Receiver<io::Result<Bytes>>>,
-    interactive: bool,
-    lockstep: bool,
-}
-
-impl InputSource {
-    fn start(input: Input) -> Self {
-        match input {
-            Input::Messages(messages) => InputSource {
-                messages: messages.into_iter(),
-                lines: None,
-                interactive: false,
-                lockstep: true,
-            },
-            Input::Lines {
-                reader,
-                interactive,
-            } => {
-                let (tx, rx) = mpsc::channel(64);
-                // A plain thread, not spawn_blocking: a read blocked on a terminal must not
-                // keep the runtime from shutting down once the server has gone.
-                std::thread::spawn(move || read_lines(reader, interactive, tx));
-                InputSource {
-                    messages: Vec::new().into_iter(),
-                    lines: Some(rx),
-                    interactive,
-                    lockstep: false,
-                }
-            }
-        }
-    }
-
-    /// The next message to send; `None` when the input is over.
-    async fn next(&mut self) -> Result<Option<Bytes>, ClientError> {
-        match &mut self.lines {
-            None => Ok(self.messages.next()),
-            Some(rx) => match rx.recv().await {
-                None => Ok(None),
-                Some(Ok(line)) if self.interactive && line.trim_ascii().is_empty() => Ok(None),
-                Some(Ok(line)) => Ok(Some(line)),
-                Some(Err(e)) => Err(e.into()),
-            },
+impl From<CodecError> for ClientError {
+    fn from(e: CodecError) -> Self {
+        match e {
+            CodecError::Io(e) => network_error(e),
+            e => ClientError::Codec(e),
         }
     }
 }
 
-fn read_lines(
-    mut reader: Box<dyn BufRead + Send>,
-    interactive: bool,
-    tx: mpsc::Sender<io::Result<Bytes>>,
-) {
-    loop {
-        if interactive {
-            let mut err = io::stderr().lock();
-            let _ = err.write_all(b"> ");
-            let _ = err.flush();
-        }
-        let mut line = Vec::new();
-        match reader.read_until(b'\n', &mut line) {
-            Ok(0) => return,
-            Ok(_) => {
-                if line.last() == Some(&b'\n') {
-                    line.pop();
-                    if line.last() == Some(&b'\r') {
-                        line.pop();
-                    }
-                }
-                if tx.blocking_send(Ok(Bytes::from(line))).is_err() {
-                    return;
-                }
-            }
-            Err(e) => {
-                let _ = tx.blocking_send(Err(e));
-                return;
-            }
-        }
-    }
-}
-
-/// Prints one message on its own line.
-async fn print_message<W: AsyncWrite + Unpin>(out: &mut W, msg: &Message) -> io::Result<()> {
-    let body = msg.body();
-    if body.last() == Some(&b'\n') {
-        out.write_all(body).await?;
+/// A failed socket operation: resets get their own error.
+fn network_error(e: io::Error) -> ClientError {
+    if is_reset(&e) {
+        ClientError::Reset
     } else {
-        let mut line = Vec::with_capacity(body.len() + 1);
-        line.extend_from_slice(body);
-        line.push(b'\n');
-        out.write_all(&line).await?;
+        ClientError::Io(e)
     }
-    out.flush().await
 }
 
-/// A printer task's handle: how many messages it has printed, and how it ended.
-struct Printer {
-    seen: watch::Receiver<u64>,
-    task: JoinHandle<Result<(), ClientError>>,
+fn is_reset(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted
+    )
 }
 
-/// Why waiting for a reply stopped.
-enum Wait {
-    Replied,
-    TimedOut,
-    /// The server closed the connection (or the printer stopped).
-    Closed,
+/// Errors a write gets once the peer has closed: not ours to report.
+fn is_peer_gone(e: &io::Error) -> bool {
+    is_reset(e) || e.kind() == io::ErrorKind::BrokenPipe
 }
 
-impl Printer {
-    fn spawn<W, S>(mut output: W, mut messages: S) -> Printer
-    where
-        W: AsyncWrite + Send + Unpin + 'static,
-        S: Stream<Item = Result<Message, ClientError>> + Send + Unpin + 'static,
-    {
-        let (seen_tx, seen) = watch::channel(0u64);
-        let task = tokio::spawn(async move {
-            while let Some(msg) = messages.next().await {
-                let msg = msg?;
-                match print_message(&mut output, &msg).await {
-                    Ok(()) => {}
-                    // Output closed (`| head`): stop printing quietly.
-                    Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(()),
-                    Err(e) => return Err(e.into()),
-                }
-                seen_tx.send_modify(|n| *n += 1);
-            }
-            Ok(())
-        });
-        Printer { seen, task }
-    }
-
-    fn count(&self) -> u64 {
-        *self.seen.borrow()
-    }
-
-    /// Waits until more than `before` messages have been printed.
-    async fn wait_past(&mut self, before: u64, limit: Duration) -> Wait {
-        match tokio::time::timeout(limit, self.seen.wait_for(|n| *n > before)).await {
-            Ok(Ok(_)) => Wait::Replied,
-            Ok(Err(_)) => Wait::Closed,
-            Err(_) => Wait::TimedOut,
-        }
-    }
-
-    /// Resolves when the printer has stopped (the server closed the connection).
-    async fn closed(seen: &mut watch::Receiver<u64>) {
-        while seen.changed().await.is_ok() {}
-    }
-
-    /// Keeps printing until the server closes or stays silent for `quiet`; returns the count
-    /// and the printer's own error, if it failed.
-    async fn finish(mut self, quiet: Duration) -> Result<u64, ClientError> {
-        while let Ok(Ok(())) = tokio::time::timeout(quiet, self.seen.changed()).await {}
-        let count = self.count();
-        if self.task.is_finished() {
-            match self.task.await {
-                Ok(result) => result?,
-                Err(e) => return Err(io::Error::other(e).into()),
-            }
-        } else {
-            self.task.abort();
-        }
-        Ok(count)
-    }
+/// Writes to stderr, ignoring failures: a closed stderr must not stop the client.
+fn note(text: &str) {
+    let mut err = io::stderr().lock();
+    let _ = err.write_all(text.as_bytes());
+    let _ = err.flush();
 }
 
 async fn connect_tcp(
@@ -313,10 +232,21 @@ async fn connect_tcp(
 ) -> Result<(TcpStream, SocketAddr), ClientError> {
     let mut last = None;
     for &addr in addrs {
+        debug!("connecting to {addr}");
         match tokio::time::timeout(limit, TcpStream::connect(addr)).await {
-            Ok(Ok(stream)) => return Ok((stream, addr)),
-            Ok(Err(error)) => last = Some(ClientError::Connect { addr, error }),
+            Ok(Ok(stream)) => {
+                match stream.local_addr() {
+                    Ok(local) => info!("connected to {addr} from {local}"),
+                    Err(_) => info!("connected to {addr}"),
+                }
+                return Ok((stream, addr));
+            }
+            Ok(Err(error)) => {
+                debug!("cannot connect to {addr}: {error}");
+                last = Some(ClientError::Connect { addr, error });
+            }
             Err(_) => {
+                debug!("connecting to {addr} timed out");
                 last = Some(ClientError::ConnectTimeout {
                     addr,
                     secs: limit.as_secs_f64(),
@@ -329,7 +259,520 @@ async fn connect_tcp(
     }))
 }
 
-async fn run_tcp<W>(
+// ---------------------------------------------------------------------------------------------
+// The byte pipe.
+
+/// Connects over TCP to the first of `addrs` that answers and copies `input` to the server and
+/// the server's bytes to `output`, unchanged, until the server closes.
+///
+/// At the end of the input the connection is half-closed (shutdown write), then the client
+/// waits for the server to close, at most `config.quit_after` if set. Success means the
+/// server closed cleanly (even if it stopped reading first, as after `bye`), or the output
+/// was closed (`| head -1`), or `quit_after` ran out. A reset while reading, or an input or
+/// output failure, is an error. The copies run on two plain threads; memory stays at one
+/// chunk per direction.
+pub async fn pipe<R, W>(
+    addrs: &[SocketAddr],
+    config: &ClientConfig,
+    input: R,
+    output: W,
+) -> Result<ClientSummary, ClientError>
+where
+    R: Read + Send + 'static,
+    W: Write + AsFd + Send + 'static,
+{
+    let (stream, addr) = connect_tcp(addrs, config.timeout).await?;
+    let stream = stream.into_std()?;
+    stream.set_nonblocking(false)?;
+    let quit_after = config.quit_after;
+    tokio::task::spawn_blocking(move || pipe_blocking(stream, addr, input, output, quit_after))
+        .await
+        .map_err(io::Error::other)?
+}
+
+/// How one copy thread ended.
+enum Copied {
+    /// Input → server: the byte count or the error.
+    Up(io::Result<u64>),
+    /// Server → output: the byte count, or the error and whether it was the output's.
+    Down(Result<u64, (io::Error, Side)>),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Network,
+    Output,
+}
+
+fn pipe_blocking<R, W>(
+    stream: std::net::TcpStream,
+    addr: SocketAddr,
+    mut input: R,
+    mut output: W,
+    quit_after: Option<Duration>,
+) -> Result<ClientSummary, ClientError>
+where
+    R: Read + Send + 'static,
+    W: Write + AsFd + Send + 'static,
+{
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut up = stream.try_clone()?;
+    let mut down = stream;
+    let up_tx = tx.clone();
+    std::thread::Builder::new()
+        .name("sockit-up".into())
+        .spawn(move || {
+            let result = io::copy(&mut input, &mut up);
+            // Like `nc -N`: tell the server our input is over, keep reading its replies.
+            let _ = up.shutdown(Shutdown::Write);
+            // Logged here: the server's close may reach the other thread before we report.
+            if let Ok(n) = &result {
+                info!("input ended after {n} bytes: half-closed the connection to {addr}");
+            }
+            let _ = up_tx.send(Copied::Up(result));
+        })?;
+    std::thread::Builder::new()
+        .name("sockit-down".into())
+        .spawn(move || {
+            let result = copy_down(&mut down, &mut output);
+            let _ = tx.send(Copied::Down(result));
+        })?;
+
+    let mut summary = ClientSummary::default();
+    let mut deadline: Option<Instant> = None;
+    loop {
+        let event = match deadline {
+            None => rx
+                .recv()
+                .map_err(|_| io::Error::other("copy thread vanished"))?,
+            Some(at) => match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
+                Ok(event) => event,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    info!("server still open after --quit-after: leaving");
+                    return Ok(summary);
+                }
+                Err(_) => return Err(io::Error::other("copy thread vanished").into()),
+            },
+        };
+        match event {
+            Copied::Up(Ok(n)) => {
+                summary.sent = n;
+                deadline = quit_after.map(|d| Instant::now() + d);
+            }
+            Copied::Up(Err(e)) if is_peer_gone(&e) => {
+                // The server stopped reading (`bye`); its close decides how this ends.
+                info!("server stopped reading our input: {e}");
+                deadline = quit_after.map(|d| Instant::now() + d);
+            }
+            Copied::Up(Err(e)) => return Err(ClientError::Input(e)),
+            Copied::Down(Ok(n)) => {
+                summary.received = n;
+                info!("server closed the connection after sending {n} bytes");
+                return Ok(summary);
+            }
+            Copied::Down(Err((e, Side::Output))) if e.kind() == io::ErrorKind::BrokenPipe => {
+                debug!("output closed: stopping");
+                return Ok(summary);
+            }
+            Copied::Down(Err((e, Side::Output))) => return Err(ClientError::Output(e)),
+            Copied::Down(Err((e, Side::Network))) => return Err(network_error(e)),
+        }
+    }
+}
+
+/// Copies the server's bytes to `output` as they arrive; tells which side failed.
+fn copy_down<W: Write + AsFd>(
+    src: &mut std::net::TcpStream,
+    output: &mut W,
+) -> Result<u64, (io::Error, Side)> {
+    if is_fifo(output) {
+        // splice(2): no copy through user space. Which side failed is told by the error:
+        // reading a socket never gives EPIPE, writing a pipe never gives ECONNRESET.
+        return io::copy(src, output).map_err(|e| {
+            let side = if is_reset(&e) || e.kind() == io::ErrorKind::TimedOut {
+                Side::Network
+            } else {
+                Side::Output
+            };
+            (e, side)
+        });
+    }
+    // No splice into a file or terminal: our own loop with a larger buffer than io::copy's,
+    // writing each chunk as soon as it arrives.
+    let mut buf = vec![0u8; PIPE_CHUNK];
+    let mut total = 0u64;
+    loop {
+        let n = match src.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err((e, Side::Network)),
+        };
+        output
+            .write_all(&buf[..n])
+            .and_then(|()| output.flush())
+            .map_err(|e| (e, Side::Output))?;
+        total += n as u64;
+    }
+}
+
+fn is_fifo<F: AsFd>(f: &F) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    f.as_fd()
+        .try_clone_to_owned()
+        .map(std::fs::File::from)
+        .and_then(|file| file.metadata())
+        .is_ok_and(|m| m.file_type().is_fifo())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Messages and lines.
+
+/// Connects to the first of `addrs` that answers and runs `input` against it, printing every
+/// message from the server to `output`, one per line.
+pub async fn run<W>(
+    addrs: &[SocketAddr],
+    config: &ClientConfig,
+    input: Input,
+    output: W,
+) -> Result<ClientSummary, ClientError>
+where
+    W: AsyncWrite + Send + Unpin + 'static,
+{
+    let input = InputSource::start(input, config.limits.max_frame, config.framing);
+    match config.transport {
+        Transport::Tcp if input.mode == LineMode::Stream => {
+            run_stream(addrs, config, input, output).await
+        }
+        Transport::Tcp => run_lockstep(addrs, config, input, output).await,
+        Transport::Udp => run_udp(addrs, config, input, output).await,
+    }
+}
+
+/// Input messages, delivered from a reader thread where needed.
+struct InputSource {
+    messages: std::vec::IntoIter<Bytes>,
+    lines: Option<mpsc::Receiver<Result<Bytes, ClientError>>>,
+    /// Messages for `-m`, else the line mode.
+    mode: LineMode,
+    /// How many messages in all, when known.
+    total: Option<u64>,
+    /// Raw framing: an empty line would send nothing, so it is skipped.
+    skip_empty: bool,
+}
+
+impl InputSource {
+    fn start(input: Input, max: usize, framing: Framing) -> Self {
+        match input {
+            Input::Messages(messages) => InputSource {
+                total: Some(messages.len() as u64),
+                messages: messages.into_iter(),
+                lines: None,
+                mode: LineMode::WaitReply,
+                skip_empty: false,
+            },
+            Input::Lines { reader, mode } => {
+                let (tx, rx) = mpsc::channel(LINE_QUEUE);
+                let max = max_line_for(framing, max);
+                // A plain thread, not spawn_blocking: a read blocked on a terminal must not
+                // keep the runtime from shutting down once the server has gone.
+                std::thread::spawn(move || read_lines(reader, max, framing, tx));
+                InputSource {
+                    messages: Vec::new().into_iter(),
+                    lines: Some(rx),
+                    mode,
+                    total: None,
+                    skip_empty: !framing.is_delimited(),
+                }
+            }
+        }
+    }
+
+    /// The next message to send; `None` when the input is over.
+    async fn next(&mut self) -> Result<Option<Bytes>, ClientError> {
+        match &mut self.lines {
+            None => Ok(self.messages.next()),
+            Some(rx) => loop {
+                match rx.recv().await {
+                    None => return Ok(None),
+                    Some(Ok(line)) if self.mode == LineMode::Interactive => {
+                        return Ok((!line.trim_ascii().is_empty()).then_some(line));
+                    }
+                    // Raw framing cannot send an empty message: nothing would go out.
+                    Some(Ok(line)) if line.is_empty() && self.skip_empty => continue,
+                    Some(Ok(line)) => return Ok(Some(line)),
+                    Some(Err(e)) => return Err(e),
+                }
+            },
+        }
+    }
+}
+
+/// The longest line that fits one message of `framing`, bounded by `max`.
+fn max_line_for(framing: Framing, max: usize) -> u64 {
+    let max = max as u64;
+    match framing {
+        Framing::Length { prefix, .. } => max.min(prefix.max_len()),
+        _ => max,
+    }
+}
+
+fn read_lines(
+    mut reader: Box<dyn BufRead + Send>,
+    max: u64,
+    framing: Framing,
+    tx: mpsc::Sender<Result<Bytes, ClientError>>,
+) {
+    let mut number = 0u64;
+    loop {
+        number += 1;
+        let mut line = Vec::new();
+        // Bounded: a line without end must not grow without end. Room for `\r\n` past `max`.
+        let read = (&mut reader)
+            .take(max.saturating_add(2))
+            .read_until(b'\n', &mut line);
+        match read {
+            Ok(0) => return,
+            Ok(_) => {
+                let ended = line.last() == Some(&b'\n');
+                if ended {
+                    line.pop();
+                    if line.last() == Some(&b'\r') {
+                        line.pop();
+                    }
+                }
+                let item = if line.len() as u64 > max {
+                    Err(ClientError::LineTooLong {
+                        line: number,
+                        framing,
+                        max,
+                    })
+                } else {
+                    Ok(Bytes::from(line))
+                };
+                let stop = item.is_err();
+                if tx.blocking_send(item).is_err() || stop {
+                    return;
+                }
+            }
+            Err(e) => {
+                let _ = tx.blocking_send(Err(ClientError::Input(e)));
+                return;
+            }
+        }
+    }
+}
+
+/// Writes one message on its own line (a newline added unless it ends with one).
+async fn print_message<W: AsyncWrite + Unpin>(out: &mut W, msg: &Message) -> io::Result<()> {
+    let body = msg.body();
+    out.write_all(body).await?;
+    if body.last() != Some(&b'\n') {
+        out.write_all(b"\n").await?;
+    }
+    Ok(())
+}
+
+/// What the printer task has done so far.
+#[derive(Clone, Debug, Default)]
+struct Seen {
+    printed: u64,
+    /// The last message printed, if it looked like a server's `error: …` notice.
+    notice: Option<Bytes>,
+    /// The server's side is over (closed, reset or bad data).
+    ended: bool,
+    /// The output was closed: nobody is reading any more.
+    output_closed: bool,
+}
+
+/// Why a printer task stopped early.
+enum Stop {
+    Output(io::Error),
+    Server(ClientError),
+}
+
+/// A printer task's handle: what it has printed, and how it ended.
+struct Printer {
+    seen: watch::Receiver<Seen>,
+    task: Option<JoinHandle<Result<(), ClientError>>>,
+}
+
+/// Why waiting for a reply stopped.
+enum Wait {
+    Replied,
+    TimedOut,
+    /// The server's side ended (or the printer stopped).
+    Ended,
+    OutputClosed,
+}
+
+impl Printer {
+    /// `flush_each`: a message counts as printed only once flushed, so that whoever waits
+    /// for it (a prompt, the next `-m`) comes after it on the screen; otherwise output is
+    /// flushed when no more messages are ready.
+    fn spawn<W, S>(mut output: W, mut messages: S, flush_each: bool) -> Printer
+    where
+        W: AsyncWrite + Send + Unpin + 'static,
+        S: Stream<Item = Result<Message, ClientError>> + Send + Unpin + 'static,
+    {
+        let (seen_tx, seen) = watch::channel(Seen::default());
+        let task = tokio::spawn(async move {
+            let result = async {
+                loop {
+                    // Flush only when nothing more is ready: one write per burst of replies.
+                    let next = match messages.next().now_or_never() {
+                        Some(next) => next,
+                        None => {
+                            output.flush().await.map_err(Stop::Output)?;
+                            messages.next().await
+                        }
+                    };
+                    let msg = match next {
+                        None => return Ok(()),
+                        Some(Ok(msg)) => msg,
+                        Some(Err(e)) => return Err(Stop::Server(e)),
+                    };
+                    print_message(&mut output, &msg)
+                        .await
+                        .map_err(Stop::Output)?;
+                    if flush_each {
+                        output.flush().await.map_err(Stop::Output)?;
+                    }
+                    let notice = msg
+                        .body()
+                        .starts_with(b"error:")
+                        .then(|| msg.body().clone());
+                    seen_tx.send_modify(|s| {
+                        s.printed += 1;
+                        s.notice = notice;
+                    });
+                }
+            }
+            .await;
+            let _ = output.flush().await;
+            let result = match result {
+                Ok(()) => Ok(()),
+                Err(Stop::Output(e)) if e.kind() == io::ErrorKind::BrokenPipe => {
+                    seen_tx.send_modify(|s| s.output_closed = true);
+                    Ok(())
+                }
+                Err(Stop::Output(e)) => Err(ClientError::Output(e)),
+                Err(Stop::Server(e)) => Err(e),
+            };
+            seen_tx.send_modify(|s| s.ended = true);
+            result
+        });
+        Printer {
+            seen,
+            task: Some(task),
+        }
+    }
+
+    fn printed(&self) -> u64 {
+        self.seen.borrow().printed
+    }
+
+    /// Waits until more than `before` messages have been printed, or the end.
+    async fn wait_past(&mut self, before: u64, limit: Duration) -> Wait {
+        let waited = tokio::time::timeout(
+            limit,
+            self.seen
+                .wait_for(|s| s.printed > before || s.ended || s.output_closed),
+        )
+        .await;
+        match waited {
+            Ok(Ok(s)) if s.output_closed => Wait::OutputClosed,
+            Ok(Ok(s)) if s.printed > before => Wait::Replied,
+            Ok(_) => Wait::Ended,
+            Err(_) => Wait::TimedOut,
+        }
+    }
+
+    /// Waits at most `limit` for the server's side to end; true if it did.
+    async fn wait_end(&mut self, limit: Option<Duration>) -> bool {
+        let ended = self.seen.wait_for(|s| s.ended);
+        match limit {
+            Some(limit) => tokio::time::timeout(limit, ended).await.is_ok(),
+            None => {
+                let _ = ended.await;
+                true
+            }
+        }
+    }
+
+    /// The printer's own error, once it has ended; `Ok` if it has not.
+    async fn outcome(&mut self) -> Result<(), ClientError> {
+        let Some(task) = self.task.take_if(|t| t.is_finished()) else {
+            return Ok(());
+        };
+        match task.await {
+            Ok(result) => result,
+            Err(e) => Err(io::Error::other(e).into()),
+        }
+    }
+
+    /// Why the server's side ended before a reply: its own error, an error notice, or a close.
+    async fn ended_error(&mut self, message: u64, total: u64) -> ClientError {
+        if let Err(e) = self.outcome().await {
+            return e;
+        }
+        if let Some(notice) = self.seen.borrow().notice.clone() {
+            return notice_error(&notice);
+        }
+        ClientError::ClosedBeforeReply { message, total }
+    }
+
+    fn output_closed(&self) -> bool {
+        self.seen.borrow().output_closed
+    }
+}
+
+impl Drop for Printer {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+fn notice_error(notice: &[u8]) -> ClientError {
+    ClientError::ServerError {
+        notice: String::from_utf8_lossy(notice).trim_end().to_owned(),
+    }
+}
+
+/// Connects and splits the stream into a frame writer and a printer of frames.
+async fn connect_framed<W>(
+    addrs: &[SocketAddr],
+    config: &ClientConfig,
+    output: W,
+    flush_each: bool,
+) -> Result<
+    (
+        FramedWrite<tokio::net::tcp::OwnedWriteHalf, FrameCodec>,
+        Printer,
+        SocketAddr,
+    ),
+    ClientError,
+>
+where
+    W: AsyncWrite + Send + Unpin + 'static,
+{
+    let (stream, addr) = connect_tcp(addrs, config.timeout).await?;
+    let _ = stream.set_nodelay(true);
+    let (rd, wr) = stream.into_split();
+    let writer = FramedWrite::new(wr, FrameCodec::new(config.framing, config.limits));
+    let reader = FramedRead::new(rd, FrameCodec::new(config.framing, config.limits));
+    let printer = Printer::spawn(
+        output,
+        reader.map(|r| r.map_err(ClientError::from)),
+        flush_each,
+    );
+    Ok((writer, printer, addr))
+}
+
+/// One message at a time: `-m`, `--wait-reply` and terminal sessions.
+async fn run_lockstep<W>(
     addrs: &[SocketAddr],
     config: &ClientConfig,
     mut input: InputSource,
@@ -338,56 +781,178 @@ async fn run_tcp<W>(
 where
     W: AsyncWrite + Send + Unpin + 'static,
 {
-    let (stream, addr) = connect_tcp(addrs, config.timeout).await?;
-    let _ = stream.set_nodelay(true);
-    let (rd, wr) = stream.into_split();
-    let mut writer = FramedWrite::new(wr, FrameCodec::new(config.framing, config.limits));
-    let reader = FramedRead::new(rd, FrameCodec::new(config.framing, config.limits));
-    let mut printer = Printer::spawn(output, reader.map(|r| r.map_err(ClientError::from)));
-    let lockstep = input.lockstep || (config.framing == Framing::Raw && !input.interactive);
-    let mut closed_watch = printer.seen.clone();
+    let interactive = input.mode == LineMode::Interactive;
+    let (mut writer, mut printer, addr) = connect_framed(addrs, config, output, true).await?;
     let mut summary = ClientSummary::default();
+    let mut ended = false;
 
     loop {
+        if interactive {
+            note("> ");
+        }
+        // Input first: a message that is ready is sent (and its missing reply reported) even
+        // if the server has just closed; only waiting on input ends with the server.
         let next = tokio::select! {
+            biased;
             next = input.next() => next?,
-            () = Printer::closed(&mut closed_watch) => break,
+            _ = printer.seen.wait_for(|s| s.ended || s.output_closed) => {
+                ended = true;
+                break;
+            }
         };
         let Some(body) = next else { break };
         let msg = Message::new(body);
         let quit = msg.is_quit_word();
-        let before = printer.count();
-        if writer.send(&msg).await.is_err() {
-            // The server has closed; what it said is printed below.
-            break;
+        let number = summary.sent + 1;
+        let total = input.total.unwrap_or(number);
+        let before = printer.printed();
+        if let Err(e) = writer.send(&msg).await {
+            debug!("sending message {number} failed: {e}");
+            // The server has closed; what it said last decides the outcome.
+            printer.wait_end(Some(config.timeout)).await;
+            if interactive {
+                ended = true;
+                break;
+            }
+            return Err(printer.ended_error(number, total).await);
         }
         summary.sent += 1;
-        if lockstep || quit {
-            match printer.wait_past(before, config.timeout).await {
-                Wait::Replied => {}
-                Wait::Closed => break,
-                Wait::TimedOut => {
-                    return Err(ClientError::NoReply {
-                        addr,
-                        secs: config.timeout.as_secs_f64(),
-                    });
+        let limit = if interactive && !quit {
+            config.timeout.min(PROMPT_WAIT)
+        } else {
+            config.timeout
+        };
+        match printer.wait_past(before, limit).await {
+            Wait::Replied => {
+                if printer.seen.borrow().notice.is_some()
+                    && printer.wait_end(Some(NOTICE_GRACE)).await
+                {
+                    // An `error: …` followed by a close is the server giving up on us.
+                    return Err(printer.ended_error(number, total).await);
                 }
+            }
+            Wait::OutputClosed => return Ok(summary),
+            Wait::Ended if interactive => {
+                ended = true;
+                break;
+            }
+            Wait::Ended => return Err(printer.ended_error(number, total).await),
+            Wait::TimedOut if interactive => {}
+            Wait::TimedOut => {
+                return Err(ClientError::NoReply {
+                    addr,
+                    secs: config.timeout.as_secs_f64(),
+                });
             }
         }
         if quit {
             break;
         }
     }
-    let _ = writer.close().await;
-    summary.received = printer.finish(config.timeout).await?;
+    if printer.output_closed() {
+        return Ok(summary);
+    }
+    if !ended {
+        let _ = writer.close().await;
+        debug!("input over: half-closed, waiting for the server to finish");
+        // Keep printing until the server closes or stays quiet for the timeout.
+        loop {
+            let before = printer.printed();
+            match printer
+                .wait_past(before, config.quit_after.unwrap_or(config.timeout))
+                .await
+            {
+                Wait::Replied => continue,
+                _ => break,
+            }
+        }
+    }
+    if printer.seen.borrow().ended {
+        let notice = printer.seen.borrow().notice.clone();
+        match printer.outcome().await {
+            Err(e @ ClientError::Output(_)) => return Err(e),
+            Err(e) if interactive => return Err(e),
+            Err(e) => debug!("after the last reply: {e}"),
+            Ok(()) => {}
+        }
+        if let (true, Some(notice)) = (interactive, notice) {
+            return Err(notice_error(&notice));
+        }
+    }
+    summary.received = printer.printed();
     Ok(summary)
 }
+
+/// Piped lines with a delimiting framing: every line one frame, replies streamed.
+async fn run_stream<W>(
+    addrs: &[SocketAddr],
+    config: &ClientConfig,
+    mut input: InputSource,
+    output: W,
+) -> Result<ClientSummary, ClientError>
+where
+    W: AsyncWrite + Send + Unpin + 'static,
+{
+    let (mut writer, mut printer, _addr) = connect_framed(addrs, config, output, false).await?;
+    let mut summary = ClientSummary::default();
+    let mut server_gone = false;
+    loop {
+        // Flush only when the input has nothing more ready.
+        let next = match input.next().now_or_never() {
+            Some(next) => next?,
+            None => {
+                if writer.flush().await.is_err() {
+                    server_gone = true;
+                    break;
+                }
+                tokio::select! {
+                    biased;
+                    next = input.next() => next?,
+                    _ = printer.seen.wait_for(|s| s.ended || s.output_closed) => break,
+                }
+            }
+        };
+        let Some(body) = next else { break };
+        let msg = Message::new(body);
+        if writer.feed(&msg).await.is_err() {
+            server_gone = true;
+            break;
+        }
+        summary.sent += 1;
+        if msg.is_quit_word() {
+            break;
+        }
+    }
+    if !server_gone {
+        let _ = writer.close().await;
+        info!("input ended after {} messages: half-closed", summary.sent);
+    }
+    let closed = printer.wait_end(config.quit_after).await;
+    summary.received = printer.printed();
+    if printer.output_closed() || !closed {
+        return Ok(summary);
+    }
+    printer.outcome().await?;
+    if summary.received < summary.sent {
+        if let Some(notice) = printer.seen.borrow().notice.clone() {
+            return Err(notice_error(&notice));
+        }
+        return Err(ClientError::ClosedBeforeReply {
+            message: summary.received + 1,
+            total: summary.sent,
+        });
+    }
+    Ok(summary)
+}
+
+// ---------------------------------------------------------------------------------------------
+// UDP.
 
 async fn run_udp<W>(
     addrs: &[SocketAddr],
     config: &ClientConfig,
     mut input: InputSource,
-    output: W,
+    mut output: W,
 ) -> Result<ClientSummary, ClientError>
 where
     W: AsyncWrite + Send + Unpin + 'static,
@@ -404,64 +969,90 @@ where
     // Connected: only the server's datagrams are accepted, and ICMP "port unreachable"
     // surfaces as an error instead of silence.
     socket.connect(addr).await?;
+    info!("sending datagrams to {addr} from {}", socket.local_addr()?);
     let socket = Arc::new(socket);
-    let datagrams = futures_util::stream::unfold(
-        (socket.clone(), vec![0u8; 65_536]),
-        move |(receiver, mut buf)| async move {
-            let item = match receiver.recv(&mut buf).await {
-                Ok(n) => Ok(Message::new(Bytes::copy_from_slice(&buf[..n]))),
-                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                    Err(ClientError::Refused { addr })
-                }
-                Err(e) => Err(e.into()),
-            };
-            Some((item, (receiver, buf)))
-        },
-    );
-    let mut printer = Printer::spawn(output, Box::pin(datagrams));
-    let mut codec = RawCodec::new(RAW_CHUNK);
+    let interactive = input.mode == LineMode::Interactive;
+    let mut buf = vec![0u8; 65_536];
     let mut summary = ClientSummary::default();
-    let mut wbuf = bytes::BytesMut::new();
 
-    while let Some(body) = input.next().await? {
-        let msg = Message::new(body);
-        wbuf.clear();
-        tokio_util::codec::Encoder::encode(&mut codec, &msg, &mut wbuf)?;
-        let before = printer.count();
-        let mut replied = false;
-        for _ in 0..=config.retries {
-            match socket.send(&wbuf).await {
+    loop {
+        if interactive {
+            note("> ");
+        }
+        let Some(body) = input.next().await? else {
+            break;
+        };
+        let quit = Message::new(body.clone()).is_quit_word();
+        let number = summary.sent + 1;
+        summary.sent += 1;
+        let first_send = tokio::time::Instant::now();
+        let mut last_send = first_send;
+        let mut sends = 0u32;
+        let reply = loop {
+            if sends > config.retries {
+                break None;
+            }
+            if sends > 0 {
+                debug!(
+                    "no reply to message {number}: resending ({sends} of {})",
+                    config.retries
+                );
+            }
+            match socket.send(&body).await {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
                     return Err(ClientError::Refused { addr });
                 }
                 Err(e) => return Err(e.into()),
             }
-            match printer.wait_past(before, config.timeout).await {
-                Wait::Replied => {
-                    replied = true;
-                    break;
+            last_send = tokio::time::Instant::now();
+            sends += 1;
+            match tokio::time::timeout_at(last_send + config.timeout, socket.recv(&mut buf)).await {
+                Ok(Ok(n)) => break Some(Bytes::copy_from_slice(&buf[..n])),
+                Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                    return Err(ClientError::Refused { addr });
                 }
-                Wait::TimedOut => continue,
-                Wait::Closed => break,
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_) => continue,
+            }
+        };
+        let Some(reply) = reply else {
+            let secs = (config.timeout * (config.retries + 1)).as_secs_f64();
+            if interactive {
+                note(&format!("sockit: no reply within {secs}s\n"));
+                continue;
+            }
+            return Err(ClientError::NoReply { addr, secs });
+        };
+        let msg = Message::new(reply);
+        let printed = async {
+            print_message(&mut output, &msg).await?;
+            output.flush().await
+        }
+        .await;
+        match printed {
+            Ok(()) => summary.received += 1,
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(summary),
+            Err(e) => return Err(ClientError::Output(e)),
+        }
+        if sends > 1 {
+            // The reply may answer any of the sends; the others' replies may still come. The
+            // round trip is at most the time since the first send, so a reply to the last
+            // resend comes by `last_send + rtt` (plus some slack for jitter).
+            let rtt = first_send.elapsed();
+            let grace_end = last_send + rtt + rtt / 2 + Duration::from_millis(100);
+            debug!("message {number} was resent: watching for duplicate replies");
+            while let Ok(Ok(n)) = tokio::time::timeout_at(grace_end, socket.recv(&mut buf)).await {
+                let text = String::from_utf8_lossy(&buf[..n]);
+                note(&format!(
+                    "sockit: duplicate reply to message {number} (from a resend): {}\n",
+                    text.trim_end()
+                ));
             }
         }
-        summary.sent += 1;
-        if !replied {
-            // A refusal or output error ended the printer: report that rather than silence.
-            if printer.task.is_finished() {
-                printer.finish(Duration::ZERO).await?;
-            }
-            return Err(ClientError::NoReply {
-                addr,
-                secs: config.timeout.as_secs_f64() * f64::from(config.retries + 1),
-            });
-        }
-        if msg.is_quit_word() {
+        if quit {
             break;
         }
     }
-    summary.received = printer.count();
-    printer.task.abort();
     Ok(summary)
 }

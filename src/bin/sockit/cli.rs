@@ -113,19 +113,81 @@ pub struct ConnectArgs {
     /// Where to connect.
     #[command(flatten)]
     pub target: Target,
-    /// Send this message and print the reply; repeat for more. Without -m, lines are read
-    /// from standard input
+    /// Send this message and print the reply; repeat for more. Without -m, standard input is
+    /// sent: piped with raw or line framing as bytes, unchanged (like `nc -N`); otherwise one
+    /// message per line
     #[arg(short = 'm', long = "message", value_name = "MSG")]
     pub messages: Vec<OsString>,
     /// Seconds to wait for the connection and for each reply
     #[arg(long, value_name = "SECS", default_value = "2", value_parser = parse_positive_secs)]
     pub timeout: Duration,
-    /// UDP: times to resend a message that got no reply
-    #[arg(long, value_name = "N", default_value_t = 2)]
-    pub retries: u32,
-    /// Largest frame accepted from the server (suffixes K, M, G)
+    /// UDP only: times to resend a message that got no reply [default: 2]
+    #[arg(long, value_name = "N")]
+    pub retries: Option<u32>,
+    /// Largest frame accepted from the server, and longest input line sent as one frame
+    /// (suffixes K, M, G)
     #[arg(long, value_name = "BYTES", default_value = "8M", value_parser = parse_size)]
     pub max_frame: usize,
+    /// Piped input: send one line at a time (line ending removed) and wait for its reply
+    /// before the next, for servers that answer each `recv(1024)`
+    #[arg(long)]
+    pub wait_reply: bool,
+    /// After the end of piped input, wait at most this long for the server to close, then
+    /// exit 0 (like `nc -q`); without it, wait until the server closes
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    pub quit_after: Option<Duration>,
+    /// Log connection events to stderr (-v events, -vv details)
+    #[arg(short, long, action = ArgAction::Count)]
+    pub verbose: u8,
+}
+
+/// Default number of UDP resends for `connect`.
+pub const DEFAULT_RETRIES: u32 = 2;
+
+/// Checks the `connect` arguments clap cannot: every `-m` must fit one message of the framing
+/// (or one datagram), and `--retries` needs `--udp`.
+pub fn validate_connect(args: &ConnectArgs) -> Result<(), String> {
+    let udp = args.target.udp;
+    if args.retries.is_some() && !udp {
+        return Err(
+            "--retries applies to UDP only (--udp): TCP delivers or fails on its own".into(),
+        );
+    }
+    let framing = framing_or_default(args.target.framing, udp);
+    for (i, msg) in args.messages.iter().enumerate() {
+        let n = i + 1;
+        let bytes = msg.as_encoded_bytes();
+        let len = bytes.len();
+        if udp {
+            if len > sockit::codec::MAX_DATAGRAM {
+                return Err(format!(
+                    "message {n} is {len} bytes: a UDP datagram holds at most {} bytes",
+                    sockit::codec::MAX_DATAGRAM
+                ));
+            }
+            continue;
+        }
+        match framing {
+            Framing::Raw if bytes.is_empty() => {
+                return Err(format!(
+                    "message {n} is empty: with raw framing nothing would be sent"
+                ));
+            }
+            Framing::Line if bytes.contains(&b'\n') => {
+                return Err(format!(
+                    "message {n} contains a newline: line framing would split it in two"
+                ));
+            }
+            Framing::Length { prefix, .. } if len as u64 > prefix.max_len() => {
+                return Err(format!(
+                    "message {n} is {len} bytes: {framing} framing holds at most {} bytes",
+                    prefix.max_len()
+                ));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// `sockit bench`.
@@ -196,7 +258,10 @@ fn validate(cli: &Cli) -> Result<(), (&'static str, String)> {
             listen_addr(a).map_err(|e| ("serve", e))?;
             ("serve", a.udp, a.framing)
         }
-        Command::Connect(a) => ("connect", a.target.udp, a.target.framing),
+        Command::Connect(a) => {
+            validate_connect(a).map_err(|e| ("connect", e))?;
+            ("connect", a.target.udp, a.target.framing)
+        }
         Command::Bench(a) => ("bench", a.target.udp, a.target.framing),
     };
     if udp && framing.is_some_and(|f| f != Framing::Raw) {

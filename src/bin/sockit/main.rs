@@ -4,8 +4,10 @@
 
 mod cli;
 
+use std::fs::File;
 use std::io::{BufReader, IsTerminal, Write};
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::process::ExitCode;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -13,7 +15,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use sockit::bench::{self, BenchConfig};
-use sockit::client::{self, ClientConfig, Input};
+use sockit::client::{self, ClientConfig, Input, LineMode};
 use sockit::logging::{LogSink, stderr_line};
 use sockit::net::{Host, resolve};
 use sockit::server::raise_fd_limit;
@@ -245,6 +247,8 @@ impl Signals {
 }
 
 async fn connect(args: ConnectArgs) -> Result<()> {
+    // Quiet unless asked: the output is the server's, the log only connection events.
+    init_logging(args.verbose == 0, args.verbose.saturating_sub(1));
     let target = &args.target;
     let addrs = resolve_all(&target.host, target.port).await?;
     let config = ClientConfig {
@@ -252,8 +256,10 @@ async fn connect(args: ConnectArgs) -> Result<()> {
         framing: target.framing(),
         limits: cli::limits(args.max_frame, sockit::codec::DEFAULT_MAX_LINE),
         timeout: args.timeout,
-        retries: args.retries,
+        retries: args.retries.unwrap_or(cli::DEFAULT_RETRIES),
+        quit_after: args.quit_after,
     };
+    let stdin = std::io::stdin();
     let input = if !args.messages.is_empty() {
         Input::Messages(
             args.messages
@@ -261,12 +267,37 @@ async fn connect(args: ConnectArgs) -> Result<()> {
                 .map(|m| Bytes::from(m.into_encoded_bytes()))
                 .collect(),
         )
-    } else {
-        let stdin = std::io::stdin();
-        let interactive = stdin.is_terminal();
+    } else if stdin.is_terminal() {
         Input::Lines {
             reader: Box::new(BufReader::new(stdin)),
-            interactive,
+            mode: LineMode::Interactive,
+        }
+    } else if args.wait_reply || config.transport == Transport::Udp {
+        Input::Lines {
+            reader: Box::new(BufReader::new(stdin)),
+            mode: LineMode::WaitReply,
+        }
+    } else if matches!(config.framing, Framing::Raw | Framing::Line) {
+        // The byte pipe: plain files on the standard descriptors, so that std's copy can
+        // splice(2) or sendfile(2) them.
+        let input = File::from(
+            stdin
+                .as_fd()
+                .try_clone_to_owned()
+                .context("standard input")?,
+        );
+        let output = File::from(
+            std::io::stdout()
+                .as_fd()
+                .try_clone_to_owned()
+                .context("standard output")?,
+        );
+        client::pipe(&addrs, &config, input, output).await?;
+        return Ok(());
+    } else {
+        Input::Lines {
+            reader: Box::new(BufReader::with_capacity(64 * 1024, stdin)),
+            mode: LineMode::Stream,
         }
     };
     client::run(&addrs, &config, input, tokio::io::stdout()).await?;
