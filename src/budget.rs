@@ -96,16 +96,26 @@ impl MemoryBudget {
         }
     }
 
-    /// Resolves once memory may have been given back (or at once if `room` bytes are free
-    /// now). The caller then tries again.
-    pub async fn released(&self, room: usize) {
+    /// Whether `n` more bytes would fit now (in the large-frame share if `large`).
+    pub fn has_room(&self, n: usize, large: bool) -> bool {
+        let limit = if large {
+            self.max - self.max / 4
+        } else {
+            self.max
+        };
+        self.used().saturating_add(n) <= limit
+    }
+
+    /// Resolves once `need` bytes may fit (in the large-frame share if `large`): at once if
+    /// they fit now, else when memory is given back. The caller then tries again.
+    pub async fn released(&self, need: usize, large: bool) {
         let notified = self.released.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
         self.waiting.fetch_add(1, Ordering::SeqCst);
         let _waiting = WaitGuard(&self.waiting);
         // Checked after registering: a release between the failed take and here is not lost.
-        if self.max.saturating_sub(self.used()) >= room.min(WAKE_THRESHOLD) {
+        if self.has_room(need, large) {
             return;
         }
         notified.await;
@@ -160,6 +170,12 @@ impl Charge {
             self.held += extra;
         }
         ok
+    }
+
+    /// Adds `bytes` to the charge, whatever the budget says: memory that already exists.
+    pub fn add(&mut self, bytes: usize) {
+        self.budget.take_anyway(bytes);
+        self.held += bytes;
     }
 
     /// Makes the charge exactly `bytes`, taking or giving back the difference.
@@ -223,7 +239,7 @@ mod tests {
         assert!(hog.try_grow(128 * 1024));
         let waiter = {
             let budget = budget.clone();
-            tokio::spawn(async move { budget.released(64 * 1024).await })
+            tokio::spawn(async move { budget.released(64 * 1024, false).await })
         };
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!waiter.is_finished());

@@ -49,6 +49,9 @@ pub struct FramedStream<S> {
     bytes_out: u64,
     /// The server-wide memory budget the buffers are charged to, if any.
     charge: Option<Charge>,
+    /// What the last read refused for lack of budget needed: bytes, and whether as a large
+    /// frame (see [`MemoryBudget::released`]).
+    need: (usize, bool),
 }
 
 impl<S: Stream> FramedStream<S> {
@@ -63,6 +66,7 @@ impl<S: Stream> FramedStream<S> {
             bytes_in: 0,
             bytes_out: 0,
             charge: None,
+            need: (0, false),
         }
     }
 
@@ -117,6 +121,7 @@ impl<S: Stream> FramedStream<S> {
             // nothing, and no two connections can both spend the same free bytes.
             if let Some(charge) = self.charge.as_mut() {
                 if !charge.try_grow(limit) {
+                    self.need = (limit, false);
                     return Poll::Ready(Ok(None));
                 }
             }
@@ -150,6 +155,7 @@ impl<S: Stream> FramedStream<S> {
                 let extra = want.max(2 * cap) - cap;
                 if let Some(charge) = self.charge.as_mut() {
                     if !charge.try_grow_large(extra) {
+                        self.need = (extra, true);
                         return Poll::Ready(Ok(None));
                     }
                 }
@@ -175,6 +181,17 @@ impl<S: Stream> FramedStream<S> {
         Poll::Ready(Ok(Some(n)))
     }
 
+    /// Makes the budget charge match the buffers' actual sizes; call once the messages decoded
+    /// from the read buffer have been handled and dropped (see [`FramedStream::queue`]).
+    pub fn recount(&mut self) {
+        // An emptied read buffer may still share the allocation of the frame split off it:
+        // let it go now, not only when the connection next waits (a reply may stall first).
+        if self.rbuf.is_empty() && self.rbuf.capacity() == 0 {
+            self.rbuf = BytesMut::new();
+        }
+        self.settle();
+    }
+
     /// Makes the budget charge match the buffers' actual sizes.
     fn settle(&mut self) {
         if let Some(charge) = self.charge.as_mut() {
@@ -193,6 +210,17 @@ impl<S: Stream> FramedStream<S> {
         self.charge.as_ref().map(Charge::budget)
     }
 
+    /// Waits until the read that [`FramedStream::fill`] refused may fit the budget.
+    pub fn budget_released(&self) -> impl Future<Output = ()> + Send + 'static {
+        let budget = self.budget().cloned();
+        let (need, large) = self.need;
+        async move {
+            if let Some(budget) = budget {
+                budget.released(need, large).await;
+            }
+        }
+    }
+
     /// Bytes of the frame in progress received so far.
     pub fn partial_len(&self) -> usize {
         self.rbuf.len()
@@ -209,9 +237,7 @@ impl<S: Stream> FramedStream<S> {
                 return Ok(None);
             }
             if self.fill().await?.is_none() {
-                if let Some(budget) = self.budget().cloned() {
-                    budget.released(INITIAL_READ).await;
-                }
+                self.budget_released().await;
             }
         }
     }
@@ -229,12 +255,18 @@ impl<S: Stream> FramedStream<S> {
 
     /// Encodes `msg` into the write buffer; nothing is sent until [`FramedStream::flush`].
     pub fn queue(&mut self, msg: &Message) -> Result<(), CodecError> {
-        if self.wbuf.capacity() == 0 {
+        let before = self.wbuf.capacity();
+        if before == 0 {
             // Sized up front: growing an empty buffer takes a slower path in `bytes`.
             self.wbuf = BytesMut::with_capacity(msg.len() + WRITE_SLACK);
         }
         let encoded = self.codec.encode(msg, &mut self.wbuf);
-        self.settle();
+        // Added, not settled: a message just decoded may still share the read buffer's memory,
+        // which `rbuf.capacity()` no longer shows. The charge comes down once the connection
+        // is idle.
+        if let Some(charge) = self.charge.as_mut() {
+            charge.add(self.wbuf.capacity().saturating_sub(before));
+        }
         encoded
     }
 

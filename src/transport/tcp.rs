@@ -16,13 +16,11 @@ use std::time::{Duration, Instant};
 use tokio::time::Sleep;
 use tracing::debug;
 
-use crate::budget::MemoryBudget;
 use crate::error::CodecError;
 use crate::message::Message;
 use crate::net::PeerAddr;
 use crate::service::{Outbox, Push, Session};
 use crate::shutdown::ShutdownListener;
-use crate::transport::framed::INITIAL_READ;
 use crate::transport::{FramedStream, Stream};
 
 /// Encoded replies beyond this many bytes are written before more requests are decoded,
@@ -327,13 +325,11 @@ impl Clocks {
         }
     }
 
-    fn pause(&mut self, budget: Option<Arc<MemoryBudget>>) {
-        if let Some(budget) = budget {
-            self.paused = Some(Box::new(Paused {
-                since: Instant::now(),
-                released: Box::pin(async move { budget.released(INITIAL_READ).await }),
-            }));
-        }
+    fn pause(&mut self, released: impl Future<Output = ()> + Send + 'static) {
+        self.paused = Some(Box::new(Paused {
+            since: Instant::now(),
+            released: Box::pin(released),
+        }));
     }
 
     /// Resolves when memory may have come back (never while not paused).
@@ -387,6 +383,8 @@ pub fn serve_connection<St: Stream, Se: Session>(
             if let Err(e) = deliver(&mut conn, &mut out, &mut messages_out) {
                 break CloseReason::Protocol(e);
             }
+            // The replies are encoded and the requests dropped: charge what is really held.
+            conn.recount();
             if out.is_closing() {
                 break CloseReason::ServiceClosed;
             }
@@ -433,7 +431,7 @@ pub fn serve_connection<St: Stream, Se: Session>(
                 read = conn.fill(), if clocks.paused.is_none() => match read {
                     Ok(Some(_)) => {}
                     // Over the memory budget: stop reading until memory comes back.
-                    Ok(None) => clocks.pause(conn.budget().cloned()),
+                    Ok(None) => clocks.pause(conn.budget_released()),
                     Err(e) => break CloseReason::Io(e),
                 },
                 () = clocks.released(), if clocks.paused.is_some() => clocks.resume(),

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{ArgAction, Args, CommandFactory, Parser, Subcommand};
-use sockit::net::{Host, parse_host, parse_port};
+use sockit::net::{Address, Endpoint, Host, Scheme, parse_host, parse_port};
 use sockit::server::{DEFAULT_HOST, DEFAULT_MAX_CONNS, DEFAULT_PORT};
 use sockit::{Framing, ServiceKind, Transport};
 
@@ -39,8 +39,9 @@ pub enum Command {
 /// `sockit serve`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Address to listen on [default: 127.0.0.1]; a lone number is taken as the PORT
-    #[arg(value_name = "HOST")]
+    /// Where to listen: HOST, HOST:PORT, [V6]:PORT or udp:HOST:PORT [default: 127.0.0.1:9000];
+    /// a lone number is the PORT
+    #[arg(value_name = "ADDR")]
     pub host: Option<String>,
     /// Port to listen on, 0 for any free port [default: 9000]
     #[arg(value_name = "PORT")]
@@ -55,21 +56,40 @@ pub struct ServeArgs {
     /// header[le] [default: line]
     #[arg(long, value_name = "FRAMING", value_parser = parse_framing)]
     pub framing: Option<Framing>,
-    /// Largest length-prefixed or header frame body (suffixes K, M, G)
-    #[arg(long, value_name = "BYTES", default_value = "8M", value_parser = parse_size)]
-    pub max_frame: usize,
-    /// Longest line with line framing, line ending excluded (suffixes K, M, G)
-    #[arg(long, value_name = "BYTES", default_value = "64K", value_parser = parse_size)]
-    pub max_line: usize,
-    /// Most connections (UDP: peers) at once; more are refused with a one-line message
+    /// TCP: largest length-prefixed or header frame body (suffixes K, M, G) [default: 8M]
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    pub max_frame: Option<usize>,
+    /// TCP: longest line with line framing, line ending excluded (suffixes K, M, G)
+    /// [default: 64K]
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    pub max_line: Option<usize>,
+    /// Most connections (UDP: peers) at once; more TCP clients are refused with a one-line
+    /// message, and a new UDP peer replaces the least recently active one
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNS, value_parser = parse_count)]
     pub max_conns: usize,
-    /// Close connections that send nothing for this long; 0 = never
-    #[arg(long, value_name = "SECS", default_value = "0", value_parser = parse_secs)]
+    /// TCP: most connections one IP address may hold at once [default: no limit]
+    #[arg(long, value_name = "N", value_parser = parse_count)]
+    pub max_conns_per_ip: Option<usize>,
+    /// TCP: memory for buffered frames and replies, all connections together; a connection
+    /// that would exceed it stops being read until there is room (suffixes K, M, G)
+    #[arg(long, value_name = "BYTES", default_value = "256M", value_parser = parse_size)]
+    pub max_memory: usize,
+    /// Close connections without a complete message for this long (UDP: forget peers silent
+    /// this long, default 2m); 0 = never. Durations: 30, 500ms, 2s, 1m
+    #[arg(long, value_name = "DURATION", default_value = "0", value_parser = parse_secs)]
     pub idle_timeout: Duration,
-    /// Close connections whose unfinished frame stalls this long; 0 = never
-    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_secs)]
+    /// Close connections whose unfinished frame takes this long, unless it keeps arriving at
+    /// --min-rate; 0 = never
+    #[arg(long, value_name = "DURATION", default_value = "30", value_parser = parse_secs)]
     pub frame_timeout: Duration,
+    /// Bytes per second an unfinished frame must average to outlive --frame-timeout; 0 = any
+    /// rate, as long as it never stalls for --frame-timeout (suffixes K, M)
+    #[arg(long, value_name = "BYTES", default_value = "1K", value_parser = parse_size)]
+    pub min_rate: usize,
+    /// UDP: most replies per second to one source IP address (a token bucket); set it on a
+    /// server that faces the internet, or it can be used to reflect traffic [default: no limit]
+    #[arg(long, value_name = "N", value_parser = parse_count)]
+    pub udp_rate: Option<usize>,
     /// Log only warnings and errors
     #[arg(short, long, conflicts_with = "verbose")]
     pub quiet: bool,
@@ -81,13 +101,13 @@ pub struct ServeArgs {
 /// The server that `connect` and `bench` talk to, and how.
 #[derive(Debug, Args)]
 pub struct Target {
-    /// Server address or host name
-    #[arg(value_parser = parse_host_arg)]
-    pub host: Host,
-    /// Server port
-    #[arg(value_parser = parse_remote_port)]
-    pub port: u16,
-    /// Use UDP (every message is one datagram)
+    /// Server address: HOST PORT, or one argument HOST:PORT, [V6]:PORT, udp:HOST:PORT
+    #[arg(value_name = "ADDR")]
+    pub addr: String,
+    /// Server port, when ADDR is a host alone
+    #[arg(value_name = "PORT")]
+    pub port: Option<String>,
+    /// Use UDP (every message is one datagram); the same as a udp: address
     #[arg(long)]
     pub udp: bool,
     /// How messages are delimited on TCP (see `sockit serve --help`) [default: line]
@@ -96,14 +116,67 @@ pub struct Target {
 }
 
 impl Target {
+    /// The address, validated: an internet address with a non-zero port, whose scheme agrees
+    /// with `--udp`.
+    pub fn address(&self) -> Result<Address, String> {
+        let mut address = parse_address(&self.addr, self.port.as_deref(), None)?;
+        check_scheme(&address, &self.addr, self.udp)?;
+        if self.udp {
+            address.scheme = Scheme::Udp;
+        }
+        if address.inet().is_some_and(|(_, port)| port == 0) {
+            return Err("port 0 cannot be connected to (ports are 1-65535)".into());
+        }
+        Ok(address)
+    }
+
+    /// Whether UDP was asked for, by flag or by scheme.
+    pub fn is_udp(&self) -> bool {
+        self.udp || self.address().is_ok_and(|a| a.scheme == Scheme::Udp)
+    }
+
     /// TCP or UDP.
     pub fn transport(&self) -> Transport {
-        transport(self.udp)
+        transport(self.is_udp())
     }
 
     /// The framing given, or the default for the transport.
     pub fn framing(&self) -> Framing {
-        framing_or_default(self.framing, self.udp)
+        framing_or_default(self.framing, self.is_udp())
+    }
+}
+
+/// Parses `ADDR [PORT]`, naming the argument at fault; `default_port` applies when neither
+/// carries a port.
+fn parse_address(
+    addr: &str,
+    port: Option<&str>,
+    default_port: Option<u16>,
+) -> Result<Address, String> {
+    let bad_addr = |e: sockit::ConfigError| format!("invalid value for <ADDR>: {e}");
+    match port {
+        None => Address::parse(addr, default_port).map_err(bad_addr),
+        Some(p) => {
+            parse_port(p).map_err(|e| format!("invalid value for [PORT]: {e}"))?;
+            Address::from_host_port(addr, p).map_err(bad_addr)
+        }
+    }
+}
+
+/// Refuses what the address grammar can say but this version cannot do yet, and a scheme that
+/// contradicts `--udp`.
+fn check_scheme(address: &Address, raw: &str, udp: bool) -> Result<(), String> {
+    match address.scheme {
+        Scheme::Unix => Err(format!(
+            "'{address}': unix sockets are not supported yet (use HOST:PORT)"
+        )),
+        Scheme::Tls => Err(format!(
+            "'{address}': TLS is not supported yet (use HOST:PORT)"
+        )),
+        Scheme::Tcp if udp && raw.to_ascii_lowercase().starts_with("tcp:") => {
+            Err(format!("'{raw}' says tcp: but --udp says UDP"))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -147,7 +220,7 @@ pub const DEFAULT_RETRIES: u32 = 2;
 /// Checks the `connect` arguments clap cannot: every `-m` must fit one message of the framing
 /// (or one datagram), and `--retries` needs `--udp`.
 pub fn validate_connect(args: &ConnectArgs) -> Result<(), String> {
-    let udp = args.target.udp;
+    let udp = args.target.is_udp();
     if args.retries.is_some() && !udp {
         return Err(
             "--retries applies to UDP only (--udp): TCP delivers or fails on its own".into(),
@@ -220,6 +293,8 @@ pub struct Listen {
     pub host: Host,
     /// Port (0 = any).
     pub port: u16,
+    /// UDP, by `--udp` or by a `udp:` address.
+    pub udp: bool,
 }
 
 /// Parses the process arguments; on error prints it with the usage line and exits 2.
@@ -237,10 +312,10 @@ where
     let cli = match Cli::try_parse_from(&args) {
         Ok(cli) => cli,
         Err(mut e) => {
-            if e.get(ContextKind::Usage).is_none() {
-                if let Some(usage) = subcommand_usage(&args) {
-                    e.insert(ContextKind::Usage, ContextValue::StyledStr(usage));
-                }
+            // Always the subcommand's whole usage line: clap's own, for a conflict or a missing
+            // argument, lists only the arguments given (`sockit serve --quiet [HOST] [PORT]`).
+            if let Some(usage) = subcommand_usage(&args) {
+                e.insert(ContextKind::Usage, ContextValue::StyledStr(usage));
             }
             e.exit()
         }
@@ -255,14 +330,19 @@ where
 fn validate(cli: &Cli) -> Result<(), (&'static str, String)> {
     let (sub, udp, framing) = match &cli.command {
         Command::Serve(a) => {
-            listen_addr(a).map_err(|e| ("serve", e))?;
-            ("serve", a.udp, a.framing)
+            let listen = listen_addr(a).map_err(|e| ("serve", e))?;
+            validate_serve(a, listen.udp).map_err(|e| ("serve", e))?;
+            ("serve", listen.udp, a.framing)
         }
         Command::Connect(a) => {
+            a.target.address().map_err(|e| ("connect", e))?;
             validate_connect(a).map_err(|e| ("connect", e))?;
-            ("connect", a.target.udp, a.target.framing)
+            ("connect", a.target.is_udp(), a.target.framing)
         }
-        Command::Bench(a) => ("bench", a.target.udp, a.target.framing),
+        Command::Bench(a) => {
+            a.target.address().map_err(|e| ("bench", e))?;
+            ("bench", a.target.is_udp(), a.target.framing)
+        }
     };
     if udp && framing.is_some_and(|f| f != Framing::Raw) {
         return Err((
@@ -273,28 +353,51 @@ fn validate(cli: &Cli) -> Result<(), (&'static str, String)> {
     Ok(())
 }
 
-/// Works out the `serve` address: `[HOST] [PORT]`, where a lone number is the port.
+/// Works out the `serve` address: `[ADDR] [PORT]`, where a lone number is the port.
 pub fn listen_addr(args: &ServeArgs) -> Result<Listen, String> {
-    let host_err = |e: sockit::ConfigError| format!("invalid value for [HOST]: {e}");
     let port_err = |e: sockit::ConfigError| format!("invalid value for [PORT]: {e}");
     let default_host = || parse_host(DEFAULT_HOST).expect("the default host parses");
-    match (&args.host, &args.port) {
-        (None, _) => Ok(Listen {
-            host: default_host(),
-            port: DEFAULT_PORT,
-        }),
-        (Some(only), None) if only.bytes().all(|b| b.is_ascii_digit()) => Ok(Listen {
-            host: default_host(),
-            port: parse_port(only).map_err(port_err)?,
-        }),
-        (Some(host), port) => Ok(Listen {
-            host: parse_host(host).map_err(host_err)?,
-            port: match port {
-                Some(p) => parse_port(p).map_err(port_err)?,
-                None => DEFAULT_PORT,
-            },
-        }),
+    let (host, port, scheme) = match (&args.host, &args.port) {
+        (None, _) => (default_host(), DEFAULT_PORT, Scheme::Tcp),
+        (Some(only), None) if only.bytes().all(|b| b.is_ascii_digit()) => (
+            default_host(),
+            parse_port(only).map_err(port_err)?,
+            Scheme::Tcp,
+        ),
+        (Some(addr), port) => {
+            let address = parse_address(addr, port.as_deref(), Some(DEFAULT_PORT))?;
+            check_scheme(&address, addr, args.udp)?;
+            match address.endpoint {
+                Endpoint::Inet { host, port } => (host, port, address.scheme),
+                Endpoint::Unix(_) => return Err("unix sockets are not supported yet".into()),
+            }
+        }
+    };
+    Ok(Listen {
+        host,
+        port,
+        udp: args.udp || scheme == Scheme::Udp,
+    })
+}
+
+/// Refuses `serve` options that do not apply to the transport.
+fn validate_serve(args: &ServeArgs, udp: bool) -> Result<(), String> {
+    if udp {
+        let tcp_only = [
+            ("--max-line", args.max_line.is_some()),
+            ("--max-frame", args.max_frame.is_some()),
+            ("--max-conns-per-ip", args.max_conns_per_ip.is_some()),
+        ];
+        if let Some((flag, _)) = tcp_only.iter().find(|(_, given)| *given) {
+            return Err(format!(
+                "{flag} applies to TCP only: with --udp every datagram is one message of at \
+                 most 65507 bytes"
+            ));
+        }
+    } else if args.udp_rate.is_some() {
+        return Err("--udp-rate applies to UDP only (--udp)".into());
     }
+    Ok(())
 }
 
 fn built_command() -> clap::Command {
@@ -314,18 +417,6 @@ fn usage_error(sub: &str, msg: &str) -> clap::Error {
     match cmd.find_subcommand_mut(sub) {
         Some(sub) => sub.error(ErrorKind::ValueValidation, msg),
         None => cmd.error(ErrorKind::ValueValidation, msg),
-    }
-}
-
-fn parse_host_arg(s: &str) -> Result<Host, String> {
-    parse_host(s).map_err(|e| e.to_string())
-}
-
-fn parse_remote_port(s: &str) -> Result<u16, String> {
-    match parse_port(s) {
-        Ok(0) => Err("port 0 cannot be connected to (ports are 1-65535)".into()),
-        Ok(p) => Ok(p),
-        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -438,22 +529,19 @@ mod tests {
     #[test]
     fn serve_address_defaults_and_lone_port() {
         let local = parse_host("127.0.0.1").unwrap();
-        assert_eq!(
-            serve(&[]).unwrap(),
-            Listen {
-                host: local.clone(),
-                port: 9000
-            }
-        );
-        assert_eq!(
-            serve(&["9001"]).unwrap(),
-            Listen {
-                host: local,
-                port: 9001
-            }
-        );
+        let listen = |port, udp| Listen {
+            host: local.clone(),
+            port,
+            udp,
+        };
+        assert_eq!(serve(&[]).unwrap(), listen(9000, false));
+        assert_eq!(serve(&["9001"]).unwrap(), listen(9001, false));
+        assert_eq!(serve(&["127.0.0.1:9002"]).unwrap(), listen(9002, false));
+        assert_eq!(serve(&["udp:127.0.0.1:53"]).unwrap(), listen(53, true));
+        assert_eq!(serve(&["--udp", "127.0.0.1"]).unwrap(), listen(9000, true));
         assert_eq!(serve(&["0.0.0.0"]).unwrap().port, 9000);
         assert_eq!(serve(&["::1", "0"]).unwrap().port, 0);
+        assert_eq!(serve(&["[::1]:0"]).unwrap().port, 0);
     }
 
     #[test]
@@ -464,7 +552,17 @@ mod tests {
                 .unwrap_err()
                 .contains("[PORT]")
         );
-        assert!(serve(&["256.1.1.1"]).unwrap_err().contains("[HOST]"));
+        assert!(serve(&["256.1.1.1"]).unwrap_err().contains("<ADDR>"));
+        assert!(
+            serve(&["unix:/tmp/x"])
+                .unwrap_err()
+                .contains("not supported yet")
+        );
+        assert!(
+            serve(&["--udp", "tcp:127.0.0.1:1"])
+                .unwrap_err()
+                .contains("--udp")
+        );
     }
 
     #[test]

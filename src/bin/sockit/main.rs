@@ -99,11 +99,18 @@ fn init_logging(quiet: bool, verbose: u8) {
     }
 }
 
-/// Every address `host` resolves to (IPv4 first), or an error naming it.
+/// Every address `host` resolves to (IPv4 first); the error already names the host.
 async fn resolve_all(host: &Host, port: u16) -> Result<Vec<SocketAddr>> {
-    resolve(host, port)
-        .await
-        .with_context(|| format!("cannot resolve {host}"))
+    Ok(resolve(host, port).await?)
+}
+
+/// Resolves a validated `connect`/`bench` target.
+async fn resolve_target(target: &cli::Target) -> Result<Vec<SocketAddr>> {
+    let address = target.address().map_err(anyhow::Error::msg)?;
+    let (host, port) = address
+        .inet()
+        .ok_or_else(|| anyhow::anyhow!("{address}: not an internet address"))?;
+    resolve_all(host, port).await
 }
 
 async fn serve(args: ServeArgs) -> Result<()> {
@@ -114,15 +121,22 @@ async fn serve(args: ServeArgs) -> Result<()> {
         Err(e) => warn!("cannot raise the open file limit: {e}"),
     }
     let addr = resolve_all(&listen.host, listen.port).await?[0];
-    let transport = cli::transport(args.udp);
+    let transport = cli::transport(listen.udp);
     let optional = |d: Duration| (!d.is_zero()).then_some(d);
     let config = ServerConfig {
         transport,
-        framing: cli::framing_or_default(args.framing, args.udp),
-        limits: cli::limits(args.max_frame, args.max_line),
+        framing: cli::framing_or_default(args.framing, listen.udp),
+        limits: cli::limits(
+            args.max_frame.unwrap_or(sockit::codec::DEFAULT_MAX_FRAME),
+            args.max_line.unwrap_or(sockit::codec::DEFAULT_MAX_LINE),
+        ),
         max_conns: args.max_conns,
         idle_timeout: optional(args.idle_timeout),
         frame_timeout: optional(args.frame_timeout),
+        min_rate: (args.min_rate > 0).then_some(args.min_rate as u64),
+        max_conns_per_ip: args.max_conns_per_ip,
+        max_memory: args.max_memory,
+        udp_rate: args.udp_rate.map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
         ..ServerConfig::default()
     };
     match args.service {
@@ -158,13 +172,16 @@ async fn serve_with<S: Service>(
         .context("server task failed")?;
     match report.udp {
         Some(udp) => info!(
-            "stopped: {} datagrams in, {} out, {} peers",
-            udp.datagrams_in, udp.datagrams_out, udp.peers
+            "stopped: {} datagrams in, {} out, {} peers ({} evicted), {} replies rate-limited",
+            udp.datagrams_in, udp.datagrams_out, udp.peers, udp.evicted, udp.rate_limited
         ),
         None => info!(
             "stopped: {} connections served, {} refused",
             report.connections, report.refused
         ),
+    }
+    if let Some(dropped) = LOG.get().map(LogSink::dropped).filter(|&n| n > 0) {
+        warn!("{dropped} log line(s) could not be written to stderr");
     }
     Ok(())
 }
@@ -250,7 +267,7 @@ async fn connect(args: ConnectArgs) -> Result<()> {
     // Quiet unless asked: the output is the server's, the log only connection events.
     init_logging(args.verbose == 0, args.verbose.saturating_sub(1));
     let target = &args.target;
-    let addrs = resolve_all(&target.host, target.port).await?;
+    let addrs = resolve_target(target).await?;
     let config = ClientConfig {
         transport: target.transport(),
         framing: target.framing(),
@@ -307,7 +324,7 @@ async fn connect(args: ConnectArgs) -> Result<()> {
 async fn bench(args: BenchArgs) -> Result<()> {
     let _ = raise_fd_limit();
     let target = &args.target;
-    let addr = resolve_all(&target.host, target.port).await?[0];
+    let addr = resolve_target(target).await?[0];
     let config = BenchConfig {
         addr,
         transport: target.transport(),
