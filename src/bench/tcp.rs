@@ -4,12 +4,15 @@
 use std::cell::RefCell;
 use std::fmt;
 use std::io;
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio_util::sync::CancellationToken;
 
 use super::reply::{FILL, ReplyChecker, ReplyError, Verdict};
@@ -78,30 +81,19 @@ impl Request {
         }
     }
 
-    async fn write(&self, stream: &TcpStream) -> io::Result<()> {
+    async fn write(&self, out: &mut WriteHalf<'_>) -> io::Result<()> {
         if let Some(whole) = &self.whole {
-            return write_all(stream, whole).await;
+            return out.write_all(whole).await;
         }
-        write_all(stream, &self.head).await?;
+        out.write_all(&self.head).await?;
         let mut left = self.size;
         while left > 0 {
             let n = left.min(self.fill.len());
-            write_all(stream, &self.fill[..n]).await?;
+            out.write_all(&self.fill[..n]).await?;
             left -= n;
         }
-        write_all(stream, self.tail).await
+        out.write_all(self.tail).await
     }
-}
-
-async fn write_all(stream: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
-    while !buf.is_empty() {
-        match stream.try_write(buf) {
-            Ok(n) => buf = &buf[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => stream.writable().await?,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 /// Why a TCP client stopped early.
@@ -132,44 +124,54 @@ impl fmt::Display for Stop {
 
 /// Reads until one reply is complete. Replies beyond it in the same read were not asked for:
 /// they are returned as a count of extra (wrong) replies.
+///
+/// Reads go through `poll_read`, not `try_read`: tokio's `poll_read` knows that a short read
+/// drained the socket and skips the `recv` that would only say `EAGAIN` next time.
 async fn read_reply(
-    stream: &TcpStream,
+    input: &mut ReadHalf<'_>,
     checker: &mut ReplyChecker,
 ) -> Result<(Verdict, u64), Stop> {
     let mut extra = 0;
-    loop {
-        let step = READ.with_borrow_mut(|buf| {
-            let n = match stream.try_read(buf) {
-                Ok(0) => return Err(Stop::Closed),
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
-                Err(e) => return Err(Stop::Io(e)),
-            };
-            let mut data = &buf[..n];
-            let mut first = None;
-            while !data.is_empty() {
-                let (used, verdict) = checker.feed(data).map_err(Stop::Reply)?;
-                data = &data[used..];
-                if let Some(v) = verdict {
-                    if first.is_none() {
-                        first = Some(v);
-                    } else {
-                        extra += 1;
+    std::future::poll_fn(|cx| {
+        READ.with_borrow_mut(|buf| {
+            loop {
+                let mut read = ReadBuf::new(buf);
+                match Pin::new(&mut *input).poll_read(cx, &mut read) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(Stop::Io(e))),
+                    Poll::Ready(Ok(())) => {}
+                }
+                let mut data = read.filled();
+                if data.is_empty() {
+                    return Poll::Ready(Err(Stop::Closed));
+                }
+                let mut first = None;
+                while !data.is_empty() {
+                    let (used, verdict) = match checker.feed(data) {
+                        Ok(step) => step,
+                        Err(e) => return Poll::Ready(Err(Stop::Reply(e))),
+                    };
+                    data = &data[used..];
+                    if let Some(v) = verdict {
+                        if first.is_none() {
+                            first = Some(v);
+                        } else {
+                            extra += 1;
+                        }
                     }
                 }
+                if let Some(verdict) = first {
+                    return Poll::Ready(Ok((verdict, extra)));
+                }
             }
-            Ok(first)
-        })?;
-        match step {
-            Some(verdict) => return Ok((verdict, extra)),
-            None => stream.readable().await.map_err(Stop::Io)?,
-        }
-    }
+        })
+    })
+    .await
 }
 
 /// One client: runs until the run ends, `cancel` fires, or the connection fails.
 pub(super) async fn client(
-    stream: TcpStream,
+    mut stream: TcpStream,
     shared: Arc<Shared>,
     request: Arc<Request>,
     cancel: CancellationToken,
@@ -177,6 +179,7 @@ pub(super) async fn client(
     let mut tally = Tally::default();
     let mut checker = ReplyChecker::new(shared.framing, shared.size);
     let mut cancelled = pin!(cancel.cancelled());
+    let (mut input, mut output) = stream.split();
     loop {
         let t0 = Instant::now();
         if shared.done(tally.sent, t0) {
@@ -185,15 +188,17 @@ pub(super) async fn client(
         tally.sent += 1;
         let round = async {
             if request.whole.is_some() {
-                request.write(&stream).await.map_err(Stop::Io)?;
-                let (verdict, extra) = read_reply(&stream, &mut checker).await?;
+                request.write(&mut output).await.map_err(Stop::Io)?;
+                let (verdict, extra) = read_reply(&mut input, &mut checker).await?;
                 Ok::<_, Stop>((verdict, extra, None))
             } else {
                 // Both to the end: when a server refuses a large message it typically sends
                 // an error and closes while the write is still going, and the error it sent
                 // says more than the broken pipe.
-                let (written, reply) =
-                    tokio::join!(request.write(&stream), read_reply(&stream, &mut checker));
+                let (written, reply) = tokio::join!(
+                    request.write(&mut output),
+                    read_reply(&mut input, &mut checker)
+                );
                 let (verdict, extra) = reply?;
                 Ok((verdict, extra, written.err().map(Stop::Io)))
             }
