@@ -480,6 +480,10 @@ pub async fn run(
         ),
     });
     let request = Arc::new(tcp::Request::new(config.framing, config.size));
+    if cancel.is_cancelled() {
+        // Stopped while connecting: nothing was sent, and nothing will be.
+        sockets.clear();
+    }
     let clients: Vec<_> = sockets
         .into_iter()
         .map(|socket| {
