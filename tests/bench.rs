@@ -167,6 +167,22 @@ fn every_framing_round_trips_against_the_real_server() {
     }
 }
 
+#[test]
+fn the_ack_services_receipts_count_as_right_replies() {
+    for transport in [&[][..], &["--udp"]] {
+        let mut serve = vec!["-q", "--service", "ack"];
+        serve.extend_from_slice(transport);
+        let server = ServeProcess::start(&serve);
+        let mut args = vec!["--count", "20", "--conns", "2", "--json"];
+        args.extend_from_slice(transport);
+        let out = bench(server.addr.port(), &args);
+        assert!(out.status.success(), "{transport:?}: {}", stderr(&out));
+        let report = json(&out);
+        assert_eq!(report["messages"], 40, "{report}");
+        assert_eq!(report["mismatches"], 0, "{report}");
+    }
+}
+
 /// A UDP echo server that holds back the reply to datagram 1 until datagram 2 comes, and
 /// never answers datagram 3.
 fn unreliable_udp_server() -> u16 {

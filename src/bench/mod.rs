@@ -1,6 +1,7 @@
 //! The load generator behind `sockit bench`: N concurrent ping-pong clients against an echo
 //! service, each sending one message and waiting for its reply before sending the next, and
-//! checking that every reply is the message it sent.
+//! checking that every reply is the message it sent (or, from `sockit serve --service ack`,
+//! the receipt for it).
 //!
 //! Clients connect first (at most [`CONNECT_CONCURRENCY`] at a time, keeping only counts and
 //! the first error for the ones that fail), then start together, so connection setup is not

@@ -299,6 +299,11 @@ impl ReplyChecker {
         let seen = std::mem::take(&mut self.seen);
         self.phase = self.first_phase();
         match self.bad.take() {
+            Some(bad)
+                if bad.skipped == 0 && !bad.truncated && is_receipt(&bad.preview, self.size) =>
+            {
+                Verdict::Match
+            }
             Some(bad) => Verdict::Mismatch(bad),
             None if seen == self.size as u64 => Verdict::Match,
             None => Verdict::Mismatch(Mismatch {
@@ -309,6 +314,26 @@ impl ReplyChecker {
                 truncated: seen > PREVIEW as u64,
             }),
         }
+    }
+}
+
+/// Whether `reply` is what `sockit serve --service ack` answers to a `size`-byte message,
+/// `ack <RFC 3339 time> <size> bytes` (a line ending allowed): the right reply from that
+/// service, so that bench can load it too.
+pub(crate) fn is_receipt(reply: &[u8], size: usize) -> bool {
+    let Ok(text) = std::str::from_utf8(reply) else {
+        return false;
+    };
+    let text = text.strip_suffix('\n').unwrap_or(text);
+    let text = text.strip_suffix('\r').unwrap_or(text);
+    let mut words = text.split(' ');
+    match (words.next(), words.next(), words.next(), words.next()) {
+        (Some("ack"), Some(time), Some(len), Some("bytes")) => {
+            words.next().is_none()
+                && len.parse::<usize>() == Ok(size)
+                && chrono::DateTime::parse_from_rfc3339(time).is_ok()
+        }
+        _ => false,
     }
 }
 
@@ -475,6 +500,19 @@ mod tests {
         };
         assert_eq!(m.preview.len(), PREVIEW);
         assert!(m.truncated);
+    }
+
+    #[test]
+    fn an_ack_receipt_for_the_right_size_is_a_right_reply() {
+        let receipt = crate::service::ack::receipt(64);
+        assert!(is_receipt(receipt.as_bytes(), 64));
+        assert!(is_receipt(format!("{receipt}\n").as_bytes(), 64));
+        assert!(!is_receipt(receipt.as_bytes(), 65));
+        assert!(!is_receipt(b"ack yesterday 64 bytes", 64));
+        assert!(!is_receipt(format!("{receipt} extra").as_bytes(), 64));
+        let mut checker = ReplyChecker::new(Framing::Line, 64);
+        let verdicts = feed_all(&mut checker, format!("{receipt}\n").as_bytes(), 10);
+        assert_eq!(verdicts, [Verdict::Match]);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::time::Instant;
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
-use super::reply::{FILL, Mismatch, first_difference};
+use super::reply::{FILL, Mismatch, first_difference, is_receipt};
 use super::{Shared, Tally};
 
 /// Bytes of the sequence number at the start of a datagram.
@@ -84,6 +84,9 @@ fn classify(d: &[u8], size: usize, seq: u64) -> Datagram {
             }
             Some(_) => {}
         }
+    }
+    if is_receipt(d, size) {
+        return Datagram::Reply;
     }
     let at = head_diff.or(body_diff).unwrap_or(common);
     Datagram::Wrong(Mismatch {
