@@ -295,8 +295,13 @@ async fn bench(args: BenchArgs) -> Result<()> {
     } else {
         report.to_string()
     };
+    let written = {
+        let mut out = std::io::stdout().lock();
+        out.write_all(format!("{text}\n").as_bytes())
+            .and_then(|()| out.flush())
+    };
     // A closed stdout loses the report, not the verdict.
-    if let Err(e) = write_line(&text) {
+    if let Err(e) = written {
         if e.kind() != std::io::ErrorKind::BrokenPipe {
             return Err(e).context("cannot write the report");
         }
@@ -312,11 +317,4 @@ async fn bench(args: BenchArgs) -> Result<()> {
         Some(why) => bail!(why),
         None => Ok(()),
     }
-}
-
-/// Writes `text` and a newline to stdout in one go, and flushes it.
-fn write_line(text: &str) -> std::io::Result<()> {
-    let mut out = std::io::stdout().lock();
-    out.write_all(format!("{text}\n").as_bytes())?;
-    out.flush()
 }
