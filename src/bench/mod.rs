@@ -1,34 +1,46 @@
 //! The load generator behind `sockit bench`: N concurrent ping-pong clients against an echo
-//! service, each sending one message and waiting for its reply before sending the next.
+//! service, each sending one message and waiting for its reply before sending the next, and
+//! checking that every reply is the message it sent (or, from `sockit serve --service ack`,
+//! the receipt for it).
 //!
-//! All clients connect first and start together, so connection setup is not measured. Each
-//! client keeps its own latency histogram (no shared state on the hot path); they are merged at
-//! the end.
+//! Clients connect first (at most [`CONNECT_CONCURRENCY`] at a time, keeping only counts and
+//! the first error for the ones that fail), then start together, so connection setup is not
+//! measured. Memory stays bounded whatever `--conns` and `--size` say: one shared message
+//! prefix and fill pattern, read buffers per worker thread rather than per client (replies are
+//! checked as they stream in, see [`reply`]), and one shared latency histogram that clients
+//! feed in small batches.
+//!
+//! `tcp` and `udp` hold the two client loops.
+
+mod reply;
+mod tcp;
+mod udp;
 
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, BytesMut};
+use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
-use tokio::sync::{Barrier, Semaphore};
-use tokio_util::codec::{Decoder, Encoder};
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
 
-use crate::codec::{FrameCodec, Framing, Limits};
-use crate::error::CodecError;
-use crate::message::Message;
+use crate::codec::{Framing, MAX_DATAGRAM};
 use crate::service::Transport;
 
-/// At most this many connects are in flight at once, so a large `--conns` does not overflow
-/// the server's listen backlog.
-const CONNECT_CONCURRENCY: usize = 256;
-/// Highest latency the histograms can record: one minute, in nanoseconds.
+/// At most this many connects are in flight at once, so a large `--conns` neither overflows
+/// the server's listen backlog nor holds a future per client.
+pub const CONNECT_CONCURRENCY: usize = 256;
+/// Largest message `bench` sends: 1 GiB.
+pub const MAX_SIZE: usize = 1 << 30;
+/// Highest latency the histogram can record: one minute, in nanoseconds.
 const MAX_LATENCY_NS: u64 = 60_000_000_000;
+/// Latency samples a client gathers before adding them to the shared histogram.
+const SAMPLE_BATCH: usize = 128;
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -39,8 +51,10 @@ pub struct BenchConfig {
     pub transport: Transport,
     /// Number of concurrent clients.
     pub conns: usize,
-    /// How long to send for.
+    /// How long to send for (unless `count` is set).
     pub duration: Duration,
+    /// Messages per client; when set, the run ends after them instead of after `duration`.
+    pub count: Option<u64>,
     /// Message body size in bytes.
     pub size: usize,
     /// Framing (TCP only).
@@ -73,22 +87,64 @@ pub struct BenchReport {
     pub framing: String,
     /// The server address.
     pub addr: String,
-    /// Concurrent clients.
+    /// Concurrent clients asked for.
     pub conns: usize,
     /// Message body size.
     pub size: usize,
     /// Measured wall time, seconds.
     pub duration_secs: f64,
-    /// Round trips completed.
+    /// Round trips completed with the right reply.
     pub messages: u64,
     /// Round trips per second.
     pub messages_per_sec: f64,
+    /// Messages sent.
+    pub sent: u64,
+    /// Replies that were not the message sent (error texts, mangled or unasked-for replies).
+    pub mismatches: u64,
+    /// Messages never answered: on TCP, the one a client was waiting for when it stopped on a
+    /// timeout or a lost connection; on UDP, datagrams whose reply never came.
+    pub lost: u64,
+    /// UDP: replies that came after their client had given up on them.
+    pub out_of_order: u64,
     /// Replies that did not arrive in time.
     pub timeouts: u64,
-    /// Clients that failed (could not connect, connection lost, bad reply).
+    /// Clients that failed (could not connect, connection lost, no reply in time on TCP,
+    /// reply out of step).
     pub errors: u64,
-    /// Round-trip latency.
+    /// Round-trip latency of the right replies.
     pub latency_us: Latency,
+    /// The first failure, in words (not part of the JSON).
+    #[serde(skip)]
+    pub first_failure: Option<String>,
+    /// Whether the run was cancelled before its end (not part of the JSON).
+    #[serde(skip)]
+    pub interrupted: bool,
+}
+
+impl BenchReport {
+    /// Why this run counts as failed, in one line, or `None` if every reply was right.
+    pub fn failure(&self) -> Option<String> {
+        let first = self.first_failure.as_deref().unwrap_or("no details");
+        if self.errors > 0 {
+            let mut line = format!("{} of {} clients failed", self.errors, self.conns);
+            if self.mismatches > 0 {
+                line += &format!(" and {} replies were wrong", self.mismatches);
+            }
+            Some(format!("{line}; first: {first}"))
+        } else if self.mismatches > 0 {
+            Some(format!(
+                "{} of {} replies were not the message sent; first: {first}",
+                self.mismatches, self.sent
+            ))
+        } else if self.messages == 0 && !self.interrupted {
+            Some(format!(
+                "no replies from {}: is an echo service listening there?",
+                self.addr
+            ))
+        } else {
+            None
+        }
+    }
 }
 
 impl fmt::Display for BenchReport {
@@ -96,19 +152,93 @@ impl fmt::Display for BenchReport {
         let l = &self.latency_us;
         writeln!(
             f,
-            "{} {} clients x {}-byte messages ({} framing) against {} for {:.1}s",
-            self.transport, self.conns, self.size, self.framing, self.addr, self.duration_secs
+            "{} {} clients x {}-byte messages ({} framing) against {} for {:.1}s{}",
+            self.transport,
+            self.conns,
+            self.size,
+            self.framing,
+            self.addr,
+            self.duration_secs,
+            if self.interrupted {
+                " (interrupted)"
+            } else {
+                ""
+            }
         )?;
         writeln!(
             f,
-            "messages: {} ({:.0}/s), timeouts: {}, errors: {}",
-            self.messages, self.messages_per_sec, self.timeouts, self.errors
+            "messages: {} ({:.0}/s), sent: {}, mismatches: {}, lost: {}, out of order: {}, \
+             timeouts: {}, errors: {}",
+            self.messages,
+            self.messages_per_sec,
+            self.sent,
+            self.mismatches,
+            self.lost,
+            self.out_of_order,
+            self.timeouts,
+            self.errors
         )?;
         write!(
             f,
             "latency (us): p50 {:.0}  p90 {:.0}  p99 {:.0}  max {:.0}  mean {:.0}",
             l.p50, l.p90, l.p99, l.max, l.mean
         )
+    }
+}
+
+/// A message size the framing or transport cannot carry.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SizeError {
+    /// Over [`MAX_SIZE`].
+    #[error("{size} bytes is over the {MAX_SIZE}-byte (1G) limit")]
+    TooBig {
+        /// The size asked for.
+        size: usize,
+    },
+    /// Over what the length prefix can express.
+    #[error("{size} bytes does not fit {framing} framing (at most {max} bytes)")]
+    TooBigForFraming {
+        /// The size asked for.
+        size: usize,
+        /// The framing.
+        framing: Framing,
+        /// Its largest body.
+        max: u64,
+    },
+    /// Over the largest UDP payload.
+    #[error("{size} bytes does not fit one UDP datagram (at most {MAX_DATAGRAM} bytes)")]
+    TooBigForDatagram {
+        /// The size asked for.
+        size: usize,
+    },
+    /// Zero, where an empty message cannot be told from no message.
+    #[error("{framing} framing needs messages of at least 1 byte")]
+    Empty {
+        /// The framing.
+        framing: Framing,
+    },
+}
+
+/// Checks that `size`-byte messages can be sent over `transport` with `framing` (ignored for
+/// UDP, where a datagram is a message).
+pub fn check_size(transport: Transport, framing: Framing, size: usize) -> Result<(), SizeError> {
+    if size > MAX_SIZE {
+        return Err(SizeError::TooBig { size });
+    }
+    match (transport, framing) {
+        (Transport::Udp, _) if size > MAX_DATAGRAM => Err(SizeError::TooBigForDatagram { size }),
+        (Transport::Udp, _) => Ok(()),
+        (Transport::Tcp, Framing::Raw | Framing::Line) if size == 0 => {
+            Err(SizeError::Empty { framing })
+        }
+        (Transport::Tcp, Framing::Length { prefix, .. }) if size as u64 > prefix.max_len() => {
+            Err(SizeError::TooBigForFraming {
+                size,
+                framing,
+                max: prefix.max_len(),
+            })
+        }
+        (Transport::Tcp, _) => Ok(()),
     }
 }
 
@@ -123,98 +253,213 @@ pub enum BenchError {
         /// The first client's error.
         error: io::Error,
     },
-    /// The configuration cannot work.
-    #[error("{0}")]
-    Config(String),
+    /// `conns` is 0.
+    #[error("at least one client is needed")]
+    NoClients,
+    /// The message size does not fit the framing or transport.
+    #[error("invalid message size")]
+    Size(#[from] SizeError),
+}
+
+/// What every client shares: settings, the end of the run, and the latency histogram.
+struct Shared {
+    size: usize,
+    framing: Framing,
+    timeout: Duration,
+    count: Option<u64>,
+    deadline: Instant,
+    hist: Mutex<Histogram<u64>>,
+}
+
+impl Shared {
+    /// Whether a client that has sent `sent` messages is done, `now`.
+    fn done(&self, sent: u64, now: Instant) -> bool {
+        match self.count {
+            Some(n) => sent >= n,
+            None => now >= self.deadline,
+        }
+    }
 }
 
 /// One client's results.
+#[derive(Debug, Default)]
 struct Tally {
-    hist: Histogram<u64>,
+    sent: u64,
+    messages: u64,
+    mismatches: u64,
+    lost: u64,
+    out_of_order: u64,
     timeouts: u64,
-    error: Option<io::Error>,
+    /// Why the client stopped early, if it did.
+    failure: Option<String>,
+    /// The first wrong reply, described.
+    first_mismatch: Option<String>,
+    /// The last reply, described, if it was wrong: it explains a failure that follows.
+    last_mismatch: Option<String>,
+    /// Latencies not yet added to the shared histogram.
+    samples: Vec<u64>,
 }
 
 impl Tally {
-    fn new() -> Self {
-        Tally {
-            // Three significant figures between 1 ns and one minute.
-            hist: Histogram::new_with_bounds(1, MAX_LATENCY_NS, 3)
-                .expect("static histogram bounds are valid"),
-            timeouts: 0,
-            error: None,
+    /// Records a right reply to a message sent at `started`.
+    fn record(&mut self, started: Instant, shared: &Shared) {
+        self.messages += 1;
+        if self.last_mismatch.is_some() {
+            self.last_mismatch = None;
+        }
+        let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        if self.samples.capacity() == 0 {
+            self.samples.reserve_exact(SAMPLE_BATCH);
+        }
+        self.samples.push(ns.clamp(1, MAX_LATENCY_NS));
+        if self.samples.len() >= SAMPLE_BATCH {
+            self.flush(shared);
         }
     }
 
-    fn record(&mut self, started: Instant) {
-        let ns = (started.elapsed().as_nanos() as u64).clamp(1, MAX_LATENCY_NS);
-        self.hist.saturating_record(ns);
+    /// Counts a wrong reply to a `size`-byte message.
+    fn mismatch(&mut self, m: &reply::Mismatch, size: usize) {
+        self.mismatches += 1;
+        let described = m.describe(size);
+        if self.first_mismatch.is_none() {
+            self.first_mismatch = Some(described.clone());
+        }
+        self.last_mismatch = Some(described);
+    }
+
+    /// Notes why the client stopped, after the wrong reply that came just before, if any
+    /// (typically the server's error text, then its close).
+    fn fail(&mut self, why: impl fmt::Display) {
+        self.failure = Some(match &self.last_mismatch {
+            Some(reply) => format!("{reply} ({why})"),
+            None => why.to_string(),
+        });
+    }
+
+    /// Adds the gathered latencies to the shared histogram.
+    fn flush(&mut self, shared: &Shared) {
+        if self.samples.is_empty() {
+            return;
+        }
+        let mut hist = shared.hist.lock().unwrap_or_else(PoisonError::into_inner);
+        for &ns in &self.samples {
+            hist.saturating_record(ns);
+        }
+        drop(hist);
+        self.samples.clear();
     }
 }
 
-/// Runs the benchmark described by `config`.
-pub async fn run(config: &BenchConfig) -> Result<BenchReport, BenchError> {
+/// The whole run's counts.
+#[derive(Debug, Default)]
+struct Totals {
+    sent: u64,
+    messages: u64,
+    mismatches: u64,
+    lost: u64,
+    out_of_order: u64,
+    timeouts: u64,
+    errors: u64,
+    first_failure: Option<String>,
+    first_mismatch: Option<String>,
+}
+
+impl Totals {
+    fn add(&mut self, t: Tally) {
+        self.sent += t.sent;
+        self.messages += t.messages;
+        self.mismatches += t.mismatches;
+        self.lost += t.lost;
+        self.out_of_order += t.out_of_order;
+        self.timeouts += t.timeouts;
+        if let Some(why) = t.failure {
+            self.fail(why);
+        }
+        if self.first_mismatch.is_none() {
+            self.first_mismatch = t.first_mismatch;
+        }
+    }
+
+    fn fail(&mut self, why: String) {
+        self.errors += 1;
+        debug!("client failed: {why}");
+        self.first_failure.get_or_insert(why);
+    }
+}
+
+/// A connected client socket.
+enum Socket {
+    Tcp(TcpStream),
+    Udp(UdpSocket),
+}
+
+async fn connect(config: &BenchConfig) -> io::Result<Socket> {
+    let attempt = async {
+        match config.transport {
+            Transport::Tcp => {
+                let stream = TcpStream::connect(config.addr).await?;
+                // Ping-pong: a small message must leave now, not after the delayed ACK.
+                stream.set_nodelay(true)?;
+                Ok(Socket::Tcp(stream))
+            }
+            Transport::Udp => {
+                let local: SocketAddr = if config.addr.is_ipv4() {
+                    (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+                } else {
+                    (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+                };
+                let socket = UdpSocket::bind(local).await?;
+                socket.connect(config.addr).await?;
+                Ok(Socket::Udp(socket))
+            }
+        }
+    };
+    match tokio::time::timeout(config.timeout, attempt).await {
+        Ok(result) => result,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "connection timed out",
+        )),
+    }
+}
+
+/// Runs the benchmark described by `config` until its duration or count is reached, or until
+/// `cancel` is cancelled; then every client stops and the report covers what was done.
+pub async fn run(
+    config: &BenchConfig,
+    cancel: CancellationToken,
+) -> Result<BenchReport, BenchError> {
     if config.conns == 0 {
-        return Err(BenchError::Config("--conns must be at least 1".into()));
+        return Err(BenchError::NoClients);
     }
-    if config.framing == Framing::Line && config.size == 0 {
-        return Err(BenchError::Config(
-            "--size must be at least 1 with line framing".into(),
-        ));
-    }
-    let payload = Message::new(vec![b'x'; config.size]);
-    let mut frame = BytesMut::new();
-    if config.transport == Transport::Tcp {
-        FrameCodec::new(config.framing, Limits::default())
-            .encode(&payload, &mut frame)
-            .map_err(|e| BenchError::Config(e.to_string()))?;
-    } else {
-        frame.extend_from_slice(payload.body());
-    }
-    let frame = frame.freeze();
+    check_size(config.transport, config.framing, config.size)?;
 
-    let barrier = Arc::new(Barrier::new(config.conns + 1));
-    let connects = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
-    let mut clients = Vec::with_capacity(config.conns);
-    for _ in 0..config.conns {
-        let (config, frame) = (config.clone(), frame.clone());
-        let (barrier, connects) = (barrier.clone(), connects.clone());
-        clients.push(tokio::spawn(async move {
-            match config.transport {
-                Transport::Tcp => tcp_client(&config, &frame, &barrier, &connects).await,
-                Transport::Udp => udp_client(&config, &frame, &barrier, &connects).await,
+    // Connect everyone first, a bounded number at a time; failures leave only a count.
+    let mut totals = Totals::default();
+    let mut first_connect_error = None;
+    let mut sockets = Vec::new();
+    {
+        let mut attempts = futures_util::stream::iter(0..config.conns)
+            .map(|_| connect(config))
+            .buffer_unordered(CONNECT_CONCURRENCY);
+        loop {
+            let next = tokio::select! {
+                biased;
+                () = cancel.cancelled() => break,
+                next = attempts.next() => next,
+            };
+            match next {
+                None => break,
+                Some(Ok(socket)) => sockets.push(socket),
+                Some(Err(e)) => {
+                    totals.fail(format!("cannot connect to {}: {e}", config.addr));
+                    first_connect_error.get_or_insert(e);
+                }
             }
-        }));
-    }
-    barrier.wait().await;
-    let started = Instant::now();
-
-    let mut total = Tally::new();
-    let mut errors = 0u64;
-    let mut connected = 0usize;
-    let mut first_error = None;
-    for client in clients {
-        let tally = match client.await {
-            Ok(t) => t,
-            Err(e) => {
-                errors += 1;
-                first_error.get_or_insert(io::Error::other(e));
-                continue;
-            }
-        };
-        if !tally.hist.is_empty() || tally.timeouts > 0 {
-            connected += 1;
         }
-        if let Some(e) = tally.error {
-            errors += 1;
-            first_error.get_or_insert(e);
-        }
-        total.timeouts += tally.timeouts;
-        let _ = total.hist.add(&tally.hist);
     }
-    let elapsed = started.elapsed();
-    if connected == 0 {
-        if let Some(error) = first_error {
+    if sockets.is_empty() && !cancel.is_cancelled() {
+        if let Some(error) = first_connect_error {
             return Err(BenchError::Connect {
                 addr: config.addr,
                 error,
@@ -222,9 +467,45 @@ pub async fn run(config: &BenchConfig) -> Result<BenchReport, BenchError> {
         }
     }
 
-    let h = &total.hist;
+    let started = Instant::now();
+    let shared = Arc::new(Shared {
+        size: config.size,
+        framing: config.framing,
+        timeout: config.timeout,
+        count: config.count,
+        deadline: started + config.duration,
+        // Three significant figures between 1 ns and one minute.
+        hist: Mutex::new(
+            Histogram::new_with_bounds(1, MAX_LATENCY_NS, 3)
+                .expect("static histogram bounds are valid"),
+        ),
+    });
+    let request = Arc::new(tcp::Request::new(config.framing, config.size));
+    if cancel.is_cancelled() {
+        // Stopped while connecting: nothing was sent, and nothing will be.
+        sockets.clear();
+    }
+    let clients: Vec<_> = sockets
+        .into_iter()
+        .map(|socket| {
+            let (shared, cancel) = (shared.clone(), cancel.child_token());
+            match socket {
+                Socket::Tcp(s) => tokio::spawn(tcp::client(s, shared, request.clone(), cancel)),
+                Socket::Udp(s) => tokio::spawn(udp::client(s, shared, cancel)),
+            }
+        })
+        .collect();
+    for client in clients {
+        match client.await {
+            Ok(tally) => totals.add(tally),
+            Err(e) => totals.fail(format!("client task failed: {e}")),
+        }
+    }
+    let elapsed = started.elapsed();
+
+    let h = shared.hist.lock().unwrap_or_else(PoisonError::into_inner);
     let us = |ns: u64| ns as f64 / 1000.0;
-    let messages = h.len();
+    let secs = elapsed.as_secs_f64();
     Ok(BenchReport {
         transport: config.transport.to_string(),
         framing: if config.transport == Transport::Tcp {
@@ -235,12 +516,20 @@ pub async fn run(config: &BenchConfig) -> Result<BenchReport, BenchError> {
         addr: config.addr.to_string(),
         conns: config.conns,
         size: config.size,
-        duration_secs: elapsed.as_secs_f64(),
-        messages,
-        messages_per_sec: messages as f64 / elapsed.as_secs_f64(),
-        timeouts: total.timeouts,
-        errors,
-        latency_us: if messages == 0 {
+        duration_secs: secs,
+        messages: totals.messages,
+        messages_per_sec: if secs > 0.0 {
+            totals.messages as f64 / secs
+        } else {
+            0.0
+        },
+        sent: totals.sent,
+        mismatches: totals.mismatches,
+        lost: totals.lost,
+        out_of_order: totals.out_of_order,
+        timeouts: totals.timeouts,
+        errors: totals.errors,
+        latency_us: if h.is_empty() {
             Latency::default()
         } else {
             Latency {
@@ -251,137 +540,77 @@ pub async fn run(config: &BenchConfig) -> Result<BenchReport, BenchError> {
                 mean: h.mean() / 1000.0,
             }
         },
+        first_failure: totals.first_failure.or(totals.first_mismatch),
+        interrupted: cancel.is_cancelled(),
     })
 }
 
-async fn tcp_client(
-    config: &BenchConfig,
-    frame: &[u8],
-    barrier: &Barrier,
-    connects: &Semaphore,
-) -> Tally {
-    let mut tally = Tally::new();
-    let connected = {
-        let _permit = connects.acquire().await;
-        tokio::time::timeout(config.timeout, TcpStream::connect(config.addr)).await
-    };
-    barrier.wait().await;
-    let mut stream = match connected {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            tally.error = Some(e);
-            return tally;
-        }
-        Err(_) => {
-            tally.error = Some(io::ErrorKind::TimedOut.into());
-            return tally;
-        }
-    };
-    let _ = stream.set_nodelay(true);
-    let mut codec = FrameCodec::new(config.framing, Limits::default());
-    let mut rbuf = BytesMut::with_capacity((2 * frame.len()).max(8192));
-    let deadline = Instant::now() + config.duration;
-    while Instant::now() < deadline {
-        let t0 = Instant::now();
-        let round = async {
-            stream.write_all(frame).await?;
-            read_reply(&mut stream, &mut codec, &mut rbuf, config.size).await
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_are_checked_against_framing_and_transport() {
+        let f = |s: &str| s.parse::<Framing>().unwrap();
+        assert!(check_size(Transport::Tcp, f("len8"), 255).is_ok());
+        assert!(matches!(
+            check_size(Transport::Tcp, f("len8"), 256),
+            Err(SizeError::TooBigForFraming { max: 255, .. })
+        ));
+        assert!(check_size(Transport::Tcp, f("len16le"), 65_536).is_err());
+        assert!(check_size(Transport::Tcp, f("len32"), MAX_SIZE).is_ok());
+        assert!(check_size(Transport::Tcp, f("len64"), MAX_SIZE + 1).is_err());
+        assert!(check_size(Transport::Tcp, f("line"), 0).is_err());
+        assert!(check_size(Transport::Tcp, f("raw"), 0).is_err());
+        assert!(check_size(Transport::Tcp, f("len32"), 0).is_ok());
+        assert!(check_size(Transport::Udp, f("raw"), MAX_DATAGRAM).is_ok());
+        assert!(check_size(Transport::Udp, f("raw"), MAX_DATAGRAM + 1).is_err());
+        let e = check_size(Transport::Tcp, f("len8"), 300).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "300 bytes does not fit len8 framing (at most 255 bytes)"
+        );
+    }
+
+    #[test]
+    fn a_report_fails_on_errors_mismatches_or_silence() {
+        let mut r = BenchReport {
+            transport: "tcp".into(),
+            framing: "line".into(),
+            addr: "127.0.0.1:9".into(),
+            conns: 2,
+            size: 8,
+            duration_secs: 1.0,
+            messages: 10,
+            messages_per_sec: 10.0,
+            sent: 10,
+            mismatches: 0,
+            lost: 0,
+            out_of_order: 0,
+            timeouts: 0,
+            errors: 0,
+            latency_us: Latency::default(),
+            first_failure: None,
+            interrupted: false,
         };
-        match tokio::time::timeout(config.timeout, round).await {
-            Ok(Ok(())) => tally.record(t0),
-            Ok(Err(e)) => {
-                tally.error = Some(e);
-                break;
-            }
-            Err(_) => {
-                // The connection's state is unknown after a lost reply: stop this client.
-                tally.timeouts += 1;
-                break;
-            }
-        }
+        assert_eq!(r.failure(), None);
+        r.mismatches = 1;
+        r.first_failure = Some("server replied \"error: x\"".into());
+        assert_eq!(
+            r.failure().unwrap(),
+            "1 of 10 replies were not the message sent; first: server replied \"error: x\""
+        );
+        r.errors = 2;
+        assert!(
+            r.failure()
+                .unwrap()
+                .starts_with("2 of 2 clients failed and 1 replies")
+        );
+        r.errors = 0;
+        r.mismatches = 0;
+        r.messages = 0;
+        assert!(r.failure().unwrap().contains("no replies"));
+        r.interrupted = true;
+        assert_eq!(r.failure(), None);
     }
-    tally
-}
-
-/// Reads one reply: one decoded message, or with `raw` framing, `size` bytes.
-async fn read_reply(
-    stream: &mut TcpStream,
-    codec: &mut FrameCodec,
-    rbuf: &mut BytesMut,
-    size: usize,
-) -> io::Result<()> {
-    loop {
-        if matches!(codec, FrameCodec::Raw(_)) {
-            if rbuf.len() >= size {
-                rbuf.advance(size);
-                return Ok(());
-            }
-        } else if codec.decode(rbuf).map_err(codec_to_io)?.is_some() {
-            return Ok(());
-        }
-        if rbuf.capacity() - rbuf.len() < 1024 {
-            rbuf.reserve(8192);
-        }
-        if stream.read_buf(rbuf).await? == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "server closed the connection",
-            ));
-        }
-    }
-}
-
-fn codec_to_io(e: CodecError) -> io::Error {
-    match e {
-        CodecError::Io(e) => e,
-        other => io::Error::new(io::ErrorKind::InvalidData, other.to_string()),
-    }
-}
-
-async fn udp_client(
-    config: &BenchConfig,
-    payload: &[u8],
-    barrier: &Barrier,
-    connects: &Semaphore,
-) -> Tally {
-    let mut tally = Tally::new();
-    let setup = async {
-        let _permit = connects.acquire().await;
-        let local: SocketAddr = if config.addr.is_ipv4() {
-            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
-        } else {
-            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-        };
-        let socket = UdpSocket::bind(local).await?;
-        socket.connect(config.addr).await?;
-        io::Result::Ok(socket)
-    };
-    let socket = setup.await;
-    barrier.wait().await;
-    let socket = match socket {
-        Ok(s) => s,
-        Err(e) => {
-            tally.error = Some(e);
-            return tally;
-        }
-    };
-    let mut buf = vec![0u8; 65_536];
-    let deadline = Instant::now() + config.duration;
-    while Instant::now() < deadline {
-        let t0 = Instant::now();
-        if let Err(e) = socket.send(payload).await {
-            tally.error = Some(e);
-            break;
-        }
-        match tokio::time::timeout(config.timeout, socket.recv(&mut buf)).await {
-            Ok(Ok(_)) => tally.record(t0),
-            Ok(Err(e)) => {
-                tally.error = Some(e);
-                break;
-            }
-            // A lost datagram: count it and go on, as UDP clients must.
-            Err(_) => tally.timeouts += 1,
-        }
-    }
-    tally
 }

@@ -275,7 +275,11 @@ pub struct BenchArgs {
     /// Seconds to run
     #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_positive_secs)]
     pub duration: Duration,
-    /// Message body size in bytes (suffixes K, M)
+    /// Messages per client; the run ends after them instead of after --duration
+    #[arg(long, value_name = "N", value_parser = parse_count)]
+    pub count: Option<usize>,
+    /// Message body size in bytes (suffixes K, M, G; at most 1G, 255 for len8, 65535 for
+    /// len16, 65507 for UDP)
     #[arg(long, value_name = "BYTES", default_value = "64", value_parser = parse_size)]
     pub size: usize,
     /// Seconds a client waits for one reply before counting a timeout
@@ -284,6 +288,9 @@ pub struct BenchArgs {
     /// Print the result as one JSON object
     #[arg(long)]
     pub json: bool,
+    /// Log more (-v each client's failure)
+    #[arg(short, long, action = ArgAction::Count)]
+    pub verbose: u8,
 }
 
 /// A validated `serve` address.
@@ -341,6 +348,7 @@ fn validate(cli: &Cli) -> Result<(), (&'static str, String)> {
         }
         Command::Bench(a) => {
             a.target.address().map_err(|e| ("bench", e))?;
+            validate_bench(a).map_err(|e| ("bench", e))?;
             ("bench", a.target.is_udp(), a.target.framing)
         }
     };
@@ -351,6 +359,14 @@ fn validate(cli: &Cli) -> Result<(), (&'static str, String)> {
         ));
     }
     Ok(())
+}
+
+/// Checks `bench` arguments that depend on each other: the message size against the framing
+/// and transport.
+pub fn validate_bench(args: &BenchArgs) -> Result<(), String> {
+    let target = &args.target;
+    sockit::bench::check_size(target.transport(), target.framing(), args.size)
+        .map_err(|e| format!("invalid value '{}' for '--size <BYTES>': {e}", args.size))
 }
 
 /// Works out the `serve` address: `[ADDR] [PORT]`, where a lone number is the port.
@@ -574,6 +590,27 @@ mod tests {
         assert!(parse_size("12x").is_err());
         assert!(parse_size("").is_err());
         assert!(parse_size("99999999999999999999G").is_err());
+    }
+
+    fn bench(args: &[&str]) -> Result<(), String> {
+        let mut all = vec!["sockit", "bench", "127.0.0.1", "9000"];
+        all.extend_from_slice(args);
+        match Cli::try_parse_from(all).map_err(|e| e.to_string())?.command {
+            Command::Bench(a) => validate_bench(&a),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn bench_sizes_must_fit_the_framing() {
+        assert!(bench(&["--framing", "len8", "--size", "255"]).is_ok());
+        let e = bench(&["--framing", "len8", "--size", "256"]).unwrap_err();
+        assert!(e.contains("--size") && e.contains("len8"), "{e}");
+        assert!(bench(&["--framing", "len16", "--size", "64K"]).is_err());
+        assert!(bench(&["--udp", "--size", "65508"]).is_err());
+        assert!(bench(&["--size", "0"]).is_err());
+        assert!(bench(&["--framing", "len32", "--size", "1G"]).is_ok());
+        assert!(bench(&["--framing", "len32", "--size", "2G"]).is_err());
     }
 
     #[test]

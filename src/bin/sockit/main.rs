@@ -322,7 +322,18 @@ async fn connect(args: ConnectArgs) -> Result<()> {
 }
 
 async fn bench(args: BenchArgs) -> Result<()> {
-    let _ = raise_fd_limit();
+    // Warnings only by default: the report is the output.
+    init_logging(args.verbose == 0, args.verbose);
+    match raise_fd_limit() {
+        // Each client holds one descriptor; a few more are the runtime's and stdio.
+        Ok(limit) if args.conns as u64 + 16 > limit => warn!(
+            "--conns {} is more than the open file limit ({limit}) allows: \
+             some clients will fail to connect (raise it with ulimit -n)",
+            args.conns
+        ),
+        Ok(_) => {}
+        Err(e) => warn!("cannot raise the open file limit: {e}"),
+    }
     let target = &args.target;
     let addr = resolve_target(target).await?[0];
     let config = BenchConfig {
@@ -330,19 +341,48 @@ async fn bench(args: BenchArgs) -> Result<()> {
         transport: target.transport(),
         conns: args.conns,
         duration: args.duration,
+        count: args.count.map(|n| n as u64),
         size: args.size,
         framing: target.framing(),
         timeout: args.timeout,
     };
-    let report = bench::run(&config).await?;
-    let mut out = std::io::stdout().lock();
-    if args.json {
-        writeln!(out, "{}", serde_json::to_string(&report)?)?;
+    // Ctrl-C stops the clients and still prints what they did; a second one exits at once.
+    let cancel = CancellationToken::new();
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("cannot install the SIGINT handler")?;
+    let on_interrupt = cancel.clone();
+    tokio::spawn(async move {
+        interrupt.recv().await;
+        on_interrupt.cancel();
+        interrupt.recv().await;
+        std::process::exit(130);
+    });
+    let report = bench::run(&config, cancel).await?;
+    let text = if args.json {
+        serde_json::to_string(&report)?
     } else {
-        writeln!(out, "{report}")?;
+        report.to_string()
+    };
+    let written = {
+        let mut out = std::io::stdout().lock();
+        out.write_all(format!("{text}\n").as_bytes())
+            .and_then(|()| out.flush())
+    };
+    // A closed stdout loses the report, not the verdict.
+    if let Err(e) = written {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            return Err(e).context("cannot write the report");
+        }
     }
-    if report.messages == 0 {
-        bail!("no replies from {addr}: is an echo service listening there?");
+    let failure = report.failure();
+    if report.interrupted {
+        if let Some(why) = &failure {
+            let _ = writeln!(std::io::stderr(), "sockit: error: {why}");
+        }
+        std::process::exit(130);
     }
-    Ok(())
+    match failure {
+        Some(why) => bail!(why),
+        None => Ok(()),
+    }
 }
