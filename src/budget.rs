@@ -7,9 +7,10 @@
 //! connections hold nothing. Replies are charged when they are encoded and may overdraw the
 //! budget briefly; the overdraft pauses reading everywhere until it is repaid, which bounds it.
 //!
-//! Large frames may fill only three quarters of the budget: the last quarter is kept for
-//! between-frames reads, so a crowd of clients sending 8 MiB frames slows itself down while
-//! everyone sending ordinary messages is still served.
+//! Large frames may fill only half of the budget: the other half is kept for between-frames
+//! reads and for replies (an echoed frame exists twice while its reply is encoded), so a crowd
+//! of clients sending 8 MiB frames slows itself down while everyone sending ordinary messages
+//! is still served, and the process stays within the budget.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -58,10 +59,10 @@ impl MemoryBudget {
         self.take_within(n, self.max)
     }
 
-    /// Takes `n` bytes for a large frame if that keeps the total within three quarters of the
-    /// budget (see the module docs).
+    /// Takes `n` bytes for a large frame if that keeps the total within half of the budget
+    /// (see the module docs).
     pub fn try_take_large(&self, n: usize) -> bool {
-        self.take_within(n, self.max - self.max / 4)
+        self.take_within(n, self.max / 2)
     }
 
     fn take_within(&self, n: usize, limit: usize) -> bool {
@@ -98,11 +99,7 @@ impl MemoryBudget {
 
     /// Whether `n` more bytes would fit now (in the large-frame share if `large`).
     pub fn has_room(&self, n: usize, large: bool) -> bool {
-        let limit = if large {
-            self.max - self.max / 4
-        } else {
-            self.max
-        };
+        let limit = if large { self.max / 2 } else { self.max };
         self.used().saturating_add(n) <= limit
     }
 
@@ -210,9 +207,9 @@ mod tests {
         assert_eq!(budget.used(), 110);
         assert!(!budget.try_take(1));
         budget.give_back(110);
-        assert!(!budget.try_take_large(76));
-        assert!(budget.try_take_large(75));
-        assert!(budget.try_take(25));
+        assert!(!budget.try_take_large(51));
+        assert!(budget.try_take_large(50));
+        assert!(budget.try_take(50));
         budget.give_back(100);
         assert_eq!(budget.used(), 0);
     }
