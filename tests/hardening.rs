@@ -253,3 +253,54 @@ fn options_for_the_other_transport_are_refused() {
         "{err}"
     );
 }
+
+/// Runs `sockit ARGS` with stdout and stderr on pipes whose readers are already gone.
+fn run_with_closed_output(args: &[&str], stdin: &[u8]) -> std::process::ExitStatus {
+    let mut child = Command::new(sockit_bin())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    drop(child.stderr.take());
+    let mut input = child.stdin.take().unwrap();
+    let _ = input.write_all(stdin);
+    drop(input);
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "sockit {args:?} hung");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn no_command_panics_on_closed_stdout_and_stderr() {
+    let server = ServeProcess::start(&["-q"]);
+    let addr = server.addr.to_string();
+    let unused = format!("127.0.0.1:{}", unused_port());
+    // (arguments, stdin, whether the command itself succeeds)
+    let cases: [(&[&str], &[u8], bool); 5] = [
+        (&["connect", &addr, "-m", "hello"], b"", true),
+        (&["connect", &addr], b"one\ntwo\n", true),
+        (&["connect", &unused, "-m", "x"], b"", false),
+        (&["bench", &addr, "--count", "5", "--conns", "2"], b"", true),
+        (&["bench", &unused, "--conns", "2"], b"", false),
+    ];
+    for (args, stdin, ok) in cases {
+        let status = run_with_closed_output(args, stdin);
+        // 101 would be a panic; a failure is 1, success (or a broken pipe on output) 0.
+        let code = status.code();
+        assert_ne!(code, Some(101), "{args:?} panicked");
+        if ok {
+            assert_eq!(code, Some(0), "{args:?}: {status}");
+        } else {
+            assert_eq!(code, Some(1), "{args:?}: {status}");
+        }
+    }
+    drop(server);
+}
