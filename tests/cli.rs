@@ -490,3 +490,24 @@ fn verbose_serve_logs_every_message_and_quiet_logs_none_of_the_chatter() {
     let log = server.stop();
     assert!(!log.contains("connect from"), "{log}");
 }
+
+#[test]
+fn a_little_endian_header_sent_to_header_framing_is_told_to_try_headerle() {
+    let server = ServeProcess::start(&["--framing", "header"]);
+    let mut c = TcpStream::connect(server.addr).unwrap();
+    c.set_read_timeout(Some(PATIENCE)).unwrap();
+    // The tutorial's file client: struct.pack('i', len(header)), the JSON header, the body.
+    let header = br#"{"file_name": "a.txt", "len": 5}"#;
+    c.write_all(&(header.len() as u32).to_le_bytes()).unwrap();
+    c.write_all(header).unwrap();
+    c.write_all(b"hello").unwrap();
+    let mut reply = Vec::new();
+    let _ = c.read_to_end(&mut reply);
+    let text = String::from_utf8_lossy(&reply);
+    assert!(
+        text.contains("error: header of") && text.contains("try --framing headerle"),
+        "{text}"
+    );
+    let log = server.stop();
+    assert!(log.contains("try --framing headerle"), "{log}");
+}
