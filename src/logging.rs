@@ -5,12 +5,15 @@
 //! dropped; when the reader is slow the queue fills and new lines are dropped instead of making
 //! the server wait. Either way the loss is counted, and reported on stderr as soon as a write
 //! succeeds again.
+//!
+//! [`RateLimited`] keeps a flood of one kind of event (refusals, evictions) to one log line
+//! a second.
 
 use std::io::{self, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tracing_subscriber::fmt::MakeWriter;
 
@@ -135,10 +138,51 @@ pub fn stderr_line(line: &str) {
     let _ = err.flush();
 }
 
+/// Counts events and says when to log them: at most once per period.
+#[derive(Debug)]
+pub(crate) struct RateLimited {
+    period: Duration,
+    last: Option<Instant>,
+    pending: u64,
+}
+
+impl RateLimited {
+    pub(crate) fn new(period: Duration) -> Self {
+        RateLimited {
+            period,
+            last: None,
+            pending: 0,
+        }
+    }
+
+    /// Records one event; returns how many happened since the last log if it is time to log.
+    pub(crate) fn hit(&mut self) -> Option<u64> {
+        self.pending += 1;
+        let now = Instant::now();
+        match self.last {
+            Some(last) if now.duration_since(last) < self.period => None,
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.pending))
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::Mutex;
+
+    #[test]
+    fn rate_limited_logs_first_event_then_batches() {
+        let mut r = RateLimited::new(Duration::from_secs(3600));
+        assert_eq!(r.hit(), Some(1));
+        assert_eq!(r.hit(), None);
+        assert_eq!(r.hit(), None);
+        r.last = Some(Instant::now() - Duration::from_secs(7200));
+        assert_eq!(r.hit(), Some(3));
+    }
 
     /// A writer that fails its first `fail` writes, then records everything.
     struct Flaky {

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use futures_util::FutureExt;
@@ -24,6 +24,7 @@ use tracing::{debug, info, warn};
 
 use crate::budget::{Charge, DEFAULT_MAX_MEMORY, MemoryBudget};
 use crate::codec::{FrameCodec, Framing, Limits};
+use crate::logging::RateLimited;
 use crate::message::Message;
 use crate::net::PeerAddr;
 use crate::service::{PeerInfo, Service, Transport};
@@ -347,37 +348,6 @@ fn refuse(stream: &TcpStream, config: &ServerConfig, mut text: String) {
     }
 }
 
-/// Counts events and says when to log them: at most once per period.
-#[derive(Debug)]
-pub(crate) struct RateLimited {
-    period: Duration,
-    last: Option<Instant>,
-    pending: u64,
-}
-
-impl RateLimited {
-    pub(crate) fn new(period: Duration) -> Self {
-        RateLimited {
-            period,
-            last: None,
-            pending: 0,
-        }
-    }
-
-    /// Records one event; returns how many happened since the last log if it is time to log.
-    pub(crate) fn hit(&mut self) -> Option<u64> {
-        self.pending += 1;
-        let now = Instant::now();
-        match self.last {
-            Some(last) if now.duration_since(last) < self.period => None,
-            _ => {
-                self.last = Some(now);
-                Some(std::mem::take(&mut self.pending))
-            }
-        }
-    }
-}
-
 /// Descriptors kept free of connections: stdio, the listener, the runtime's epoll and wake-up
 /// descriptors, the log thread, signal handling, and one to accept and refuse a client with.
 const RESERVED_FDS: u64 = 32;
@@ -403,6 +373,11 @@ fn fd_capped(max_conns: usize) -> usize {
 
 /// This process's soft limit on open files.
 pub fn fd_limit() -> io::Result<u64> {
+    #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every platform
+    Ok(nofile_limit()?.rlim_cur as u64)
+}
+
+fn nofile_limit() -> io::Result<libc::rlimit> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -411,8 +386,7 @@ pub fn fd_limit() -> io::Result<u64> {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every platform
-    Ok(lim.rlim_cur as u64)
+    Ok(lim)
 }
 
 /// Counts open connections per IP address for `--max-conns-per-ip`.
@@ -465,28 +439,18 @@ impl Drop for IpSlot {
 /// Raises this process's soft limit on open files to its hard limit, so a server can hold as
 /// many connections as the system allows. Returns the new soft limit.
 pub fn raise_fd_limit() -> io::Result<u64> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+    let lim = nofile_limit()?;
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: setrlimit only reads the struct we pass.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
             return Err(io::Error::last_os_error());
         }
-        if lim.rlim_cur < lim.rlim_max {
-            let raised = libc::rlimit {
-                rlim_cur: lim.rlim_max,
-                rlim_max: lim.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            lim = raised;
-        }
     }
-    #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every platform
-    Ok(lim.rlim_cur as u64)
+    fd_limit()
 }
 
 #[cfg(test)]
@@ -494,12 +458,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn rate_limited_logs_first_event_then_batches() {
-        let mut r = RateLimited::new(Duration::from_secs(3600));
-        assert_eq!(r.hit(), Some(1));
-        assert_eq!(r.hit(), None);
-        assert_eq!(r.hit(), None);
-        r.last = Some(Instant::now() - Duration::from_secs(7200));
-        assert_eq!(r.hit(), Some(3));
+    fn per_ip_slots_are_counted_per_address_and_freed_on_drop() {
+        let limit = PerIpLimit::new(2);
+        let (a, b): (IpAddr, IpAddr) = ([10, 0, 0, 1].into(), [10, 0, 0, 2].into());
+        let first = limit.try_acquire(a).unwrap();
+        let _second = limit.try_acquire(a).unwrap();
+        assert!(limit.try_acquire(a).is_none());
+        assert!(
+            limit.try_acquire(b).is_some(),
+            "other addresses are not affected"
+        );
+        drop(first);
+        assert!(limit.try_acquire(a).is_some());
     }
 }

@@ -24,9 +24,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::codec::RawCodec;
+use crate::logging::RateLimited;
 use crate::message::Message;
 use crate::net::PeerAddr;
-use crate::server::RateLimited;
 use crate::service::{Outbox, PeerInfo, Push, Service, Session, Transport};
 use crate::shutdown::ShutdownSignal;
 
