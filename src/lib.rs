@@ -23,7 +23,8 @@
 //! - [`shutdown`]: the shutdown signal every connection checks while it waits.
 //! - [`client`]: `sockit connect`.
 //! - [`bench`]: `sockit bench`, the load generator.
-//! - [`net`]: host/port parsing and name resolution.
+//! - [`net`]: the address grammar (`HOST:PORT`, `udp:`, `unix:`, …), [`PeerAddr`], name
+//!   resolution.
 //! - [`error`]: the library's error enums.
 //! - [`logging`]: a log sink that never blocks or crashes the process on a closed stderr.
 //!
@@ -46,6 +47,7 @@ pub mod transport;
 pub use codec::{FrameCodec, Framing, Limits};
 pub use error::{CodecError, ConfigError};
 pub use message::{Header, Message};
+pub use net::{Address, PeerAddr};
 pub use server::{Server, ServerConfig, ServerReport};
 pub use service::{
     Ack, ConnHandle, Echo, Outbox, PeerInfo, Service, ServiceKind, Session, Transport,
