@@ -22,7 +22,7 @@
 //! - [`budget`]: the server-wide memory budget for buffered frames and replies.
 //! - [`shutdown`]: the shutdown signal every connection checks while it waits.
 //! - [`client`]: `sockit connect`.
-//! - [`bench`]: `sockit bench`, the load generator.
+//! - [`bench`](mod@bench): `sockit bench`, the load generator.
 //! - [`net`]: the address grammar (`HOST:PORT`, `udp:`, `unix:`, …), [`PeerAddr`], name
 //!   resolution.
 //! - [`error`]: the library's error enums.

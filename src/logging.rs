@@ -6,7 +6,7 @@
 //! the server wait. Either way the loss is counted, and reported on stderr as soon as a write
 //! succeeds again.
 //!
-//! [`RateLimited`] keeps a flood of one kind of event (refusals, evictions) to one log line
+//! `RateLimited` keeps a flood of one kind of event (refusals, evictions) to one log line
 //! a second.
 
 use std::io::{self, Write};

@@ -7,7 +7,7 @@
 //! the first error for the ones that fail), then start together, so connection setup is not
 //! measured. Memory stays bounded whatever `--conns` and `--size` say: one shared message
 //! prefix and fill pattern, read buffers per worker thread rather than per client (replies are
-//! checked as they stream in, see [`reply`]), and one shared latency histogram that clients
+//! checked as they stream in, see `reply.rs`), and one shared latency histogram that clients
 //! feed in small batches.
 //!
 //! `tcp` and `udp` hold the two client loops.

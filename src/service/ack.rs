@@ -1,5 +1,5 @@
 //! `ack`: a receipt for every message, `ack <local RFC 3339 time, milliseconds> <N> bytes` —
-//! the tutorials' "received at <time>" reply. The size counts bytes, so invalid UTF-8 is
+//! the tutorials' "received at `<time>`" reply. The size counts bytes, so invalid UTF-8 is
 //! acknowledged like anything else.
 
 use std::cell::RefCell;
