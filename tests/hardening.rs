@@ -218,7 +218,7 @@ fn udp_rate_caps_replies_to_one_address() {
     while sock.recv(&mut buf).is_ok() {
         replies += 1;
     }
-    assert!((3..=4).contains(&replies), "{replies} replies");
+    assert!((3..=6).contains(&replies), "{replies} replies of 20");
     let log = server.stop();
     assert!(log.contains("rate limit"), "{log}");
 }

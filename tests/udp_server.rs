@@ -178,7 +178,7 @@ async fn the_reply_rate_limit_caps_replies_per_source_address() {
         got += 1;
     }
     // A burst of 5, plus whatever the bucket refilled while the 50 datagrams were handled.
-    assert!((5..=7).contains(&got), "{got} replies");
+    assert!((5..=10).contains(&got), "{got} replies of 50");
     let report = server.stop().await.udp.unwrap();
     assert_eq!(report.rate_limited, 50 - got);
 }
