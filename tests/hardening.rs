@@ -229,6 +229,7 @@ fn options_for_the_other_transport_are_refused() {
         (&["serve", "--udp", "--max-line", "1K"][..], "--max-line"),
         (&["serve", "--udp", "--max-frame", "1K"][..], "--max-frame"),
         (&["serve", "--udp-rate", "5"][..], "--udp-rate"),
+        (&["serve", "--max-memory", "10M"][..], "--max-memory"),
     ] {
         let out = Command::new(sockit_bin())
             .args(args)

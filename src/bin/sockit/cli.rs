@@ -412,6 +412,21 @@ fn validate_serve(args: &ServeArgs, udp: bool) -> Result<(), String> {
         }
     } else if args.udp_rate.is_some() {
         return Err("--udp-rate applies to UDP only (--udp)".into());
+    } else {
+        // Frames spanning several reads may use half of the budget: the largest must fit.
+        let frame = args.max_frame.unwrap_or(sockit::codec::DEFAULT_MAX_FRAME);
+        let line = args.max_line.unwrap_or(sockit::codec::DEFAULT_MAX_LINE);
+        let needed = frame
+            .max(2 * line)
+            .saturating_add(sockit::codec::DEFAULT_MAX_HEADER)
+            .saturating_mul(2);
+        if args.max_memory < needed {
+            return Err(format!(
+                "--max-memory {} cannot hold one largest frame: it must be at least {needed} \
+                 bytes (twice --max-frame plus 64K), or lower --max-frame",
+                args.max_memory
+            ));
+        }
     }
     Ok(())
 }
