@@ -96,10 +96,15 @@ pub struct Address {
 impl fmt::Display for Address {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.endpoint {
-            Endpoint::Inet { host, port } => match self.scheme {
-                Scheme::Tcp => write!(f, "{host}:{port}"),
-                scheme => write!(f, "{scheme}:{host}:{port}"),
-            },
+            Endpoint::Inet { host, port } => {
+                // A host named like a scheme (`tcp:9000`) would read back as one.
+                let named_like_a_scheme =
+                    matches!(host, Host::Name(n) if Scheme::from_prefix(n).is_some());
+                match self.scheme {
+                    Scheme::Tcp if !named_like_a_scheme => write!(f, "{host}:{port}"),
+                    scheme => write!(f, "{scheme}:{host}:{port}"),
+                }
+            }
             Endpoint::Unix(name) => write!(f, "unix:{name}"),
         }
     }
@@ -377,6 +382,10 @@ mod tests {
         for text in ["127.0.0.1:9000", "udp:[::1]:53", "unix:@x", "unix:/tmp/a"] {
             assert_eq!(Address::parse(text, None).unwrap().to_string(), text);
         }
+        // A host named like a scheme keeps its scheme, or it would read back as one.
+        let odd = Address::parse("tcp", Some(9000)).unwrap();
+        assert_eq!(odd.to_string(), "tcp:tcp:9000");
+        assert_eq!(Address::parse(&odd.to_string(), None).unwrap(), odd);
         let peer = PeerAddr::from("127.0.0.1:5".parse::<SocketAddr>().unwrap());
         assert_eq!(peer.to_string(), "127.0.0.1:5");
         assert_eq!(PeerAddr::Unix(None).to_string(), "unix:(unnamed)");
