@@ -29,7 +29,7 @@ use bytes::Bytes;
 use futures_util::{FutureExt, SinkExt, Stream, StreamExt};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tracing::{debug, info};
@@ -48,6 +48,8 @@ const PROMPT_WAIT: Duration = Duration::from_secs(1);
 const PIPE_CHUNK: usize = 64 * 1024;
 /// Input lines queued between the reader thread and the sender.
 const LINE_QUEUE: usize = 32;
+/// Bytes of input lines that may wait to be sent, whatever their number (see `LINE_QUEUE`).
+const LINE_QUEUE_BYTES: usize = 4 * 1024 * 1024;
 
 /// How the client talks to the server.
 #[derive(Clone, Debug)]
@@ -449,10 +451,13 @@ where
     }
 }
 
+/// A line from the reader thread, holding its share of the queue's byte allowance.
+type QueuedLine = (Bytes, OwnedSemaphorePermit);
+
 /// Input messages, delivered from a reader thread where needed.
 struct InputSource {
     messages: std::vec::IntoIter<Bytes>,
-    lines: Option<mpsc::Receiver<Result<Bytes, ClientError>>>,
+    lines: Option<mpsc::Receiver<Result<QueuedLine, ClientError>>>,
     /// Messages for `-m`, else the line mode.
     mode: LineMode,
     /// How many messages in all, when known.
@@ -472,11 +477,15 @@ impl InputSource {
                 skip_empty: false,
             },
             Input::Lines { reader, mode } => {
-                let (tx, rx) = mpsc::channel(LINE_QUEUE);
                 let max = max_line_for(framing, max);
+                let (tx, rx) = mpsc::channel(LINE_QUEUE);
+                // At most LINE_QUEUE lines and LINE_QUEUE_BYTES of them wait (one line alone
+                // when it is larger), so megabyte lines do not multiply memory.
+                let room = Arc::new(Semaphore::new(LINE_QUEUE_BYTES));
+                let runtime = tokio::runtime::Handle::current();
                 // A plain thread, not spawn_blocking: a read blocked on a terminal must not
                 // keep the runtime from shutting down once the server has gone.
-                std::thread::spawn(move || read_lines(reader, max, framing, tx));
+                std::thread::spawn(move || read_lines(reader, max, framing, tx, room, runtime));
                 InputSource {
                     messages: Vec::new().into_iter(),
                     lines: Some(rx),
@@ -493,7 +502,8 @@ impl InputSource {
         match &mut self.lines {
             None => Ok(self.messages.next()),
             Some(rx) => loop {
-                match rx.recv().await {
+                let next = rx.recv().await.map(|r| r.map(|(line, _room)| line));
+                match next {
                     None => return Ok(None),
                     Some(Ok(line)) if self.mode == LineMode::Interactive => {
                         return Ok((!line.trim_ascii().is_empty()).then_some(line));
@@ -521,7 +531,9 @@ fn read_lines(
     mut reader: Box<dyn BufRead + Send>,
     max: u64,
     framing: Framing,
-    tx: mpsc::Sender<Result<Bytes, ClientError>>,
+    tx: mpsc::Sender<Result<QueuedLine, ClientError>>,
+    room: Arc<Semaphore>,
+    runtime: tokio::runtime::Handle,
 ) {
     let mut number = 0u64;
     loop {
@@ -548,7 +560,12 @@ fn read_lines(
                         max,
                     })
                 } else {
-                    Ok(Bytes::from(line))
+                    let share = line.len().clamp(1, LINE_QUEUE_BYTES) as u32;
+                    let Ok(permit) = runtime.block_on(room.clone().acquire_many_owned(share))
+                    else {
+                        return;
+                    };
+                    Ok((Bytes::from(line), permit))
                 };
                 let stop = item.is_err();
                 if tx.blocking_send(item).is_err() || stop {
@@ -610,12 +627,15 @@ impl Printer {
     /// `flush_each`: a message counts as printed only once flushed, so that whoever waits
     /// for it (a prompt, the next `-m`) comes after it on the screen; otherwise output is
     /// flushed when no more messages are ready.
-    fn spawn<W, S>(mut output: W, mut messages: S, flush_each: bool) -> Printer
+    fn spawn<W, S>(output: W, mut messages: S, flush_each: bool) -> Printer
     where
         W: AsyncWrite + Send + Unpin + 'static,
         S: Stream<Item = Result<Message, ClientError>> + Send + Unpin + 'static,
     {
         let (seen_tx, seen) = watch::channel(Seen::default());
+        // Buffered: tokio's stdout hands every write to a blocking thread, and two writes a
+        // message (body, newline) made 100,000 replies take seconds.
+        let mut output = tokio::io::BufWriter::with_capacity(PIPE_CHUNK, output);
         let task = tokio::spawn(async move {
             let result = async {
                 loop {

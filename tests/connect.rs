@@ -151,7 +151,7 @@ fn ack_counts_four_bytes_for_abc_newline_in_raw_framing() {
 fn piped_lines_with_len32_framing_become_one_frame_each_and_stream_back() {
     let server = ServeProcess::start(&["--framing", "len32", "-q"]);
     let port = server.addr.port().to_string();
-    let lines: String = (0..10_000).map(|i| format!("frame {i}\n")).collect();
+    let lines: String = (0..100_000).map(|i| format!("frame {i}\n")).collect();
     let out = sockit()
         .args(["connect", "--framing", "len32", "127.0.0.1", &port])
         .write_stdin(lines.clone())
@@ -162,6 +162,24 @@ fn piped_lines_with_len32_framing_become_one_frame_each_and_stream_back() {
         out.stdout == lines.as_bytes(),
         "replies differ from the lines"
     );
+}
+
+#[test]
+fn megabyte_lines_with_len32_framing_come_back_whole() {
+    let server = ServeProcess::start(&["--framing", "len32", "-q"]);
+    let port = server.addr.port().to_string();
+    let mut lines = Vec::new();
+    for fill in [b'a', b'b', b'c', b'd', b'e', b'f'] {
+        lines.extend(std::iter::repeat_n(fill, 3 * 1024 * 1024));
+        lines.push(b'\n');
+    }
+    let out = sockit()
+        .args(["connect", "--framing", "len32", "127.0.0.1", &port])
+        .write_stdin(lines.clone())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(out.stdout == lines, "replies differ from the lines");
 }
 
 #[test]
