@@ -305,3 +305,29 @@ fn no_command_panics_on_closed_stdout_and_stderr() {
     }
     drop(server);
 }
+
+#[test]
+fn a_flood_of_udp_source_ports_does_not_lock_a_real_client_out() {
+    let server = ServeProcess::start(&["--udp", "--max-conns", "50", "-q"]);
+    let real = UdpSocket::bind("127.0.0.1:0").unwrap();
+    real.connect(server.addr).unwrap();
+    real.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut buf = [0u8; 64];
+    for round in 0..10 {
+        // 100 new source ports per round, each sending once and never reading: ten times the
+        // peer table over the whole test.
+        let flood: Vec<UdpSocket> = (0..100)
+            .map(|_| {
+                let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+                s.send_to(b"junk", server.addr).unwrap();
+                s
+            })
+            .collect();
+        let msg = format!("real {round}");
+        real.send(msg.as_bytes()).unwrap();
+        let n = real.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], msg.as_bytes(), "round {round}");
+        drop(flood);
+    }
+    server.stop();
+}
