@@ -281,15 +281,32 @@ impl Shared {
     }
 }
 
-/// One client's results.
-#[derive(Debug, Default)]
-struct Tally {
+/// The counts a client keeps and the run adds up.
+#[derive(Debug, Default, Clone, Copy)]
+struct Counts {
     sent: u64,
     messages: u64,
     mismatches: u64,
     lost: u64,
     out_of_order: u64,
     timeouts: u64,
+}
+
+impl Counts {
+    fn add(&mut self, other: Counts) {
+        self.sent += other.sent;
+        self.messages += other.messages;
+        self.mismatches += other.mismatches;
+        self.lost += other.lost;
+        self.out_of_order += other.out_of_order;
+        self.timeouts += other.timeouts;
+    }
+}
+
+/// One client's results.
+#[derive(Debug, Default)]
+struct Tally {
+    counts: Counts,
     /// Why the client stopped early, if it did.
     failure: Option<String>,
     /// The first wrong reply, described.
@@ -303,7 +320,7 @@ struct Tally {
 impl Tally {
     /// Records a right reply to a message sent at `started`.
     fn record(&mut self, started: Instant, shared: &Shared) {
-        self.messages += 1;
+        self.counts.messages += 1;
         if self.last_mismatch.is_some() {
             self.last_mismatch = None;
         }
@@ -319,7 +336,7 @@ impl Tally {
 
     /// Counts a wrong reply to a `size`-byte message.
     fn mismatch(&mut self, m: &reply::Mismatch, size: usize) {
-        self.mismatches += 1;
+        self.counts.mismatches += 1;
         let described = m.describe(size);
         if self.first_mismatch.is_none() {
             self.first_mismatch = Some(described.clone());
@@ -353,12 +370,7 @@ impl Tally {
 /// The whole run's counts.
 #[derive(Debug, Default)]
 struct Totals {
-    sent: u64,
-    messages: u64,
-    mismatches: u64,
-    lost: u64,
-    out_of_order: u64,
-    timeouts: u64,
+    counts: Counts,
     errors: u64,
     first_failure: Option<String>,
     first_mismatch: Option<String>,
@@ -366,12 +378,7 @@ struct Totals {
 
 impl Totals {
     fn add(&mut self, t: Tally) {
-        self.sent += t.sent;
-        self.messages += t.messages;
-        self.mismatches += t.mismatches;
-        self.lost += t.lost;
-        self.out_of_order += t.out_of_order;
-        self.timeouts += t.timeouts;
+        self.counts.add(t.counts);
         if let Some(why) = t.failure {
             self.fail(why);
         }
@@ -517,17 +524,17 @@ pub async fn run(
         conns: config.conns,
         size: config.size,
         duration_secs: secs,
-        messages: totals.messages,
+        messages: totals.counts.messages,
         messages_per_sec: if secs > 0.0 {
-            totals.messages as f64 / secs
+            totals.counts.messages as f64 / secs
         } else {
             0.0
         },
-        sent: totals.sent,
-        mismatches: totals.mismatches,
-        lost: totals.lost,
-        out_of_order: totals.out_of_order,
-        timeouts: totals.timeouts,
+        sent: totals.counts.sent,
+        mismatches: totals.counts.mismatches,
+        lost: totals.counts.lost,
+        out_of_order: totals.counts.out_of_order,
+        timeouts: totals.counts.timeouts,
         errors: totals.errors,
         latency_us: if h.is_empty() {
             Latency::default()

@@ -182,10 +182,10 @@ pub(super) async fn client(
     let (mut input, mut output) = stream.split();
     loop {
         let t0 = Instant::now();
-        if shared.done(tally.sent, t0) {
+        if shared.done(tally.counts.sent, t0) {
             break;
         }
-        tally.sent += 1;
+        tally.counts.sent += 1;
         let round = async {
             if request.whole.is_some() {
                 request.write(&mut output).await.map_err(Stop::Io)?;
@@ -215,14 +215,14 @@ pub(super) async fn client(
                     Verdict::Match => tally.record(t0, &shared),
                     Verdict::Mismatch(m) => tally.mismatch(&m, shared.size),
                 }
-                tally.mismatches += extra;
+                tally.counts.mismatches += extra;
                 if let Some(stop) = write_failed {
                     tally.fail(stop);
                     break;
                 }
             }
             Ok(Err(stop)) => {
-                tally.lost += 1;
+                tally.counts.lost += 1;
                 if let Some(m) = checker.partial_mismatch() {
                     let m = m.clone();
                     tally.mismatch(&m, shared.size);
@@ -232,8 +232,8 @@ pub(super) async fn client(
             }
             Err(_) => {
                 // The connection's state is unknown after a missing reply: stop this client.
-                tally.timeouts += 1;
-                tally.lost += 1;
+                tally.counts.timeouts += 1;
+                tally.counts.lost += 1;
                 tally.fail(Stop::Timeout(shared.timeout));
                 break;
             }

@@ -138,13 +138,13 @@ pub(super) async fn client(
     let mut cancelled = pin!(cancel.cancelled());
     loop {
         let t0 = Instant::now();
-        if shared.done(tally.sent, t0) {
+        if shared.done(tally.counts.sent, t0) {
             break;
         }
-        let seq = tally.sent;
-        tally.sent += 1;
+        let seq = tally.counts.sent;
+        tally.counts.sent += 1;
         if let Err(e) = send(&socket, size, seq).await {
-            tally.lost += 1;
+            tally.counts.lost += 1;
             tally.fail(format_args!("cannot send: {e}"));
             break;
         }
@@ -172,22 +172,22 @@ pub(super) async fn client(
             Ok(Ok(None)) => tally.record(t0, &shared),
             Ok(Ok(Some(m))) => tally.mismatch(&m, size),
             Ok(Err(e)) => {
-                tally.lost += 1;
+                tally.counts.lost += 1;
                 tally.fail(format_args!("cannot receive: {e}"));
                 break;
             }
             Err(_) => {
-                tally.timeouts += 1;
+                tally.counts.timeouts += 1;
                 unanswered.push_back(seq);
                 if unanswered.len() > LATE_WINDOW {
                     unanswered.pop_front();
-                    tally.lost += 1;
+                    tally.counts.lost += 1;
                 }
             }
         }
     }
-    tally.lost += unanswered.len() as u64;
-    tally.out_of_order = out_of_order;
+    tally.counts.lost += unanswered.len() as u64;
+    tally.counts.out_of_order = out_of_order;
     tally.flush(&shared);
     tally
 }
