@@ -61,6 +61,22 @@ fn connect_with_files(args: &[&str], input: &[u8]) -> (std::process::ExitStatus,
     )
 }
 
+/// Starts `sockit serve` with `framing` (and `extra` arguments), pipes `input` through
+/// `sockit connect` with the same framing, asserts it succeeded, and returns what it printed.
+fn piped_through(framing: &str, extra: &[&str], input: &[u8]) -> Vec<u8> {
+    let mut serve_args = vec!["--framing", framing, "-q"];
+    serve_args.extend_from_slice(extra);
+    let server = ServeProcess::start(&serve_args);
+    let addr = server.addr.to_string();
+    let out = sockit()
+        .args(["connect", "--framing", framing, &addr])
+        .write_stdin(input.to_vec())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    out.stdout
+}
+
 #[test]
 fn fifty_megabytes_of_binary_data_come_back_byte_identical() {
     let server = ServeProcess::start(&["--framing", "raw", "-q"]);
@@ -76,110 +92,56 @@ fn fifty_megabytes_of_binary_data_come_back_byte_identical() {
 #[test]
 fn binary_data_through_pipes_comes_back_byte_identical() {
     // Pipes on both ends: the splice path.
-    let server = ServeProcess::start(&["--framing", "raw", "-q"]);
-    let port = server.addr.port().to_string();
     let data = binary_data(5 << 20);
-    let out = sockit()
-        .args(["connect", "--framing", "raw", "127.0.0.1", &port])
-        .write_stdin(data.clone())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    assert!(out.stdout == data, "the echo differs from the input");
+    let printed = piped_through("raw", &[], &data);
+    assert!(printed == data, "the echo differs from the input");
 }
 
 #[test]
 fn a_hundred_thousand_lines_come_back_identical_with_line_framing() {
-    let server = ServeProcess::start(&["-q"]);
-    let port = server.addr.port().to_string();
     let lines: String = (0..100_000).map(|i| format!("line number {i}\n")).collect();
-    let out = sockit()
-        .args(["connect", "127.0.0.1", &port])
-        .write_stdin(lines.clone())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    let printed = piped_through("line", &[], lines.as_bytes());
     assert!(
-        out.stdout == lines.as_bytes(),
+        printed == lines.as_bytes(),
         "the echo differs from the input"
     );
 }
 
 #[test]
 fn a_ten_thousand_byte_line_is_neither_split_nor_altered() {
-    let server = ServeProcess::start(&["--framing", "raw", "-q"]);
-    let port = server.addr.port().to_string();
     let mut line = vec![b'x'; 10_000];
     line.push(b'\n');
-    let out = sockit()
-        .args(["connect", "--framing", "raw", "127.0.0.1", &port])
-        .write_stdin(line.clone())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    assert_eq!(out.stdout, line);
+    assert_eq!(piped_through("raw", &[], &line), line);
 }
 
 #[test]
 fn blank_lines_and_missing_final_newline_pass_through_raw_framing() {
-    let server = ServeProcess::start(&["--framing", "raw", "-q"]);
-    let port = server.addr.port().to_string();
     let input = b"one\n\n\r\n\0two";
-    let out = sockit()
-        .args(["connect", "--framing", "raw", "127.0.0.1", &port])
-        .write_stdin(&input[..])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    assert_eq!(out.stdout, input);
+    assert_eq!(piped_through("raw", &[], input), input);
 }
 
 #[test]
 fn ack_counts_four_bytes_for_abc_newline_in_raw_framing() {
-    let server = ServeProcess::start(&["--framing", "raw", "--service", "ack", "-q"]);
-    let port = server.addr.port().to_string();
-    let out = sockit()
-        .args(["connect", "--framing", "raw", "127.0.0.1", &port])
-        .write_stdin("abc\n")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    assert_receipt(&String::from_utf8(out.stdout).unwrap(), 4);
+    let printed = piped_through("raw", &["--service", "ack"], b"abc\n");
+    assert_receipt(&String::from_utf8(printed).unwrap(), 4);
 }
 
 #[test]
 fn piped_lines_with_len32_framing_become_one_frame_each_and_stream_back() {
-    let server = ServeProcess::start(&["--framing", "len32", "-q"]);
-    let port = server.addr.port().to_string();
     let lines: String = (0..100_000).map(|i| format!("frame {i}\n")).collect();
-    let out = sockit()
-        .args(["connect", "--framing", "len32", "127.0.0.1", &port])
-        .write_stdin(lines.clone())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    assert!(
-        out.stdout == lines.as_bytes(),
-        "replies differ from the lines"
-    );
+    let printed = piped_through("len32", &[], lines.as_bytes());
+    assert!(printed == lines.as_bytes(), "replies differ from the lines");
 }
 
 #[test]
 fn megabyte_lines_with_len32_framing_come_back_whole() {
-    let server = ServeProcess::start(&["--framing", "len32", "-q"]);
-    let port = server.addr.port().to_string();
     let mut lines = Vec::new();
     for fill in [b'a', b'b', b'c', b'd', b'e', b'f'] {
         lines.extend(std::iter::repeat_n(fill, 3 * 1024 * 1024));
         lines.push(b'\n');
     }
-    let out = sockit()
-        .args(["connect", "--framing", "len32", "127.0.0.1", &port])
-        .write_stdin(lines.clone())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    assert!(out.stdout == lines, "replies differ from the lines");
+    let printed = piped_through("len32", &[], &lines);
+    assert!(printed == lines, "replies differ from the lines");
 }
 
 #[test]
