@@ -50,5 +50,5 @@ pub use message::{Header, Message};
 pub use net::{Address, PeerAddr};
 pub use server::{Server, ServerConfig, ServerReport};
 pub use service::{
-    Ack, ConnHandle, Echo, Outbox, PeerInfo, Service, ServiceKind, Session, Transport,
+    Ack, ConnHandle, Echo, Lang, Outbox, PeerInfo, Service, ServiceKind, Session, Transport,
 };

@@ -69,6 +69,9 @@ pub struct ServerConfig {
     pub max_conns_per_ip: Option<usize>,
     /// Server-wide budget for buffered frame and reply bytes.
     pub max_memory: usize,
+    /// The budget itself, when services share it (a chat room charges its history to it);
+    /// `None` makes one of `max_memory` bytes.
+    pub budget: Option<Arc<MemoryBudget>>,
     /// UDP: most replies per second to one source IP address (a token bucket); `None` is
     /// unlimited.
     pub udp_rate: Option<u32>,
@@ -88,6 +91,7 @@ impl Default for ServerConfig {
             min_rate: Some(DEFAULT_MIN_RATE),
             max_conns_per_ip: None,
             max_memory: DEFAULT_MAX_MEMORY,
+            budget: None,
             udp_rate: None,
             shutdown_grace: Duration::from_secs(4),
         }
@@ -201,7 +205,11 @@ async fn run_tcp<S: Service>(
     let max_conns = fd_capped(config.max_conns);
     let limit = Arc::new(Semaphore::new(max_conns));
     let per_ip = config.max_conns_per_ip.map(PerIpLimit::new);
-    let budget = MemoryBudget::new(config.max_memory);
+    let budget = config
+        .budget
+        .clone()
+        .unwrap_or_else(|| MemoryBudget::new(config.max_memory));
+    let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
     let tracker = TaskTracker::new();
     let settings = Arc::new(ConnSettings {
         quit_words: service.quit_words(),
@@ -237,7 +245,7 @@ async fn run_tcp<S: Service>(
                                  try again later",
                                 per_ip.max
                             );
-                            refuse(&stream, &config, text);
+                            refuse(stream, &config, text, &refusing, &tracker);
                             if let Some(n) = ip_refusals.hit() {
                                 warn!(
                                     "refused {n} connection(s) (latest from {addr}): \
@@ -260,6 +268,7 @@ async fn run_tcp<S: Service>(
                             id,
                             addr: PeerAddr::Inet(addr),
                             transport: Transport::Tcp,
+                            user: None,
                         };
                         let session = service.open(&peer);
                         let mut conn = FramedStream::new(
@@ -288,7 +297,7 @@ async fn run_tcp<S: Service>(
                         let text = format!(
                             "error: server busy ({max_conns} connections open), try again later"
                         );
-                        refuse(&stream, &config, text);
+                        refuse(stream, &config, text, &refusing, &tracker);
                         if let Some(n) = refusals.hit() {
                             warn!(
                                 "refused {n} connection(s) (latest from {addr}): limit of {max_conns} reached"
@@ -336,16 +345,49 @@ fn log_disconnect(addr: SocketAddr, id: u64, report: &ConnReport) {
     }
 }
 
-/// Tells a connection over a limit why it is being closed, without ever waiting on it.
-fn refuse(stream: &TcpStream, config: &ServerConfig, mut text: String) {
+/// Refused connections being told why at once; past this many, a refusal is one
+/// non-blocking write. Each holds a descriptor for at most [`REFUSAL_TIME`], within the
+/// descriptors [`fd_capped`] keeps free.
+const MAX_REFUSING: usize = 16;
+/// How long a refused client gets to read its refusal line.
+const REFUSAL_TIME: Duration = Duration::from_secs(1);
+
+/// Tells a connection over a limit why it is being closed, without the accept loop ever
+/// waiting on it. The line is written by a small task that then half-closes and reads away
+/// whatever the client had already sent: closing a socket with unread input makes the kernel
+/// send a reset, which destroys the refusal before the client reads it.
+fn refuse(
+    stream: TcpStream,
+    config: &ServerConfig,
+    mut text: String,
+    refusing: &Arc<Semaphore>,
+    tracker: &TaskTracker,
+) {
     if config.framing == Framing::Raw {
         text.push('\n');
     }
     let mut buf = BytesMut::new();
     let mut codec = FrameCodec::new(config.framing, config.limits);
-    if codec.encode(&Message::text(text), &mut buf).is_ok() {
-        let _ = stream.try_write(&buf);
+    if codec.encode(&Message::text(text), &mut buf).is_err() {
+        return;
     }
+    let Ok(permit) = refusing.clone().try_acquire_owned() else {
+        let _ = stream.try_write(&buf);
+        return;
+    };
+    tracker.spawn(async move {
+        let _ = tokio::time::timeout(REFUSAL_TIME, tell_and_drain(stream, &buf)).await;
+        drop(permit);
+    });
+}
+
+async fn tell_and_drain(mut stream: TcpStream, line: &[u8]) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if stream.write_all(line).await.is_err() || stream.shutdown().await.is_err() {
+        return;
+    }
+    let mut sink = [0u8; 4096];
+    while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
 }
 
 /// Descriptors kept free of connections: stdio, the listener, the runtime's epoll and wake-up

@@ -70,9 +70,9 @@ fn unknown_framing_and_service_are_usage_errors() {
         "{e}"
     );
     assert!(e.contains("len32le"), "lists the valid names: {e}");
-    let e = usage_error(&["serve", "--service", "chat"]);
+    let e = usage_error(&["serve", "--service", "gopher"]);
     assert!(
-        e.contains("--service") && e.contains("unknown service 'chat'"),
+        e.contains("--service") && e.contains("unknown service 'gopher'"),
         "{e}"
     );
     let e = usage_error(&["serve", "--udp", "--framing", "len32"]);

@@ -12,11 +12,14 @@
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
 
 use crate::net::PeerAddr;
-use std::str::FromStr;
-
-use tokio::sync::mpsc;
 
 use crate::message::Message;
 
@@ -57,6 +60,44 @@ pub struct PeerInfo {
     pub addr: PeerAddr,
     /// The transport.
     pub transport: Transport,
+    /// The authenticated user name, once a login (see `--login`) has succeeded.
+    pub user: Option<Arc<str>>,
+}
+
+/// The language of the texts a service writes (prompts, notices, "not found").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Lang {
+    /// English.
+    #[default]
+    En,
+    /// Chinese: the tutorials' own texts, so their clients' string comparisons match.
+    Zh,
+}
+
+impl Lang {
+    /// Every accepted `--lang` name.
+    pub const NAMES: &'static [&'static str] = &["en", "zh"];
+}
+
+impl fmt::Display for Lang {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Lang::En => "en",
+            Lang::Zh => "zh",
+        })
+    }
+}
+
+impl FromStr for Lang {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "en" | "english" => Ok(Lang::En),
+            "zh" | "cn" | "chinese" => Ok(Lang::Zh),
+            _ => Err(format!("unknown language '{s}' (expected one of: en, zh)")),
+        }
+    }
 }
 
 /// A kind of server behaviour. One value is shared by every connection.
@@ -72,6 +113,10 @@ pub trait Service: Send + Sync + 'static {
     fn quit_words(&self) -> bool {
         true
     }
+
+    /// Re-reads whatever files the service was built from (the server calls this on SIGHUP).
+    /// A file that cannot be read keeps the old contents; the service logs why.
+    fn reload(&self) {}
 }
 
 /// The state and behaviour of one connection.
@@ -88,6 +133,23 @@ pub trait Session: Send + 'static {
 
     /// Called once when the connection ends, for whatever reason.
     fn on_close(&mut self) {}
+
+    /// Messages the session produces by itself rather than in reply, such as a chat room's
+    /// traffic. The driver polls this whenever the connection has sent everything it owed:
+    /// queue a bounded batch into `out` and return `Ready`, or return `Pending` after arranging
+    /// for `cx` to be woken. Because it is only polled once earlier output has been written, a
+    /// peer that stops reading stops being fed, which is the session's back-pressure signal.
+    fn poll_feed(&mut self, cx: &mut Context<'_>, out: &mut Outbox) -> Poll<()> {
+        let _ = (cx, out);
+        Poll::Pending
+    }
+
+    /// Whether a message that is exactly `bye` or `quit` ends the connection before this
+    /// session sees it (when the service allows quit words at all). A session that handles
+    /// those words itself, such as a chat member saying "bye" to the room, returns false.
+    fn ends_on_quit_word(&self) -> bool {
+        true
+    }
 }
 
 /// A message or instruction pushed to a connection from outside its own task.
@@ -199,6 +261,8 @@ pub struct Outbox {
     closing: bool,
     peer: PeerAddr,
     push: PushSource,
+    /// UDP: the server's socket, for sessions that fan out to many peers directly.
+    socket: Option<Arc<UdpSocket>>,
 }
 
 impl Outbox {
@@ -210,12 +274,14 @@ impl Outbox {
             closing: false,
             peer,
             push: PushSource::Lazy(None),
+            socket: None,
         }
     }
 
     /// An outbox shared by the peers of one UDP socket; see [`Outbox::set_peer`].
     pub(crate) fn for_datagrams(
         pushes: mpsc::Sender<(SocketAddr, Push)>,
+        socket: Arc<UdpSocket>,
         peer: SocketAddr,
     ) -> Self {
         Outbox {
@@ -224,7 +290,25 @@ impl Outbox {
             closing: false,
             peer: PeerAddr::Inet(peer),
             push: PushSource::Shared(pushes),
+            socket: Some(socket),
         }
+    }
+
+    /// The UDP socket this session's peer talks to (`None` over TCP). A session that sends the
+    /// same datagram to many peers (a chat room) writes to it directly instead of queueing one
+    /// push per peer.
+    pub fn datagram_socket(&self) -> Option<&Arc<UdpSocket>> {
+        self.socket.as_ref()
+    }
+
+    /// How many messages are queued.
+    pub fn len(&self) -> usize {
+        usize::from(self.first.is_some()) + self.queue.len()
+    }
+
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.first.is_none() && self.queue.is_empty()
     }
 
     /// Queues a message for this connection.
@@ -296,15 +380,15 @@ impl Outbox {
         }
     }
 
-    /// The next pushed message, or never if no handle was ever made.
-    pub(crate) async fn next_push(&mut self) -> Push {
+    /// The next pushed message; pending forever if no handle was ever made.
+    pub(crate) fn poll_push(&mut self, cx: &mut Context<'_>) -> Poll<Push> {
         match &mut self.push {
             // The outbox holds a sender itself, so `recv` never reports a closed channel.
-            PushSource::Lazy(Some((_, rx))) => match rx.recv().await {
-                Some(push) => push,
-                None => std::future::pending().await,
+            PushSource::Lazy(Some((_, rx))) => match rx.poll_recv(cx) {
+                Poll::Ready(Some(push)) => Poll::Ready(push),
+                _ => Poll::Pending,
             },
-            _ => std::future::pending().await,
+            _ => Poll::Pending,
         }
     }
 }
@@ -312,23 +396,40 @@ impl Outbox {
 /// The services `sockit serve --service` can run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ServiceKind {
-    /// [`Echo`]: every message back unchanged.
+    /// Every message back unchanged.
     Echo,
-    /// [`Ack`]: a timestamped receipt for every message.
+    /// A timestamped receipt for every message.
     Ack,
+    /// Keyword lookup in a knowledge base.
+    Lookup,
+    /// Multi-client chat rooms.
+    Chat,
+    /// Two-way chat between the operator's terminal and the clients.
+    Console,
+    /// Line commands that reach every other service: the default.
+    Hub,
 }
 
 impl ServiceKind {
     /// Every accepted `--service` name.
-    pub const NAMES: &'static [&'static str] = &["echo", "ack"];
+    pub const NAMES: &'static [&'static str] = &["hub", "echo", "ack", "lookup", "chat", "console"];
+
+    /// The service's name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            ServiceKind::Echo => "echo",
+            ServiceKind::Ack => "ack",
+            ServiceKind::Lookup => "lookup",
+            ServiceKind::Chat => "chat",
+            ServiceKind::Console => "console",
+            ServiceKind::Hub => "hub",
+        }
+    }
 }
 
 impl fmt::Display for ServiceKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            ServiceKind::Echo => "echo",
-            ServiceKind::Ack => "ack",
-        })
+        f.write_str(self.name())
     }
 }
 
@@ -336,14 +437,23 @@ impl FromStr for ServiceKind {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "echo" => Ok(ServiceKind::Echo),
-            "ack" => Ok(ServiceKind::Ack),
-            _ => Err(format!(
+        let wanted = s.trim().to_ascii_lowercase();
+        [
+            ServiceKind::Hub,
+            ServiceKind::Echo,
+            ServiceKind::Ack,
+            ServiceKind::Lookup,
+            ServiceKind::Chat,
+            ServiceKind::Console,
+        ]
+        .into_iter()
+        .find(|kind| kind.name() == wanted)
+        .ok_or_else(|| {
+            format!(
                 "unknown service '{s}' (expected one of: {})",
                 Self::NAMES.join(", ")
-            )),
-        }
+            )
+        })
     }
 }
 

@@ -107,7 +107,7 @@ struct Peer<Se> {
 }
 
 struct Driver<Sv: Service> {
-    socket: UdpSocket,
+    socket: Arc<UdpSocket>,
     service: Arc<Sv>,
     settings: UdpSettings,
     /// Most recently active first.
@@ -133,12 +133,13 @@ pub async fn serve_udp<Sv: Service>(
         .local_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     let limiter = settings.reply_rate.map(ReplyLimiter::new);
+    let socket = Arc::new(socket);
     let mut driver = Driver {
-        socket,
+        socket: socket.clone(),
         service,
         settings,
         peers: LruCache::unbounded(),
-        out: Outbox::for_datagrams(push_tx, placeholder),
+        out: Outbox::for_datagrams(push_tx, socket, placeholder),
         wbuf: BytesMut::new(),
         next_id: 0,
         evictions: RateLimited::new(Duration::from_secs(1)),
@@ -213,7 +214,8 @@ impl<Sv: Service> Driver<Sv> {
         debug!("datagram from {addr}: {} bytes", datagram.len());
         let msg = peer.codec.decode_datagram(datagram);
         self.out.set_peer(addr);
-        let quit = self.settings.quit_words && msg.is_quit_word();
+        let quit =
+            self.settings.quit_words && peer.session.ends_on_quit_word() && msg.is_quit_word();
         if quit {
             self.out.send(Message::text("bye"));
         } else {
@@ -259,6 +261,7 @@ impl<Sv: Service> Driver<Sv> {
             id: self.next_id,
             addr: PeerAddr::Inet(addr),
             transport: Transport::Udp,
+            user: None,
         };
         let mut peer = Peer {
             session: self.service.open(&info),

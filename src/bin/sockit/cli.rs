@@ -9,7 +9,7 @@ use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{ArgAction, Args, CommandFactory, Parser, Subcommand};
 use sockit::net::{Address, Endpoint, Host, Scheme, parse_host, parse_port};
 use sockit::server::{DEFAULT_HOST, DEFAULT_MAX_CONNS, DEFAULT_PORT};
-use sockit::{Framing, ServiceKind, Transport};
+use sockit::{Framing, Lang, ServiceKind, Transport};
 
 /// sockit: a socket toolkit for building, testing and debugging TCP and UDP programs.
 #[derive(Debug, Parser)]
@@ -34,6 +34,46 @@ pub enum Command {
     Connect(ConnectArgs),
     /// Load-test an echo server with concurrent ping-pong clients.
     Bench(BenchArgs),
+    /// Manage the users file that `sockit serve --login` checks passwords against.
+    User(UserArgs),
+}
+
+/// `sockit user`.
+#[derive(Debug, Args)]
+pub struct UserArgs {
+    /// What to do with the users file.
+    #[command(subcommand)]
+    pub action: UserAction,
+}
+
+/// `sockit user add|del|list`.
+#[derive(Debug, Subcommand)]
+pub enum UserAction {
+    /// Add a user, or set a new password for an existing one.
+    Add {
+        /// The user name (1-32 printable characters, no spaces or colons)
+        name: String,
+        /// The users file (created with mode 0600 if missing)
+        #[arg(long, value_name = "FILE")]
+        file: std::path::PathBuf,
+        /// Read the password from the first line of standard input instead of asking twice
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Remove a user.
+    Del {
+        /// The user name
+        name: String,
+        /// The users file
+        #[arg(long, value_name = "FILE")]
+        file: std::path::PathBuf,
+    },
+    /// List the user names.
+    List {
+        /// The users file
+        #[arg(long, value_name = "FILE")]
+        file: std::path::PathBuf,
+    },
 }
 
 /// `sockit serve`.
@@ -49,9 +89,25 @@ pub struct ServeArgs {
     /// Serve UDP instead of TCP (every datagram is a message)
     #[arg(long)]
     pub udp: bool,
-    /// What to answer: echo (the message back) or ack (a timestamped receipt)
+    /// What to run: hub (line commands reaching all the others), echo (the message back),
+    /// ack (a timestamped receipt), lookup (keyword lookup), chat (chat rooms), console
+    /// (chat with the operator's terminal)
     #[arg(long, default_value = "echo", value_parser = parse_service)]
     pub service: ServiceKind,
+    /// lookup and hub: the knowledge base, one `keyword<TAB>answer` per line (re-read on
+    /// SIGHUP) [default: built-in networking terms]
+    #[arg(long, value_name = "FILE")]
+    pub kb: Option<std::path::PathBuf>,
+    /// Language of prompts and notices: en, or zh for the tutorials' own texts
+    #[arg(long, value_name = "LANG", default_value = "en", value_parser = parse_lang)]
+    pub lang: Lang,
+    /// TCP: ask for a user name and password (checked against FILE, see `sockit user`)
+    /// before the service starts; re-read on SIGHUP
+    #[arg(long, value_name = "FILE")]
+    pub login: Option<std::path::PathBuf>,
+    /// hub: the users file behind its `login` command, when login is not required up front
+    #[arg(long, value_name = "FILE", conflicts_with = "login")]
+    pub users: Option<std::path::PathBuf>,
     /// How messages are delimited on TCP: raw, line, len8, len16[le], len32[le], len64[le],
     /// header[le] [default: line]
     #[arg(long, value_name = "FRAMING", value_parser = parse_framing)]
@@ -288,6 +344,11 @@ pub struct BenchArgs {
     /// Print the result as one JSON object
     #[arg(long)]
     pub json: bool,
+    /// Chat load instead of ping-pong: --conns members join a chat room, then each sends
+    /// --count lines (default 10) while reading; checks every member got every other
+    /// member's lines, in order
+    #[arg(long)]
+    pub chat: bool,
     /// Log more (-v each client's failure)
     #[arg(short, long, action = ArgAction::Count)]
     pub verbose: u8,
@@ -351,6 +412,7 @@ fn validate(cli: &Cli) -> Result<(), (&'static str, String)> {
             validate_bench(a).map_err(|e| ("bench", e))?;
             ("bench", a.target.is_udp(), a.target.framing)
         }
+        Command::User(_) => return Ok(()),
     };
     if udp && framing.is_some_and(|f| f != Framing::Raw) {
         return Err((
@@ -398,6 +460,18 @@ pub fn listen_addr(args: &ServeArgs) -> Result<Listen, String> {
 
 /// Refuses `serve` options that do not apply to the transport.
 fn validate_serve(args: &ServeArgs, udp: bool) -> Result<(), String> {
+    if udp && args.login.is_some() {
+        return Err("--login needs a connection: it applies to TCP only".into());
+    }
+    if args.kb.is_some() && !matches!(args.service, ServiceKind::Lookup | ServiceKind::Hub) {
+        return Err(format!(
+            "--kb applies to the lookup and hub services, not {}",
+            args.service
+        ));
+    }
+    if args.users.is_some() && args.service != ServiceKind::Hub {
+        return Err("--users applies to the hub (for other services use --login)".into());
+    }
     if udp {
         let tcp_only = [
             ("--max-line", args.max_line.is_some()),
@@ -456,6 +530,10 @@ fn parse_framing(s: &str) -> Result<Framing, String> {
 }
 
 fn parse_service(s: &str) -> Result<ServiceKind, String> {
+    s.parse()
+}
+
+fn parse_lang(s: &str) -> Result<Lang, String> {
     s.parse()
 }
 

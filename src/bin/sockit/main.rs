@@ -45,6 +45,7 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve(args).await,
             Command::Connect(args) => connect(args).await,
             Command::Bench(args) => bench(args).await,
+            Command::User(args) => user(args).await,
         }
     });
     // Do not wait on a thread still blocked reading a terminal.
@@ -142,7 +143,16 @@ async fn serve(args: ServeArgs) -> Result<()> {
     match args.service {
         ServiceKind::Echo => serve_with(addr, config, Echo, args.service).await,
         ServiceKind::Ack => serve_with(addr, config, Ack, args.service).await,
+        ServiceKind::Lookup => bail!("the lookup service is not built yet"),
+        ServiceKind::Chat => bail!("the chat service is not built yet"),
+        ServiceKind::Console => bail!("the console service is not built yet"),
+        ServiceKind::Hub => bail!("the hub service is not built yet"),
     }
+}
+
+async fn user(args: cli::UserArgs) -> Result<()> {
+    let _ = args.action;
+    bail!("sockit user is not built yet")
 }
 
 async fn serve_with<S: Service>(
