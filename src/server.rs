@@ -159,6 +159,11 @@ impl<S: Service> Server<S> {
         self.local
     }
 
+    /// The service, shared with every connection (e.g. to call [`Service::reload`]).
+    pub fn service(&self) -> Arc<S> {
+        self.service.clone()
+    }
+
     /// The configuration.
     pub fn config(&self) -> &ServerConfig {
         &self.config

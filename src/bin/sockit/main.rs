@@ -170,6 +170,7 @@ async fn serve_with<S: Service>(
     let shutdown = CancellationToken::new();
     let signals = Signals::install().context("cannot install signal handlers")?;
     tokio::spawn(signals.watch(shutdown.clone()));
+    reload_on_hangup(server.service()).context("cannot install the SIGHUP handler")?;
     // The banner is a convenience: a closed stdout must not stop the server.
     if let Err(e) = print_banner(local, transport, framing, kind) {
         warn!("cannot print the banner: {e}");
@@ -237,6 +238,21 @@ fn print_banner(
         "connect with: sockit connect{udp_flag}{framing_flag} {reach} {port}{nc}"
     )?;
     out.flush()?;
+    Ok(())
+}
+
+/// Re-reads the service's files (knowledge base, users) on every SIGHUP, off the async threads:
+/// a large file takes a moment to index, and connections keep being served meanwhile.
+fn reload_on_hangup<S: Service>(service: std::sync::Arc<S>) -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            info!("SIGHUP received: reloading");
+            let service = service.clone();
+            let _ = tokio::task::spawn_blocking(move || service.reload()).await;
+        }
+    });
     Ok(())
 }
 
