@@ -89,7 +89,15 @@ impl Peer {
         let mut cmd = match self {
             Peer::SockitEcho | Peer::SockitAck => {
                 let mut c = Command::new(SOCKIT);
-                c.args(["serve", "127.0.0.1", "0", "--max-conns", "20000"]);
+                c.args([
+                    "serve",
+                    "127.0.0.1",
+                    "0",
+                    "--service",
+                    "echo",
+                    "--max-conns",
+                    "20000",
+                ]);
                 if self == Peer::SockitAck {
                     c.args(["--service", "ack"]);
                 }

@@ -35,7 +35,16 @@ fn main() {
     );
 
     let mut server = Command::new(SOCKIT)
-        .args(["serve", "127.0.0.1", "0", "--framing", "raw", "-q"])
+        .args([
+            "serve",
+            "127.0.0.1",
+            "0",
+            "--service",
+            "echo",
+            "--framing",
+            "raw",
+            "-q",
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

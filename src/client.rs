@@ -44,6 +44,9 @@ use crate::service::Transport;
 const NOTICE_GRACE: Duration = Duration::from_millis(200);
 /// Longest wait for a reply in a terminal session before the next prompt.
 const PROMPT_WAIT: Duration = Duration::from_secs(1);
+/// Least time a message-at-a-time client waits for a greeting before sending its first
+/// message (more on a slow link: a few connect round trips).
+const GREETING_WAIT: Duration = Duration::from_millis(100);
 /// Read buffer of the byte pipe when the output is not a pipe (no `splice` possible).
 const PIPE_CHUNK: usize = 64 * 1024;
 /// Input lines queued between the reader thread and the sender.
@@ -637,6 +640,21 @@ impl Printer {
         // message (body, newline) made 100,000 replies take seconds.
         let mut output = tokio::io::BufWriter::with_capacity(PIPE_CHUNK, output);
         let task = tokio::spawn(async move {
+            // With `flush_each`, the messages that arrived together (the lines of one
+            // multi-line reply) are published as one: whoever waits for a reply wakes once the
+            // whole of it is on the screen, and the rest is not taken for the next reply.
+            let mut unpublished: u64 = 0;
+            let mut notice: Option<Bytes> = None;
+            let publish = |unpublished: &mut u64, notice: &mut Option<Bytes>| {
+                if *unpublished > 0 {
+                    let n = std::mem::take(unpublished);
+                    let last_notice = notice.take();
+                    seen_tx.send_modify(|s| {
+                        s.printed += n;
+                        s.notice = last_notice;
+                    });
+                }
+            };
             let result = async {
                 loop {
                     // Flush only when nothing more is ready: one write per burst of replies.
@@ -644,6 +662,7 @@ impl Printer {
                         Some(next) => next,
                         None => {
                             output.flush().await.map_err(Stop::Output)?;
+                            publish(&mut unpublished, &mut notice);
                             messages.next().await
                         }
                     };
@@ -655,21 +674,21 @@ impl Printer {
                     print_message(&mut output, &msg)
                         .await
                         .map_err(Stop::Output)?;
-                    if flush_each {
-                        output.flush().await.map_err(Stop::Output)?;
-                    }
-                    let notice = msg
+                    unpublished += 1;
+                    notice = msg
                         .body()
                         .starts_with(b"error:")
                         .then(|| msg.body().clone());
-                    seen_tx.send_modify(|s| {
-                        s.printed += 1;
-                        s.notice = notice;
-                    });
+                    if !flush_each {
+                        publish(&mut unpublished, &mut notice);
+                    }
                 }
             }
             .await;
-            let _ = output.flush().await;
+            let flushed = output.flush().await;
+            if flushed.is_ok() {
+                publish(&mut unpublished, &mut notice);
+            }
             let result = match result {
                 Ok(()) => Ok(()),
                 Err(Stop::Output(e)) if e.kind() == io::ErrorKind::BrokenPipe => {
@@ -802,9 +821,16 @@ where
     W: AsyncWrite + Send + Unpin + 'static,
 {
     let interactive = input.mode == LineMode::Interactive;
+    let connecting = std::time::Instant::now();
     let (mut writer, mut printer, addr) = connect_framed(addrs, config, output, true).await?;
     let mut summary = ClientSummary::default();
     let mut ended = false;
+    // A server that greets (the hub, a login prompt) speaks first: print its greeting before
+    // sending anything, so it is not taken for the reply to the first message.
+    let window = (connecting.elapsed() * 4).clamp(GREETING_WAIT, config.timeout.max(GREETING_WAIT));
+    if let Wait::Replied = printer.wait_past(0, window).await {
+        debug!("greeted by the server");
+    }
 
     loop {
         if interactive {

@@ -539,3 +539,95 @@ fn udp_silence_still_fails_after_retries_with_the_total_wait() {
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains("within 0.2s"), "{err}");
 }
+
+/// A one-client TCP server on a thread: sends `greeting` after `delay`, then answers the
+/// lines it reads with `replies` in order (each one write; `None` = stay silent).
+fn greeting_server(
+    greeting: &'static [u8],
+    delay: Duration,
+    replies: Vec<Option<&'static [u8]>>,
+) -> (u16, std::thread::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let handle = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        std::thread::sleep(delay);
+        s.write_all(greeting).unwrap();
+        let mut reader = std::io::BufReader::new(s.try_clone().unwrap());
+        for reply in replies {
+            let mut line = String::new();
+            if std::io::BufRead::read_line(&mut reader, &mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            if let Some(reply) = reply {
+                let _ = s.write_all(reply);
+            }
+        }
+        // Hold the connection open until the client leaves.
+        let _ = reader.read_to_end(&mut Vec::new());
+    });
+    (port, handle)
+}
+
+#[test]
+fn a_greeting_is_printed_and_not_taken_for_the_first_reply() {
+    // The server greets a moment after the connection is up, then never answers: the greeting
+    // must not count as the reply to the first message.
+    let (port, server) = greeting_server(b"welcome\n", Duration::from_millis(20), vec![None]);
+    let out = sockit()
+        .args(["connect", "--timeout", "1", "-m", "hello", "127.0.0.1"])
+        .arg(port.to_string())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "welcome\n");
+    assert!(stderr.contains("no reply"), "{stderr}");
+    server.join().unwrap();
+
+    // And with an answer, both are printed and the command succeeds.
+    let (port, server) = greeting_server(
+        b"welcome\n",
+        Duration::from_millis(20),
+        vec![Some(b"hi there\n")],
+    );
+    let out = sockit()
+        .args(["connect", "-m", "hello", "127.0.0.1"])
+        .arg(port.to_string())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "welcome\nhi there\n");
+    server.join().unwrap();
+}
+
+#[test]
+fn the_lines_of_one_multi_line_reply_count_as_one_reply() {
+    // A three-line answer written at once is one reply: its last two lines must not be taken
+    // for the reply to the second message, which never comes.
+    let (port, server) =
+        greeting_server(b"", Duration::ZERO, vec![Some(b"one\ntwo\nthree\n"), None]);
+    let out = sockit()
+        .args([
+            "connect",
+            "--timeout",
+            "1",
+            "-m",
+            "help",
+            "-m",
+            "time",
+            "127.0.0.1",
+        ])
+        .arg(port.to_string())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "one\ntwo\nthree\n");
+    assert!(stderr.contains("no reply"), "{stderr}");
+    server.join().unwrap();
+}

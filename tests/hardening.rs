@@ -27,7 +27,8 @@ fn rss(pid: u32) -> u64 {
 /// `sockit serve 2>&1 | head -n 3` after `head` has exited.
 fn serve_with_closed_stderr(args: &[&str]) -> ServeProcess {
     let mut cmd = Command::new(sockit_bin());
-    cmd.args(["serve", "127.0.0.1", "0"]).args(args);
+    cmd.args(["serve", "127.0.0.1", "0", "--service", "echo"])
+        .args(args);
     let mut server = ServeProcess::spawn(cmd);
     drop(server.stderr.take());
     server

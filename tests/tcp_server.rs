@@ -345,6 +345,42 @@ async fn clients_over_max_conns_get_a_one_line_refusal() {
     assert!(report.refused >= 3, "{report:?}");
 }
 
+#[tokio::test]
+async fn a_refused_client_that_already_sent_data_still_reads_the_refusal() {
+    // Closing a socket with unread input makes the kernel answer with a reset, which destroys
+    // the refusal line before the client reads it. The refusal must be drained instead.
+    let mut cfg = config("line");
+    cfg.max_conns = 1;
+    let server = TestServer::start(cfg, Echo).await;
+    let mut holder = server.connect().await;
+    assert_eq!(round_trip(&mut holder, "hold").await, "hold");
+    for i in 0..20 {
+        let mut refused = server.connect().await;
+        refused
+            .write_all(
+                format!("request {i} sent before reading\n")
+                    .repeat(50)
+                    .as_bytes(),
+            )
+            .await
+            .unwrap();
+        // Let the server refuse and close before the client reads anything.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(PATIENCE, refused.read_to_end(&mut got)).await;
+        let read = read.expect("the refused connection is closed within the patience");
+        assert!(read.is_ok(), "attempt {i}: {read:?} after {got:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            "error: server busy (1 connections open), try again later\n",
+            "attempt {i}"
+        );
+    }
+    drop(holder);
+    let report = server.stop().await;
+    assert_eq!(report.refused, 20, "{report:?}");
+}
+
 async fn read_to_eof_or_line(c: &mut tokio::net::TcpStream) -> String {
     let mut got = Vec::new();
     let mut byte = [0u8; 1];

@@ -152,10 +152,14 @@ pub struct ServeProcess {
 }
 
 impl ServeProcess {
-    /// Starts `sockit serve 127.0.0.1 0 <args>` and waits for its banner.
+    /// Starts `sockit serve 127.0.0.1 0 <args>` and waits for its banner. Without a
+    /// `--service` in `args` it runs the echo service (the bare default is the hub).
     pub fn start(args: &[&str]) -> ServeProcess {
         let mut cmd = Command::new(sockit_bin());
         cmd.args(["serve", "127.0.0.1", "0"]).args(args);
+        if !args.contains(&"--service") {
+            cmd.args(["--service", "echo"]);
+        }
         Self::spawn(cmd)
     }
 
