@@ -117,6 +117,12 @@ pub trait Service: Send + Sync + 'static {
     /// Re-reads whatever files the service was built from (the server calls this on SIGHUP).
     /// A file that cannot be read keeps the old contents; the service logs why.
     fn reload(&self) {}
+
+    /// Called once when the server starts running (after the binary has printed its banner),
+    /// inside the runtime and before any session opens. A service that owns process-wide
+    /// resources, such as the console's operator terminal, starts them here. Failures are the
+    /// service's to log; the server runs regardless.
+    fn start(&self) {}
 }
 
 /// The state and behaviour of one connection.
