@@ -24,9 +24,11 @@ use crate::net::PeerAddr;
 use crate::message::Message;
 
 pub mod ack;
+pub mod console;
 pub mod echo;
 
 pub use ack::Ack;
+pub use console::Console;
 pub use echo::Echo;
 
 /// How many pushed messages may wait for one TCP connection before pushers get
