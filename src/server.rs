@@ -169,8 +169,10 @@ impl<S: Service> Server<S> {
         &self.config
     }
 
-    /// Serves until `shutdown` is cancelled, then closes gracefully.
+    /// Serves until `shutdown` is cancelled, then closes gracefully. Calls [`Service::start`]
+    /// first.
     pub async fn run(self, shutdown: CancellationToken) -> ServerReport {
+        self.service.start();
         match self.listener {
             Listener::Tcp(listener) => run_tcp(listener, self.service, self.config, shutdown).await,
             Listener::Udp(socket) => {

@@ -24,9 +24,11 @@ use crate::net::PeerAddr;
 use crate::message::Message;
 
 pub mod ack;
+pub mod console;
 pub mod echo;
 
 pub use ack::Ack;
+pub use console::Console;
 pub use echo::Echo;
 
 /// How many pushed messages may wait for one TCP connection before pushers get
@@ -117,6 +119,12 @@ pub trait Service: Send + Sync + 'static {
     /// Re-reads whatever files the service was built from (the server calls this on SIGHUP).
     /// A file that cannot be read keeps the old contents; the service logs why.
     fn reload(&self) {}
+
+    /// Called once when the server starts running (after the binary has printed its banner),
+    /// inside the runtime and before any session opens. A service that owns process-wide
+    /// resources, such as the console's operator terminal, starts them here. Failures are the
+    /// service's to log; the server runs regardless.
+    fn start(&self) {}
 }
 
 /// The state and behaviour of one connection.

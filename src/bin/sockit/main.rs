@@ -19,7 +19,7 @@ use sockit::client::{self, ClientConfig, Input, LineMode};
 use sockit::logging::{LogSink, stderr_line};
 use sockit::net::{Host, resolve};
 use sockit::server::raise_fd_limit;
-use sockit::{Ack, Echo, Framing, Server, ServerConfig, Service, ServiceKind, Transport};
+use sockit::{Ack, Console, Echo, Framing, Server, ServerConfig, Service, ServiceKind, Transport};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
@@ -145,7 +145,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
         ServiceKind::Ack => serve_with(addr, config, Ack, args.service).await,
         ServiceKind::Lookup => bail!("the lookup service is not built yet"),
         ServiceKind::Chat => bail!("the chat service is not built yet"),
-        ServiceKind::Console => bail!("the console service is not built yet"),
+        ServiceKind::Console => {
+            serve_with(addr, config, Console::new(args.lang), args.service).await
+        }
         ServiceKind::Hub => bail!("the hub service is not built yet"),
     }
 }
