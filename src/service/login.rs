@@ -15,7 +15,7 @@
 //!   hashing, until the oldest of those failures is a minute old;
 //! - hashing runs on blocking threads, at most a few at a time (a semaphore), so a login storm
 //!   queues for the hasher instead of stalling other connections or piling up threads and
-//!   their 19 MiB of Argon2 memory each.
+//!   their 19 MiB of Argon2 memory each (half the cores, 1 to 4 at once).
 //!
 //! The exchange itself is [`LoginFlow`], a small state machine that any session can drive
 //! (the hub's `login` command does); [`Login`] is a [`Service`] built on it.
@@ -157,13 +157,12 @@ fn limiter_key(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// How many password verifications may run at once: one per core, at most 4 (each holds the
-/// hash's memory cost, 19 MiB by default, while it runs).
+/// How many password verifications may run at once: half the cores (at least one, at most
+/// four), so that a login storm leaves the other half to the connections already logged in;
+/// each verification also holds the hash's memory cost (19 MiB by default) while it runs.
 fn hashing_slots() -> usize {
-    std::thread::available_parallelism()
-        .map(NonZeroUsize::get)
-        .unwrap_or(1)
-        .clamp(1, 4)
+    let cores = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
+    (cores / 2).clamp(1, 4)
 }
 
 struct Shared {
@@ -564,6 +563,156 @@ impl<S: Service> Session for LoginSession<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::net::PeerAddr;
+    use crate::service::Transport;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// A service that greets its user by name on open and records its close.
+    struct Greeter(Arc<AtomicBool>);
+
+    struct GreeterSession {
+        user: Option<Arc<str>>,
+        closed: Arc<AtomicBool>,
+    }
+
+    impl Service for Greeter {
+        type Session = GreeterSession;
+
+        fn open(&self, peer: &PeerInfo) -> GreeterSession {
+            GreeterSession {
+                user: peer.user.clone(),
+                closed: self.0.clone(),
+            }
+        }
+    }
+
+    impl Session for GreeterSession {
+        async fn on_open(&mut self, out: &mut Outbox) {
+            let user = self.user.as_deref().unwrap_or("nobody");
+            out.send(Message::text(format!("hello {user}")));
+        }
+
+        async fn on_message(&mut self, msg: Message, out: &mut Outbox) {
+            out.send(msg);
+        }
+
+        fn on_close(&mut self) {
+            self.closed.store(true, Ordering::SeqCst);
+        }
+    }
+
+    fn bodies(out: &mut Outbox) -> Vec<String> {
+        out.drain()
+            .map(|m| String::from_utf8(m.into_body().to_vec()).unwrap())
+            .collect()
+    }
+
+    /// A users file with `alice` / `pw`, hashed cheaply.
+    fn users() -> (tempfile::TempDir, Users) {
+        use argon2::password_hash::PasswordHasher;
+        let params = argon2::Params::new(64, 1, 1, None).unwrap();
+        let hash = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+            .hash_password(b"pw")
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users");
+        std::fs::write(&path, format!("alice:{hash}\n")).unwrap();
+        let users = Users::load(&path).unwrap();
+        (dir, users)
+    }
+
+    #[tokio::test]
+    async fn the_inner_session_opens_after_welcome_with_the_user_and_gets_everything_after() {
+        let (_dir, users) = users();
+        let closed = Arc::new(AtomicBool::new(false));
+        let login = Login::new(users, Greeter(closed.clone()), Lang::En);
+        let addr: std::net::SocketAddr = "192.0.2.9:1234".parse().unwrap();
+        let peer = PeerInfo {
+            id: 1,
+            addr: PeerAddr::Inet(addr),
+            transport: Transport::Tcp,
+            user: None,
+        };
+        let mut out = Outbox::for_stream(PeerAddr::Inet(addr));
+        let mut session = login.open(&peer);
+        session.on_open(&mut out).await;
+        assert_eq!(bodies(&mut out), ["username:"]);
+        assert!(session.ends_on_quit_word());
+        session
+            .on_message(Message::new("alice\r\n"), &mut out)
+            .await;
+        assert_eq!(bodies(&mut out), ["password:"]);
+        assert!(!session.ends_on_quit_word(), "a password may be 'quit'");
+        session.on_message(Message::new("nope"), &mut out).await;
+        assert_eq!(bodies(&mut out), ["login failed", "username:"]);
+        session.on_message(Message::new("alice"), &mut out).await;
+        session.on_message(Message::new("pw"), &mut out).await;
+        assert_eq!(
+            bodies(&mut out),
+            ["password:", "welcome alice", "hello alice"]
+        );
+        session.on_message(Message::new("echo me"), &mut out).await;
+        assert_eq!(bodies(&mut out), ["echo me"]);
+        assert!(!out.is_closing());
+        session.on_close();
+        assert!(closed.load(Ordering::SeqCst));
+    }
+
+    #[tokio::test]
+    async fn the_third_failure_closes_without_opening_the_inner_session() {
+        let (_dir, users) = users();
+        let closed = Arc::new(AtomicBool::new(false));
+        let login = Login::new(users.clone(), Greeter(closed.clone()), Lang::Zh);
+        let addr: std::net::SocketAddr = "192.0.2.10:1234".parse().unwrap();
+        let peer = PeerInfo {
+            id: 2,
+            addr: PeerAddr::Inet(addr),
+            transport: Transport::Tcp,
+            user: None,
+        };
+        let mut out = Outbox::for_stream(PeerAddr::Inet(addr));
+        let mut session = login.open(&peer);
+        session.on_open(&mut out).await;
+        for name in ["alice", "bob", "alice"] {
+            session.on_message(Message::new(name), &mut out).await;
+            session.on_message(Message::new("wrong"), &mut out).await;
+        }
+        assert_eq!(
+            bodies(&mut out),
+            [
+                "请输入用户名:",
+                "请输入密码:",
+                "用户名或密码输入错误",
+                "请输入用户名:",
+                "请输入密码:",
+                "用户名或密码输入错误",
+                "请输入用户名:",
+                "请输入密码:",
+                "用户名或密码输入错误",
+            ]
+        );
+        assert!(out.is_closing());
+        session.on_close();
+        assert!(
+            !closed.load(Ordering::SeqCst),
+            "the inner session never opened"
+        );
+        // The flow on its own, driven as the hub would: a success from the same address.
+        let mut out = Outbox::for_stream(PeerAddr::Inet(addr));
+        let mut flow = LoginFlow::start(users, Lang::En, &mut out);
+        assert_eq!(
+            flow.on_message(Message::new("alice"), &mut out).await,
+            FlowStep::Continue
+        );
+        let step = flow.on_message(Message::new("pw\n"), &mut out).await;
+        assert_eq!(step, FlowStep::LoggedIn(Arc::from("alice")));
+        assert_eq!(
+            bodies(&mut out),
+            ["username:", "password:", "welcome alice"]
+        );
+        assert_eq!(flow.on_message(Message::new("more"), &mut out).await, step);
+        assert!(out.is_empty());
+    }
 
     #[test]
     fn more_than_ten_failures_in_a_minute_lock_the_address_until_the_oldest_expires() {
