@@ -150,11 +150,13 @@ async fn serve(args: ServeArgs) -> Result<()> {
             let users = tokio::task::spawn_blocking(move || Users::load(file))
                 .await
                 .context("loading the users file failed")??;
-            info!(
-                "login required: {} user(s) in {}",
-                users.table().len(),
-                path.display()
-            );
+            match users.table().len() {
+                0 => warn!(
+                    "{} has no users: nobody can log in (add one with sockit user add)",
+                    path.display()
+                ),
+                n => info!("login required: {n} user(s) in {}", path.display()),
+            }
             Some((users, args.lang))
         }
         None => None,
