@@ -17,7 +17,8 @@
 //! - [`codec`]: framings (`raw`, `line`, `lenN[le]`, `header[le]`), each bounded.
 //! - [`message`]: [`Message`] and its optional JSON [`Header`].
 //! - [`service`]: the [`Service`]/[`Session`] interface and the services (`echo`, `ack`,
-//!   `console`).
+//!   `console`, `login` in front of any of them).
+//! - [`users`]: the users file behind `--login` (Argon2id hashes) and `sockit user`.
 //! - [`transport`]: tokio drivers running a session over a framed stream or over UDP.
 //! - [`server`]: bind, accept loop, connection limit, graceful shutdown.
 //! - [`budget`]: the server-wide memory budget for buffered frames and replies.
@@ -44,6 +45,7 @@ pub mod server;
 pub mod service;
 pub mod shutdown;
 pub mod transport;
+pub mod users;
 
 pub use codec::{FrameCodec, Framing, Limits};
 pub use error::{CodecError, ConfigError};

@@ -26,10 +26,12 @@ use crate::message::Message;
 pub mod ack;
 pub mod console;
 pub mod echo;
+pub mod login;
 
 pub use ack::Ack;
 pub use console::Console;
 pub use echo::Echo;
+pub use login::{Attempt, FlowStep, Login, LoginFlow, LoginSession, Users};
 
 /// How many pushed messages may wait for one TCP connection before pushers get
 /// [`PushError::Full`].

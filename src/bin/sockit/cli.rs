@@ -52,6 +52,7 @@ pub enum UserAction {
     /// Add a user, or set a new password for an existing one.
     Add {
         /// The user name (1-32 printable characters, no spaces or colons)
+        #[arg(value_parser = parse_user_name)]
         name: String,
         /// The users file (created with mode 0600 if missing)
         #[arg(long, value_name = "FILE")]
@@ -63,6 +64,7 @@ pub enum UserAction {
     /// Remove a user.
     Del {
         /// The user name
+        #[arg(value_parser = parse_user_name)]
         name: String,
         /// The users file
         #[arg(long, value_name = "FILE")]
@@ -514,7 +516,13 @@ fn built_command() -> clap::Command {
 fn subcommand_usage(args: &[OsString]) -> Option<clap::builder::StyledStr> {
     let mut cmd = built_command();
     let name = args.get(1)?.to_str()?;
-    Some(cmd.find_subcommand_mut(name)?.render_usage())
+    let sub = cmd.find_subcommand_mut(name)?;
+    // `sockit user add …`: the nested subcommand's own usage line.
+    let nested = args.get(2).and_then(|a| a.to_str());
+    match nested.filter(|n| sub.get_subcommands().any(|c| c.get_name() == *n)) {
+        Some(nested) => Some(sub.find_subcommand_mut(nested)?.render_usage()),
+        None => Some(sub.render_usage()),
+    }
 }
 
 fn usage_error(sub: &str, msg: &str) -> clap::Error {
@@ -531,6 +539,12 @@ fn parse_framing(s: &str) -> Result<Framing, String> {
 
 fn parse_service(s: &str) -> Result<ServiceKind, String> {
     s.parse()
+}
+
+fn parse_user_name(s: &str) -> Result<String, String> {
+    sockit::users::validate_name(s)
+        .map(|()| s.to_owned())
+        .map_err(|why| format!("'{s}' is not a user name: {why}"))
 }
 
 fn parse_lang(s: &str) -> Result<Lang, String> {

@@ -3,6 +3,7 @@
 //! 2 bad arguments (printed by clap with the usage line). A closed stdout is not an error.
 
 mod cli;
+mod password;
 
 use std::fs::File;
 use std::io::{BufReader, IsTerminal, Write};
@@ -19,12 +20,14 @@ use sockit::client::{self, ClientConfig, Input, LineMode};
 use sockit::logging::{LogSink, stderr_line};
 use sockit::net::{Host, resolve};
 use sockit::server::raise_fd_limit;
+use sockit::service::{Lang, Login, Users};
+use sockit::users;
 use sockit::{Ack, Console, Echo, Framing, Server, ServerConfig, Service, ServiceKind, Transport};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::{BenchArgs, Command, ConnectArgs, ServeArgs};
+use crate::cli::{BenchArgs, Command, ConnectArgs, ServeArgs, UserAction};
 
 fn main() -> ExitCode {
     let cli = cli::parse();
@@ -140,21 +143,111 @@ async fn serve(args: ServeArgs) -> Result<()> {
         udp_rate: args.udp_rate.map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
         ..ServerConfig::default()
     };
-    match args.service {
-        ServiceKind::Echo => serve_with(addr, config, Echo, args.service).await,
-        ServiceKind::Ack => serve_with(addr, config, Ack, args.service).await,
+    // Checked before binding: a malformed users file is an error naming its line, exit 1.
+    let login = match &args.login {
+        Some(path) => {
+            let file = path.clone();
+            let users = tokio::task::spawn_blocking(move || Users::load(file))
+                .await
+                .context("loading the users file failed")??;
+            match users.table().len() {
+                0 => warn!(
+                    "{} has no users: nobody can log in (add one with sockit user add)",
+                    path.display()
+                ),
+                n => info!("login required: {n} user(s) in {}", path.display()),
+            }
+            Some((users, args.lang))
+        }
+        None => None,
+    };
+    let kind = args.service;
+    match kind {
+        ServiceKind::Echo => serve_maybe_login(addr, config, Echo, kind, login).await,
+        ServiceKind::Ack => serve_maybe_login(addr, config, Ack, kind, login).await,
         ServiceKind::Lookup => bail!("the lookup service is not built yet"),
         ServiceKind::Chat => bail!("the chat service is not built yet"),
         ServiceKind::Console => {
-            serve_with(addr, config, Console::new(args.lang), args.service).await
+            serve_maybe_login(addr, config, Console::new(args.lang), kind, login).await
         }
         ServiceKind::Hub => bail!("the hub service is not built yet"),
     }
 }
 
+/// Runs `service`, behind a login when `--login` gave a users file.
+async fn serve_maybe_login<S: Service>(
+    addr: SocketAddr,
+    config: ServerConfig,
+    service: S,
+    kind: ServiceKind,
+    login: Option<(Users, Lang)>,
+) -> Result<()> {
+    match login {
+        Some((users, lang)) => {
+            serve_with(addr, config, Login::new(users, service, lang), kind).await
+        }
+        None => serve_with(addr, config, service, kind).await,
+    }
+}
+
+/// `sockit user add|del|list`: edits the users file. Reading a password from the terminal and
+/// hashing it both block, so the whole command runs on a blocking thread.
 async fn user(args: cli::UserArgs) -> Result<()> {
-    let _ = args.action;
-    bail!("sockit user is not built yet")
+    let interrupted = restore_terminal_on_interrupt()?;
+    let result = tokio::task::spawn_blocking(move || user_blocking(args))
+        .await
+        .context("sockit user failed")?;
+    interrupted.abort();
+    result
+}
+
+fn user_blocking(args: cli::UserArgs) -> Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    match args.action {
+        UserAction::Add {
+            name,
+            file,
+            password_stdin,
+        } => {
+            let password = if password_stdin {
+                password::from_stdin()?
+            } else {
+                password::ask_twice()?
+            };
+            let added = users::add_user(&file, &name, &password)?;
+            let what = match added {
+                users::Added::New => "added user",
+                users::Added::Replaced => "changed the password of",
+            };
+            writeln!(stdout, "{what} {name} in {}", file.display())?;
+        }
+        UserAction::Del { name, file } => {
+            users::remove_user(&file, &name)?;
+            writeln!(stdout, "removed user {name} from {}", file.display())?;
+        }
+        UserAction::List { file } => {
+            for name in users::list_users(&file)? {
+                writeln!(stdout, "{name}")?;
+            }
+        }
+    }
+    stdout.flush()?;
+    Ok(())
+}
+
+/// Ctrl-C while the terminal's echo is off for a password prompt: turn echo back on before
+/// exiting, or the shell is left typing blind.
+fn restore_terminal_on_interrupt() -> Result<tokio::task::JoinHandle<()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt =
+        signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+    Ok(tokio::spawn(async move {
+        if interrupt.recv().await.is_some() {
+            password::restore_echo();
+            stderr_line("");
+            std::process::exit(130);
+        }
+    }))
 }
 
 async fn serve_with<S: Service>(
