@@ -50,5 +50,6 @@ pub use message::{Header, Message};
 pub use net::{Address, PeerAddr};
 pub use server::{Server, ServerConfig, ServerReport};
 pub use service::{
-    Ack, ConnHandle, Echo, Lang, Outbox, PeerInfo, Service, ServiceKind, Session, Transport,
+    Ack, Chat, ChatConfig, ChatSession, ConnHandle, Echo, Lang, Outbox, PeerInfo, Service,
+    ServiceKind, Session, Transport,
 };

@@ -24,9 +24,11 @@ use crate::net::PeerAddr;
 use crate::message::Message;
 
 pub mod ack;
+pub mod chat;
 pub mod echo;
 
 pub use ack::Ack;
+pub use chat::{Chat, ChatConfig, ChatSession};
 pub use echo::Echo;
 
 /// How many pushed messages may wait for one TCP connection before pushers get
