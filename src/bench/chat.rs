@@ -5,8 +5,10 @@
 //! Member `i` sends `m<i>:<seq>` for seq 0..M. A member counts joins from the announcements it
 //! reads: sockit's `* NICK joined`, or ncat `--chat`'s `<announce> ... is connected as
 //! <userN>.`, so the same run can load `ncat --chat` for comparison. Each member sees the joins
-//! of those who came after it, so the barrier is reached when the members together have seen
-//! N(N-1)/2. Chat lines are `<nick> m<i>:<seq>`; a bare `m<i>:<seq>` (ncat's coalesced lines
+//! of those who came after it (ncat also announces a member to itself: the first of its
+//! announcements a member reads is not counted), so the barrier is reached when the members
+//! together have seen N(N-1)/2. Members connect a few at a time, each waiting for the server's
+//! first line, so that a server with a small listen backlog is not overrun. Chat lines are `<nick> m<i>:<seq>`; a bare `m<i>:<seq>` (ncat's coalesced lines
 //! lose their prefix) still counts as delivered, and is reported as unprefixed.
 //!
 //! Memory: two bytes per (member, sender) pair for the next sequence number expected (hence
@@ -21,14 +23,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use serde::Serialize;
 use tokio::net::TcpStream;
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use super::{BenchError, CONNECT_CONCURRENCY};
+use super::BenchError;
 
 /// Most lines one member may send (sequence numbers are kept in two bytes).
 pub const MAX_COUNT: u64 = u16::MAX as u64;
@@ -36,6 +37,8 @@ pub const MAX_COUNT: u64 = u16::MAX as u64;
 pub const MAX_MEMBERS: usize = 10_000;
 /// Lines each member sends when `--count` is not given.
 pub const DEFAULT_COUNT: u64 = 10;
+/// Members connected but not yet greeted by the server at once; below ncat's listen backlog.
+const CONNECT_AHEAD: usize = 8;
 /// Read buffer, one per worker thread.
 const READ_BUF: usize = 64 * 1024;
 /// Payload bytes written at once.
@@ -199,6 +202,10 @@ struct Shared {
 /// One member's results.
 #[derive(Debug, Default)]
 struct Tally {
+    /// Lines read, of any kind.
+    lines: u64,
+    /// Whether ncat's announcement of this member's own arrival has been seen.
+    own_announce: bool,
     sent: u64,
     deliveries: u64,
     out_of_order: u64,
@@ -245,6 +252,7 @@ impl Tally {
     }
 
     fn line(&mut self, line: &[u8], me: usize, shared: &Shared) {
+        self.lines += 1;
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         match line.first() {
             Some(b'<') => {
@@ -252,8 +260,14 @@ impl Tally {
                     return;
                 };
                 if &line[1..gt] == b"announce" {
+                    // ncat announces a newcomer to everyone, the newcomer included: one of
+                    // these is the member's own.
                     if memchr::memmem::find(line, b" is connected as ").is_some() {
-                        shared.joins.fetch_add(1, Ordering::Relaxed);
+                        if self.own_announce {
+                            shared.joins.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            self.own_announce = true;
+                        }
                     }
                     return;
                 }
@@ -376,7 +390,10 @@ async fn member(
     shared: Arc<Shared>,
     mut go: watch::Receiver<bool>,
     stop: CancellationToken,
+    greeting: OwnedSemaphorePermit,
 ) -> (Tally, TcpStream) {
+    // Held until the server's first line arrives; see `run`.
+    let mut greeting = Some(greeting);
     let mut tally = Tally::default();
     let mut started = false;
     let mut wbuf: Vec<u8> = Vec::new();
@@ -408,7 +425,11 @@ async fn member(
                     break Stop::Failed(format!("connection failed: {e}"));
                 }
                 match read_some(&stream, &mut tally, me, &shared) {
-                    Ok(true) => {}
+                    Ok(true) => {
+                        if tally.lines > 0 {
+                            drop(greeting.take());
+                        }
+                    }
                     Ok(false) => break Stop::Failed("server closed the connection".into()),
                     Err(e) => break Stop::Failed(format!("connection failed: {e}")),
                 }
@@ -550,35 +571,49 @@ pub async fn run(
     let mut errors = 0u64;
     let mut first_connect_error = None;
     let mut tasks = Vec::new();
-    {
-        let mut attempts = futures_util::stream::iter(0..config.conns)
-            .map(|_| connect(config.addr, config.timeout))
-            .buffer_unordered(CONNECT_CONCURRENCY);
-        loop {
-            let next = tokio::select! {
-                biased;
-                () = cancel.cancelled() => break,
-                next = attempts.next() => next,
-            };
-            match next {
-                None => break,
-                Some(Ok(stream)) => {
-                    let me = tasks.len();
-                    tasks.push(tokio::spawn(member(
-                        stream,
-                        me,
-                        shared.clone(),
-                        go_rx.clone(),
-                        stop.clone(),
-                    )));
-                }
-                Some(Err(e)) => {
-                    errors += 1;
-                    let why = format!("cannot connect to {}: {e}", config.addr);
-                    debug!("{why}");
-                    first_failure.get_or_insert(why);
-                    first_connect_error.get_or_insert(e);
-                }
+    // Members join a few at a time: each waits for its first line from the server (which
+    // has then accepted it) before the next beyond CONNECT_AHEAD connects. A burst of connects
+    // overflows a small listen backlog (ncat's is 10), and a connection the server dropped
+    // from its accept queue looks established to a client that sends nothing.
+    let ahead = Arc::new(Semaphore::new(CONNECT_AHEAD));
+    for _ in 0..config.conns {
+        let permit = tokio::select! {
+            biased;
+            () = cancel.cancelled() => break,
+            permit = tokio::time::timeout(config.timeout, ahead.clone().acquire_owned()) => permit,
+        };
+        let Ok(Ok(permit)) = permit else {
+            first_failure.get_or_insert_with(|| {
+                format!(
+                    "{CONNECT_AHEAD} new members heard nothing from the server for {:.1}s",
+                    config.timeout.as_secs_f64()
+                )
+            });
+            break;
+        };
+        let connected = tokio::select! {
+            biased;
+            () = cancel.cancelled() => break,
+            connected = connect(config.addr, config.timeout) => connected,
+        };
+        match connected {
+            Ok(stream) => {
+                let me = tasks.len();
+                tasks.push(tokio::spawn(member(
+                    stream,
+                    me,
+                    shared.clone(),
+                    go_rx.clone(),
+                    stop.clone(),
+                    permit,
+                )));
+            }
+            Err(e) => {
+                errors += 1;
+                let why = format!("cannot connect to {}: {e}", config.addr);
+                debug!("{why}");
+                first_failure.get_or_insert(why);
+                first_connect_error.get_or_insert(e);
             }
         }
     }
@@ -740,6 +775,7 @@ mod tests {
             0,
             &s,
         );
+        t.feed(b"<announce> 127.0.0.1 is connected as <user4>.\n", 0, &s);
         t.feed(b"m2:0\nm2:1\n<guest2> m1:1\n[history] <x> m1:0\n", 0, &s);
         assert_eq!(s.joins.load(Ordering::Relaxed), 2);
         assert_eq!((t.deliveries, t.unprefixed, t.out_of_order), (4, 2, 0));

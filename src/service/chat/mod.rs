@@ -806,7 +806,10 @@ mod tests {
             ..ChatConfig::default()
         });
         let (a, _, reply) = open(&chat, 1, "one").await;
-        assert!(reply.starts_with("* you are guest1 in one (1 member)"), "{reply}");
+        assert!(
+            reply.starts_with("* you are guest1 in one (1 member)"),
+            "{reply}"
+        );
         let (mut b, mut b_out, _) = open(&chat, 2, "two").await;
         let (mut c, mut c_out, reply) = open(&chat, 3, "three").await;
         assert_eq!(
@@ -853,7 +856,10 @@ mod tests {
         let mut guest = chat.session(&peer(4, None), None);
         guest.on_open(&mut out).await;
         let welcome = replies(&mut out);
-        assert!(welcome[1].starts_with("* you are guest4-2 in lobby"), "{welcome:?}");
+        assert!(
+            welcome[1].starts_with("* you are guest4-2 in lobby"),
+            "{welcome:?}"
+        );
         assert_eq!(guest.nick(), Some("guest4-2"));
         assert_eq!(guest.room(), Some("lobby"));
     }
@@ -861,7 +867,9 @@ mod tests {
     #[tokio::test]
     async fn a_hosted_session_can_stay_open_on_quit() {
         let chat = Chat::default();
-        let mut session = chat.session(&peer(1, None), Some("den")).stay_open_on_quit();
+        let mut session = chat
+            .session(&peer(1, None), Some("den"))
+            .stay_open_on_quit();
         let mut out = outbox();
         session.on_open(&mut out).await;
         replies(&mut out);

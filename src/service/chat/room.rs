@@ -275,8 +275,15 @@ impl Room {
             let mut guard = self.lock();
             let state = &mut *guard;
             let caught_up = cursor.as_deref().is_some_and(|&c| c == state.log.next);
-            for line in lines {
-                state.log.push(sender, line);
+            // Only members on streams read the log: with none but the sender (a room of UDP
+            // members, or someone talking alone), the lines are not kept.
+            let sender_reads = state.members.contains_key(&sender)
+                && !state.datagrams.iter().any(|(id, _)| *id == sender);
+            let readers = state.members.len() - state.datagrams.len() - usize::from(sender_reads);
+            if readers > 0 {
+                for line in lines {
+                    state.log.push(sender, line);
+                }
             }
             if caught_up {
                 if let Some(cursor) = cursor {
