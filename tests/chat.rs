@@ -495,6 +495,59 @@ async fn several_lines_in_one_frame_each_get_a_prefix() {
     );
 }
 
+/// Reads one `len8` frame body.
+async fn read_len8(stream: &mut TcpStream) -> String {
+    let mut len = [0u8; 1];
+    let mut body = Vec::new();
+    tokio::time::timeout(PATIENCE, async {
+        stream.read_exact(&mut len).await.unwrap();
+        body.resize(usize::from(len[0]), 0);
+        stream.read_exact(&mut body).await.unwrap();
+    })
+    .await
+    .expect("a frame in time");
+    String::from_utf8(body).unwrap()
+}
+
+fn len8(body: &str) -> Vec<u8> {
+    let mut frame = vec![u8::try_from(body.len()).unwrap()];
+    frame.extend_from_slice(body.as_bytes());
+    frame
+}
+
+#[tokio::test]
+async fn messages_fit_a_framing_with_a_small_limit() {
+    let server = chat_server(&["--framing", "len8"]);
+    let mut a = TcpStream::connect(server.addr).await.unwrap();
+    let welcome = read_len8(&mut a).await;
+    let a_nick = welcome.split(' ').nth(3).unwrap().to_owned();
+    let mut b = TcpStream::connect(server.addr).await.unwrap();
+    read_len8(&mut b).await;
+    read_len8(&mut a).await; // b joined
+    // A line that, prefixed, no longer fits 255 bytes arrives cut to fit.
+    let long = "z".repeat(250);
+    a.write_all(&len8(&long)).await.unwrap();
+    let got = read_len8(&mut b).await;
+    assert_eq!(got.len(), 255);
+    assert!(got.starts_with(&format!("<{a_nick}> zzz")), "{got:?}");
+    // A reply longer than a frame keeps the lines that fit.
+    b.write_all(&len8("/help")).await.unwrap();
+    let help = read_len8(&mut b).await;
+    assert!(help.starts_with("commands:\n/nick NAME"), "{help:?}");
+    assert!(!help.ends_with('\n'));
+    // Traffic comes in batches that each fit a frame, nothing lost or reordered.
+    for n in 0..40 {
+        a.write_all(&len8(&format!("line {n}"))).await.unwrap();
+    }
+    let mut lines = Vec::new();
+    while lines.len() < 40 {
+        let frame = read_len8(&mut b).await;
+        lines.extend(frame.split('\n').map(str::to_owned));
+    }
+    let want: Vec<String> = (0..40).map(|n| format!("<{a_nick}> line {n}")).collect();
+    assert_eq!(lines, want);
+}
+
 #[tokio::test]
 async fn raw_framing_splits_a_read_into_prefixed_lines() {
     let server = chat_server(&["--framing", "raw"]);

@@ -265,6 +265,8 @@ pub struct Outbox {
     push: PushSource,
     /// UDP: the server's socket, for sessions that fan out to many peers directly.
     socket: Option<Arc<UdpSocket>>,
+    /// Largest message body the transport and framing can carry.
+    max_message: usize,
 }
 
 impl Outbox {
@@ -277,6 +279,7 @@ impl Outbox {
             peer,
             push: PushSource::Lazy(None),
             socket: None,
+            max_message: usize::MAX,
         }
     }
 
@@ -293,7 +296,21 @@ impl Outbox {
             peer: PeerAddr::Inet(peer),
             push: PushSource::Shared(pushes),
             socket: Some(socket),
+            max_message: crate::codec::MAX_DATAGRAM,
         }
+    }
+
+    /// The largest message body this connection can carry: a UDP datagram's 65,507 bytes, 255
+    /// with `len8` framing, 65,535 with `len16`, no limit otherwise. A session that produces
+    /// messages of its own size (a batch of chat lines) keeps within it; a message over it
+    /// cannot be encoded and ends the connection.
+    pub fn max_message(&self) -> usize {
+        self.max_message
+    }
+
+    /// Sets what [`Outbox::max_message`] reports.
+    pub(crate) fn set_max_message(&mut self, max: usize) {
+        self.max_message = max;
     }
 
     /// The UDP socket this session's peer talks to (`None` over TCP). A session that sends the

@@ -116,8 +116,8 @@ struct Registered {
 
 #[derive(Clone, Debug)]
 enum Reach {
-    /// A connection's push queue.
-    Push(ConnHandle),
+    /// A connection's push queue, and the largest message it can carry.
+    Push(ConnHandle, usize),
     /// A UDP peer, reached through the socket directly.
     Datagram(DatagramPeer),
 }
@@ -283,7 +283,7 @@ impl ChatSession {
                 self.datagram = Some(peer.clone());
                 Reach::Datagram(peer)
             }
-            _ => Reach::Push(out.handle()),
+            _ => Reach::Push(out.handle(), out.max_message()),
         };
         self.reach = Some(reach);
     }
@@ -305,7 +305,7 @@ impl ChatSession {
         let reach = self
             .reach
             .clone()
-            .unwrap_or_else(|| Reach::Push(out.handle()));
+            .unwrap_or_else(|| Reach::Push(out.handle(), out.max_message()));
         let mut nicks = lock(&self.shared.nicks);
         // The last sequence is unbounded and nicks are finite, so a free one is found.
         let nick: Arc<str> = std::iter::once(base.clone())
@@ -463,7 +463,7 @@ impl ChatSession {
                 None => self
                     .reach
                     .clone()
-                    .unwrap_or_else(|| Reach::Push(out.handle())),
+                    .unwrap_or_else(|| Reach::Push(out.handle(), out.max_message())),
             };
             nicks.insert(
                 key,
@@ -504,7 +504,7 @@ impl ChatSession {
         };
         let line = t.private_from(&from, text);
         match reach {
-            Reach::Push(handle) => match handle.try_send(Message::text(line)) {
+            Reach::Push(handle, max) => match handle.try_send(Message::text(fit(line, max))) {
                 Ok(()) => {}
                 Err(PushError::Full) => return t.not_delivered(&nick),
                 Err(PushError::Closed) => return t.no_such_nick(&nick),
@@ -590,6 +590,23 @@ fn suffixed(base: &str, k: u64) -> String {
     format!("{}{suffix}", text::truncate_chars(base, keep))
 }
 
+/// `text` cut to at most `max` bytes, at the last line break that fits if there is one (a
+/// reply's later lines go), else at a character boundary.
+fn fit(mut text: String, max: usize) -> String {
+    if text.len() <= max {
+        return text;
+    }
+    let mut cut = max;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    if let Some(nl) = text[..cut.min(text.len())].rfind('\n').filter(|&nl| nl > 0) {
+        cut = nl;
+    }
+    text.truncate(cut);
+    text
+}
+
 /// An unknown command as quoted back: at most 40 characters of it.
 fn truncate_for_error(name: &str) -> &str {
     text::truncate_chars(name, 40)
@@ -623,7 +640,7 @@ impl Session for ChatSession {
         self.learn_reach(out);
         if let Some(room) = self.join_on_open.take() {
             let reply = self.join(&room, out);
-            out.send(Message::text(reply));
+            out.send(Message::text(fit(reply, out.max_message())));
         }
     }
 
@@ -636,9 +653,8 @@ impl Session for ChatSession {
                 .store(body.last() == Some(&b'\n'), Ordering::Relaxed);
         }
         if body.len() > self.shared.max_message {
-            out.send(Message::text(
-                t.too_long(body.len(), self.shared.max_message),
-            ));
+            let reply = t.too_long(body.len(), self.shared.max_message);
+            out.send(Message::text(fit(reply, out.max_message())));
             return;
         }
         let mut replies: Vec<String> = Vec::new();
@@ -671,7 +687,7 @@ impl Session for ChatSession {
             replies.push(t.not_in_room(self.datagram.is_some()));
         }
         if !replies.is_empty() {
-            out.send(Message::text(replies.join("\n")));
+            out.send(Message::text(fit(replies.join("\n"), out.max_message())));
         } else if !self.left {
             // A member that keeps talking has its input read before its feed is polled: take a
             // batch of the room's traffic now, so that talking never makes it fall behind.
@@ -704,7 +720,8 @@ impl ChatSession {
         let Some(m) = &mut self.member else {
             return Poll::Pending;
         };
-        match m.room.feed(self.id, &mut m.cursor, cx, FEED_BATCH) {
+        let max = FEED_BATCH.min(out.max_message());
+        match m.room.feed(self.id, &mut m.cursor, cx, max) {
             Feed::Batch(mut batch) => {
                 // Every line ends with `\n`; the framing ends the message itself.
                 batch.pop();
@@ -721,7 +738,8 @@ impl ChatSession {
                     "chat: {} fell behind in {room} and is disconnected",
                     self.nick.as_deref().unwrap_or("?"),
                 );
-                out.send(Message::text(t.fell_behind(self.shared.settings.retention)));
+                let notice = t.fell_behind(self.shared.settings.retention);
+                out.send(Message::text(fit(notice, out.max_message())));
                 out.close();
                 self.depart();
                 Poll::Ready(())
@@ -796,6 +814,15 @@ mod tests {
         session.on_open(&mut out).await;
         let reply = replies(&mut out).join("\n");
         (session, out, reply)
+    }
+
+    #[test]
+    fn replies_are_cut_to_fit_at_a_line_break_or_a_character() {
+        assert_eq!(fit("short".into(), 10), "short");
+        assert_eq!(fit("one\ntwo\nthree".into(), 9), "one\ntwo");
+        assert_eq!(fit("abcdef".into(), 4), "abcd");
+        assert_eq!(fit("ab€cd".into(), 4), "ab");
+        assert_eq!(fit("\nabc".into(), 2), "\na");
     }
 
     #[tokio::test]

@@ -40,6 +40,11 @@ pub struct DatagramPeer {
 impl DatagramPeer {
     /// Sends `text` as one datagram without waiting; a full socket buffer drops it (counted).
     pub fn send(&self, text: &str, stats: &Stats) {
+        let mut end = text.len().min(MAX_DATAGRAM - 1);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        let text = &text[..end];
         let mut packet = Vec::with_capacity(text.len() + 1);
         packet.extend_from_slice(text.as_bytes());
         packet.push(b'\n');
@@ -538,33 +543,51 @@ impl Log {
         }
     }
 
-    /// Copies the lines from number `cursor` on that `me` did not send into `out`, stopping
-    /// once about `max` bytes are taken; returns the number of the first line not looked at.
+    /// Copies the lines from number `cursor` on that `me` did not send into `out`, each ending
+    /// with `\n`, as many as fit in `max` bytes (not counting the last `\n`); returns the number
+    /// of the first line not taken. A line that alone is longer than `max` is cut to fit.
     fn read(&self, cursor: u64, me: u64, max: usize, out: &mut Vec<u8>) -> u64 {
         if cursor >= self.next {
             return cursor;
         }
+        // The last line's `\n` is not part of the message.
+        let room = max.max(1).saturating_add(1);
         let mut idx = self
             .chunks
             .partition_point(|c| c.first + c.lines() <= cursor);
         let mut at = cursor;
-        while let Some(chunk) = self.chunks.get(idx) {
+        'chunks: while let Some(chunk) = self.chunks.get(idx) {
             let mut i = (at - chunk.first) as usize;
             let mut run = chunk.start(i)..chunk.start(i);
-            while i < chunk.ends.len() && out.len() + run.len() < max {
-                let end = chunk.ends[i] as usize;
+            let mut full = false;
+            while i < chunk.ends.len() {
+                let (start, end) = (chunk.start(i), chunk.ends[i] as usize);
                 if chunk.senders[i] == me {
                     out.extend_from_slice(&chunk.data[run.clone()]);
                     run = end..end;
-                } else {
+                } else if out.len() + run.len() + (end - start) <= room {
                     run.end = end;
+                } else {
+                    if out.is_empty() && run.is_empty() {
+                        // Alone too long for one message: its first `max` bytes.
+                        let line = &chunk.data[start..end - 1];
+                        let mut cut = max.max(1).min(line.len());
+                        while cut > 0 && cut < line.len() && line[cut] & 0xc0 == 0x80 {
+                            cut -= 1;
+                        }
+                        out.extend_from_slice(&line[..cut]);
+                        out.push(b'\n');
+                        i += 1;
+                    }
+                    full = true;
+                    break;
                 }
                 i += 1;
             }
             out.extend_from_slice(&chunk.data[run]);
             at = chunk.first + i as u64;
-            if i < chunk.ends.len() || out.len() >= max {
-                break;
+            if full {
+                break 'chunks;
             }
             idx += 1;
         }
@@ -599,9 +622,16 @@ mod tests {
         assert_eq!(read_all(&log, 0, 1, 1 << 20), ("l1\nl3\nl4\n".into(), 5));
         assert_eq!(read_all(&log, 0, 2, 1 << 20), ("l0\nl2\nl3\n".into(), 5));
         assert_eq!(read_all(&log, 2, 9, 1 << 20), ("l2\nl3\nl4\n".into(), 5));
-        // A small batch stops after the line that reaches the bound.
-        assert_eq!(read_all(&log, 0, 9, 4), ("l0\nl1\n".into(), 2));
+        // A batch holds what fits: `l0\nl1` is 5 bytes.
+        assert_eq!(read_all(&log, 0, 9, 5), ("l0\nl1\n".into(), 2));
+        assert_eq!(read_all(&log, 0, 9, 4), ("l0\n".into(), 1));
         assert_eq!(read_all(&log, 5, 9, 4), (String::new(), 5));
+        // Own lines are skipped without counting against the bound.
+        assert_eq!(read_all(&log, 0, 1, 5), ("l1\nl3\n".into(), 4));
+        // A line longer than the bound alone is cut, at a character boundary.
+        log.push(2, "ab€cd");
+        assert_eq!(read_all(&log, 5, 9, 4), ("ab\n".into(), 6));
+        assert_eq!(read_all(&log, 5, 9, 5), ("ab€\n".into(), 6));
     }
 
     #[test]
