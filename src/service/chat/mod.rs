@@ -296,10 +296,17 @@ impl ChatSession {
         }
         self.learn_reach(out);
         let guest = format!("guest{}", self.id);
+        // A user name is made a valid nick: spaces become `_`, and it is cut to length.
         let base = self
             .user
             .as_deref()
-            .map(|u| sanitize(u.as_bytes()))
+            .map(|u| {
+                let clean: String = sanitize(u.as_bytes())
+                    .chars()
+                    .map(|c| if c.is_whitespace() { '_' } else { c })
+                    .collect();
+                text::truncate_chars(&clean, MAX_NAME_CHARS).to_owned()
+            })
             .filter(|u| check_name(u).is_ok())
             .unwrap_or(guest.clone());
         let reach = self
@@ -878,6 +885,10 @@ mod tests {
         let mut second = chat.session(&peer(2, Some("ALICE")), None);
         second.on_open(&mut out).await;
         assert!(replies(&mut out)[0].starts_with("* you are ALICE-2 in lobby"));
+        let mut spaced = chat.session(&peer(5, Some("Ann Lee\u{1b}[1m")), None);
+        spaced.on_open(&mut out).await;
+        assert_eq!(spaced.nick(), Some("Ann_Lee"));
+        replies(&mut out);
         let mut squatter = chat.session(&peer(3, Some("guest4")), None);
         squatter.on_open(&mut out).await;
         let mut guest = chat.session(&peer(4, None), None);
