@@ -669,7 +669,7 @@ impl Session for ChatSession {
         let mut not_in_room = false;
         for raw in body.split(|&b| b == b'\n') {
             let line = sanitize(raw);
-            if line.is_empty() {
+            if line.trim().is_empty() {
                 continue;
             }
             if line.starts_with('/') && !line.starts_with("//") {
@@ -935,6 +935,9 @@ mod tests {
         let chat = Chat::default();
         let (mut a, mut a_out, _) = open(&chat, 1, "lobby").await;
         let (mut b, mut b_out, _) = open(&chat, 2, "lobby").await;
+        // Blank lines, and lines that are blank once stripped, are not sent.
+        b.on_message(Message::new(" \t\r\n\u{1b}[0m\n\n"), &mut b_out)
+            .await;
         let count = Arc::new(Count(AtomicUsize::new(0)));
         let waker = Waker::from(count.clone());
         let mut cx = Context::from_waker(&waker);
