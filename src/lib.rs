@@ -53,6 +53,6 @@ pub use message::{Header, Message};
 pub use net::{Address, PeerAddr};
 pub use server::{Server, ServerConfig, ServerReport};
 pub use service::{
-    Ack, ConnHandle, Console, Echo, Lang, Outbox, PeerInfo, Service, ServiceKind, Session,
-    Transport,
+    Ack, Chat, ChatConfig, ChatSession, ConnHandle, Console, Echo, Lang, Outbox, PeerInfo,
+    Service, ServiceKind, Session, Transport,
 };

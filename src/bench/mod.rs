@@ -10,8 +10,9 @@
 //! checked as they stream in, see `reply.rs`), and one shared latency histogram that clients
 //! feed in small batches.
 //!
-//! `tcp` and `udp` hold the two client loops.
+//! `tcp` and `udp` hold the two client loops; [`chat`] is the chat-room load (`--chat`).
 
+pub mod chat;
 mod reply;
 mod tcp;
 mod udp;

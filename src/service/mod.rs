@@ -24,11 +24,13 @@ use crate::net::PeerAddr;
 use crate::message::Message;
 
 pub mod ack;
+pub mod chat;
 pub mod console;
 pub mod echo;
 pub mod login;
 
 pub use ack::Ack;
+pub use chat::{Chat, ChatConfig, ChatSession};
 pub use console::Console;
 pub use echo::Echo;
 pub use login::{Attempt, FlowStep, Login, LoginFlow, LoginSession, Users};
@@ -273,6 +275,8 @@ pub struct Outbox {
     push: PushSource,
     /// UDP: the server's socket, for sessions that fan out to many peers directly.
     socket: Option<Arc<UdpSocket>>,
+    /// Largest message body the transport and framing can carry.
+    max_message: usize,
 }
 
 impl Outbox {
@@ -285,6 +289,7 @@ impl Outbox {
             peer,
             push: PushSource::Lazy(None),
             socket: None,
+            max_message: usize::MAX,
         }
     }
 
@@ -301,7 +306,21 @@ impl Outbox {
             peer: PeerAddr::Inet(peer),
             push: PushSource::Shared(pushes),
             socket: Some(socket),
+            max_message: crate::codec::MAX_DATAGRAM,
         }
+    }
+
+    /// The largest message body this connection can carry: a UDP datagram's 65,507 bytes, 255
+    /// with `len8` framing, 65,535 with `len16`, no limit otherwise. A session that produces
+    /// messages of its own size (a batch of chat lines) keeps within it; a message over it
+    /// cannot be encoded and ends the connection.
+    pub fn max_message(&self) -> usize {
+        self.max_message
+    }
+
+    /// Sets what [`Outbox::max_message`] reports.
+    pub(crate) fn set_max_message(&mut self, max: usize) {
+        self.max_message = max;
     }
 
     /// The UDP socket this session's peer talks to (`None` over TCP). A session that sends the

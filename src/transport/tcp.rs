@@ -425,6 +425,9 @@ pub fn serve_connection<St: Stream, Se: Session>(
     async move {
         let started = Instant::now();
         let mut out = Outbox::for_stream(peer);
+        if let Framing::Length { prefix, .. } = conn.codec().framing() {
+            out.set_max_message(usize::try_from(prefix.max_len()).unwrap_or(usize::MAX));
+        }
         let mut deadline = Deadline::default();
         let (mut messages_in, mut messages_out) = (0u64, 0u64);
         let mut clocks = Clocks::default();

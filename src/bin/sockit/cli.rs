@@ -107,6 +107,11 @@ pub struct ServeArgs {
     /// before the service starts; re-read on SIGHUP
     #[arg(long, value_name = "FILE")]
     pub login: Option<std::path::PathBuf>,
+    /// chat and hub: bytes of traffic each chat room keeps for members that read slowly; a
+    /// member further behind is told so and disconnected (suffixes K, M, G; at least 256K)
+    /// [default: 4M]
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    pub chat_retention: Option<usize>,
     /// hub: the users file behind its `login` command, when login is not required up front
     #[arg(long, value_name = "FILE", conflicts_with = "login")]
     pub users: Option<std::path::PathBuf>,
@@ -429,6 +434,26 @@ fn validate(cli: &Cli) -> Result<(), (&'static str, String)> {
 /// and transport.
 pub fn validate_bench(args: &BenchArgs) -> Result<(), String> {
     let target = &args.target;
+    if args.chat {
+        use sockit::bench::chat::{MAX_COUNT, MAX_MEMBERS};
+        if target.is_udp() {
+            return Err("--chat loads a TCP chat service: it cannot be used with UDP".into());
+        }
+        if target.framing() != Framing::Line {
+            return Err("--chat members use line framing: leave --framing out".into());
+        }
+        if args.count.is_some_and(|n| n as u64 > MAX_COUNT) {
+            return Err(format!(
+                "invalid value for '--count <N>': --chat sends at most {MAX_COUNT} lines per member"
+            ));
+        }
+        if args.conns > MAX_MEMBERS {
+            return Err(format!(
+                "invalid value for '--conns <N>': --chat runs at most {MAX_MEMBERS} members"
+            ));
+        }
+        return Ok(());
+    }
     sockit::bench::check_size(target.transport(), target.framing(), args.size)
         .map_err(|e| format!("invalid value '{}' for '--size <BYTES>': {e}", args.size))
 }
@@ -470,6 +495,19 @@ fn validate_serve(args: &ServeArgs, udp: bool) -> Result<(), String> {
             "--kb applies to the lookup and hub services, not {}",
             args.service
         ));
+    }
+    if let Some(bytes) = args.chat_retention {
+        if !matches!(args.service, ServiceKind::Chat | ServiceKind::Hub) {
+            return Err(format!(
+                "--chat-retention applies to the chat and hub services, not {}",
+                args.service
+            ));
+        }
+        if bytes < sockit::service::chat::MIN_RETENTION {
+            return Err(format!(
+                "invalid value '{bytes}' for '--chat-retention <BYTES>': at least 256K                  (a few of the largest messages)"
+            ));
+        }
     }
     if args.users.is_some() && args.service != ServiceKind::Hub {
         return Err("--users applies to the hub (for other services use --login)".into());

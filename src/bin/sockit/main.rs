@@ -16,13 +16,18 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use sockit::bench::{self, BenchConfig};
+use sockit::budget::MemoryBudget;
 use sockit::client::{self, ClientConfig, Input, LineMode};
 use sockit::logging::{LogSink, stderr_line};
 use sockit::net::{Host, resolve};
 use sockit::server::raise_fd_limit;
+use sockit::service::chat::DEFAULT_RETENTION;
 use sockit::service::{Lang, Login, Users};
 use sockit::users;
-use sockit::{Ack, Console, Echo, Framing, Server, ServerConfig, Service, ServiceKind, Transport};
+use sockit::{
+    Ack, Chat, ChatConfig, Console, Echo, Framing, Server, ServerConfig, Service, ServiceKind,
+    Transport,
+};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
@@ -127,6 +132,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let addr = resolve_all(&listen.host, listen.port).await?[0];
     let transport = cli::transport(listen.udp);
     let optional = |d: Duration| (!d.is_zero()).then_some(d);
+    // One budget for the connections' buffers and the services' own memory (chat room logs).
+    let budget = MemoryBudget::new(args.max_memory);
     let config = ServerConfig {
         transport,
         framing: cli::framing_or_default(args.framing, listen.udp),
@@ -140,6 +147,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         min_rate: (args.min_rate > 0).then_some(args.min_rate as u64),
         max_conns_per_ip: args.max_conns_per_ip,
         max_memory: args.max_memory,
+        budget: Some(budget.clone()),
         udp_rate: args.udp_rate.map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
         ..ServerConfig::default()
     };
@@ -166,7 +174,15 @@ async fn serve(args: ServeArgs) -> Result<()> {
         ServiceKind::Echo => serve_maybe_login(addr, config, Echo, kind, login).await,
         ServiceKind::Ack => serve_maybe_login(addr, config, Ack, kind, login).await,
         ServiceKind::Lookup => bail!("the lookup service is not built yet"),
-        ServiceKind::Chat => bail!("the chat service is not built yet"),
+        ServiceKind::Chat => {
+            let chat = Chat::new(ChatConfig {
+                budget: Some(budget),
+                lang: args.lang,
+                retention: args.chat_retention.unwrap_or(DEFAULT_RETENTION),
+                ..ChatConfig::default()
+            });
+            serve_maybe_login(addr, config, chat, kind, login).await
+        }
         ServiceKind::Console => {
             serve_maybe_login(addr, config, Console::new(args.lang), kind, login).await
         }
@@ -457,6 +473,9 @@ async fn bench(args: BenchArgs) -> Result<()> {
     }
     let target = &args.target;
     let addr = resolve_target(target).await?[0];
+    if args.chat {
+        return bench_chat(&args, addr).await;
+    }
     let config = BenchConfig {
         addr,
         transport: target.transport(),
@@ -467,7 +486,18 @@ async fn bench(args: BenchArgs) -> Result<()> {
         framing: target.framing(),
         timeout: args.timeout,
     };
-    // Ctrl-C stops the clients and still prints what they did; a second one exits at once.
+    let report = bench::run(&config, interrupt_token()?).await?;
+    finish_bench(
+        args.json,
+        serde_json::to_string(&report)?,
+        report.to_string(),
+        report.interrupted,
+        report.failure(),
+    )
+}
+
+/// Ctrl-C stops the clients and still prints what they did; a second one exits at once.
+fn interrupt_token() -> Result<CancellationToken> {
     let cancel = CancellationToken::new();
     let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
         .context("cannot install the SIGINT handler")?;
@@ -478,12 +508,36 @@ async fn bench(args: BenchArgs) -> Result<()> {
         interrupt.recv().await;
         std::process::exit(130);
     });
-    let report = bench::run(&config, cancel).await?;
-    let text = if args.json {
-        serde_json::to_string(&report)?
-    } else {
-        report.to_string()
+    Ok(cancel)
+}
+
+/// `sockit bench --chat`.
+async fn bench_chat(args: &BenchArgs, addr: SocketAddr) -> Result<()> {
+    let config = bench::chat::ChatBenchConfig {
+        addr,
+        conns: args.conns,
+        count: args.count.map_or(bench::chat::DEFAULT_COUNT, |n| n as u64),
+        timeout: args.timeout,
     };
+    let report = bench::chat::run(&config, interrupt_token()?).await?;
+    finish_bench(
+        args.json,
+        serde_json::to_string(&report)?,
+        report.to_string(),
+        report.interrupted,
+        report.failure(),
+    )
+}
+
+/// Prints a bench report (JSON or text) and turns its verdict into the exit status.
+fn finish_bench(
+    json: bool,
+    json_text: String,
+    plain: String,
+    interrupted: bool,
+    failure: Option<String>,
+) -> Result<()> {
+    let text = if json { json_text } else { plain };
     let written = {
         let mut out = std::io::stdout().lock();
         out.write_all(format!("{text}\n").as_bytes())
@@ -495,8 +549,7 @@ async fn bench(args: BenchArgs) -> Result<()> {
             return Err(e).context("cannot write the report");
         }
     }
-    let failure = report.failure();
-    if report.interrupted {
+    if interrupted {
         if let Some(why) = &failure {
             let _ = writeln!(std::io::stderr(), "sockit: error: {why}");
         }
