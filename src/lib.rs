@@ -16,7 +16,8 @@
 //!
 //! - [`codec`]: framings (`raw`, `line`, `lenN[le]`, `header[le]`), each bounded.
 //! - [`message`]: [`Message`] and its optional JSON [`Header`].
-//! - [`service`]: the [`Service`]/[`Session`] interface and the services (`echo`, `ack`).
+//! - [`service`]: the [`Service`]/[`Session`] interface and the services (`echo`, `ack`,
+//!   `lookup`).
 //! - [`transport`]: tokio drivers running a session over a framed stream or over UDP.
 //! - [`server`]: bind, accept loop, connection limit, graceful shutdown.
 //! - [`budget`]: the server-wide memory budget for buffered frames and replies.
@@ -50,5 +51,6 @@ pub use message::{Header, Message};
 pub use net::{Address, PeerAddr};
 pub use server::{Server, ServerConfig, ServerReport};
 pub use service::{
-    Ack, ConnHandle, Echo, Lang, Outbox, PeerInfo, Service, ServiceKind, Session, Transport,
+    Ack, ConnHandle, Echo, Knowledge, Lang, Lookup, Outbox, PeerInfo, Service, ServiceKind,
+    Session, Transport,
 };

@@ -25,9 +25,11 @@ use crate::message::Message;
 
 pub mod ack;
 pub mod echo;
+pub mod lookup;
 
 pub use ack::Ack;
 pub use echo::Echo;
+pub use lookup::{Knowledge, Lookup};
 
 /// How many pushed messages may wait for one TCP connection before pushers get
 /// [`PushError::Full`].

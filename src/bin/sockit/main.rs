@@ -19,7 +19,9 @@ use sockit::client::{self, ClientConfig, Input, LineMode};
 use sockit::logging::{LogSink, stderr_line};
 use sockit::net::{Host, resolve};
 use sockit::server::raise_fd_limit;
-use sockit::{Ack, Echo, Framing, Server, ServerConfig, Service, ServiceKind, Transport};
+use sockit::{
+    Ack, Echo, Framing, Knowledge, Lookup, Server, ServerConfig, Service, ServiceKind, Transport,
+};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
@@ -143,11 +145,37 @@ async fn serve(args: ServeArgs) -> Result<()> {
     match args.service {
         ServiceKind::Echo => serve_with(addr, config, Echo, args.service).await,
         ServiceKind::Ack => serve_with(addr, config, Ack, args.service).await,
-        ServiceKind::Lookup => bail!("the lookup service is not built yet"),
+        ServiceKind::Lookup => {
+            let knowledge = load_knowledge(args.kb.clone()).await?;
+            let lookup = Lookup::new(knowledge, args.lang);
+            serve_with(addr, config, lookup, args.service).await
+        }
         ServiceKind::Chat => bail!("the chat service is not built yet"),
         ServiceKind::Console => bail!("the console service is not built yet"),
         ServiceKind::Hub => bail!("the hub service is not built yet"),
     }
+}
+
+/// The knowledge base for `--kb FILE`, or the built-in one; logs what was loaded and how long
+/// it took. Indexing a large file is CPU work, so it runs off the async threads.
+async fn load_knowledge(kb: Option<std::path::PathBuf>) -> Result<Knowledge> {
+    let started = std::time::Instant::now();
+    let knowledge = tokio::task::spawn_blocking(move || match kb {
+        Some(path) => Knowledge::load(&path),
+        None => Ok(Knowledge::builtin()),
+    })
+    .await
+    .context("loading the knowledge base failed")??;
+    let from = knowledge.source().map_or_else(
+        || format!("the {}", sockit::service::lookup::BUILTIN_NAME),
+        |p| p.display().to_string(),
+    );
+    info!(
+        "loaded {} entries from {from} in {} ms",
+        knowledge.len(),
+        started.elapsed().as_millis()
+    );
+    Ok(knowledge)
 }
 
 async fn user(args: cli::UserArgs) -> Result<()> {
