@@ -108,6 +108,7 @@ impl Index {
     /// Builds the index from parsed entries. A keyword equal (after folding) to an earlier one
     /// is recorded in `parsed` as a rejected line: the first entry wins.
     pub fn build(parsed: &mut Parsed) -> Index {
+        let started = std::time::Instant::now();
         let entries = std::mem::take(&mut parsed.entries);
         let mut keywords: Vec<Keyword> = Vec::with_capacity(entries.len());
         let mut exact: HashMap<Box<str>, u32> = HashMap::with_capacity(entries.len());
@@ -137,19 +138,32 @@ impl Index {
                 answer: entry.answer.into(),
             });
         }
+        let folded_at = started.elapsed();
         let longest = keywords.iter().map(|k| k.chars as usize).max().unwrap_or(0);
-        let automaton = (!keywords.is_empty())
-            .then(|| {
-                AhoCorasick::builder()
-                    .match_kind(MatchKind::Standard)
-                    // The contiguous NFA builds fast and stays compact at 100,000 patterns; a
-                    // DFA would take seconds and hundreds of megabytes to build.
-                    .kind(Some(AhoCorasickKind::ContiguousNFA))
-                    .build(keywords.iter().map(|k| k.folded.as_bytes()))
-                    .ok()
+        // The automaton takes most of the time for a large knowledge base: build it on a
+        // second thread while this one builds the n-gram index.
+        let (automaton, (grams, postings)) = if keywords.len() >= PARALLEL_BUILD {
+            std::thread::scope(|scope| {
+                let worker = std::thread::Builder::new()
+                    .name("lookup-index".into())
+                    .spawn_scoped(scope, || build_automaton(&keywords));
+                let grams = build_grams(&keywords);
+                let automaton = match worker {
+                    Ok(handle) => handle.join().ok().flatten(),
+                    Err(_) => build_automaton(&keywords),
+                };
+                (automaton, grams)
             })
-            .flatten();
-        let (grams, postings) = build_grams(&keywords);
+        } else {
+            (build_automaton(&keywords), build_grams(&keywords))
+        };
+        tracing::debug!(
+            "indexed {} keywords: folded in {:?}, automaton and {} n-grams in {:?}",
+            keywords.len(),
+            folded_at,
+            grams.len(),
+            started.elapsed() - folded_at
+        );
         Index {
             keywords,
             exact,
@@ -263,6 +277,30 @@ impl Index {
         }
         shortest
     }
+}
+
+/// From this many keywords on, the automaton is built on a thread of its own.
+const PARALLEL_BUILD: usize = 10_000;
+
+/// The Aho-Corasick automaton over the folded keywords (pattern `i` is keyword `i`), or
+/// `None` when there are none (or, in theory, too many for the automaton's limits).
+fn build_automaton(keywords: &[Keyword]) -> Option<AhoCorasick> {
+    if keywords.is_empty() {
+        return None;
+    }
+    AhoCorasick::builder()
+        .match_kind(MatchKind::Standard)
+        // The contiguous NFA builds fast and stays compact at 100,000 patterns; a DFA would
+        // take seconds and hundreds of megabytes to build.
+        .kind(Some(AhoCorasickKind::ContiguousNFA))
+        .build(keywords.iter().map(|k| k.folded.as_bytes()))
+        .inspect_err(|e| {
+            tracing::warn!(
+                "cannot build the keyword automaton ({e}): keywords inside longer queries \
+                 will not be found"
+            )
+        })
+        .ok()
 }
 
 /// The n-gram posting lists of `keywords`.

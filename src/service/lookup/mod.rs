@@ -361,6 +361,22 @@ mod tests {
     }
 
     #[test]
+    fn every_builtin_reply_fits_one_tutorial_recv() {
+        // The tutorial clients read a reply with one recv(1024): an answer plus three "see
+        // also" keywords must stay under that whatever the query.
+        let mut parsed = parse(BUILTIN_TSV);
+        let index = Index::build(&mut parsed);
+        let ids = 0..index.len() as u32;
+        let longest_answer = ids.clone().map(|i| index.keyword(i).answer.len()).max();
+        let longest_keyword = ids.map(|i| index.keyword(i).text.len()).max();
+        let (answer, keyword) = (longest_answer.unwrap(), longest_keyword.unwrap());
+        assert!(
+            answer + " (see also: )".len() + 3 * (keyword + 2) < 1024,
+            "{answer} + 3 x {keyword}"
+        );
+    }
+
+    #[test]
     fn the_builtin_knowledge_base_answers_the_tutorial_terms() {
         let k = Knowledge::builtin();
         for q in [
