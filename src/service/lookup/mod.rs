@@ -20,6 +20,7 @@
 //! [`Knowledge::reload`] (SIGHUP) swaps new contents in atomically while queries go on.
 
 pub mod fold;
+pub mod grams;
 pub mod index;
 pub mod parse;
 
@@ -207,14 +208,14 @@ impl Knowledge {
                 Lang::Zh => NOT_FOUND_ZH.to_owned(),
             };
         };
-        let mut reply = String::from(&*index.keyword(best).answer);
+        let mut reply = String::from(index.answer(best));
         if !others.is_empty() {
             reply.push_str(" (see also: ");
             for (i, &id) in others.iter().enumerate() {
                 if i > 0 {
                     reply.push_str(", ");
                 }
-                reply.push_str(&index.keyword(id).text);
+                reply.push_str(index.keyword(id));
             }
             reply.push(')');
         }
@@ -352,7 +353,6 @@ mod tests {
             .filter(|&id| {
                 index
                     .keyword(id)
-                    .text
                     .chars()
                     .any(|c| ('\u{4E00}'..='\u{9FFF}').contains(&c))
             })
@@ -367,8 +367,8 @@ mod tests {
         let mut parsed = parse(BUILTIN_TSV);
         let index = Index::build(&mut parsed);
         let ids = 0..index.len() as u32;
-        let longest_answer = ids.clone().map(|i| index.keyword(i).answer.len()).max();
-        let longest_keyword = ids.map(|i| index.keyword(i).text.len()).max();
+        let longest_answer = ids.clone().map(|i| index.answer(i).len()).max();
+        let longest_keyword = ids.map(|i| index.keyword(i).len()).max();
         let (answer, keyword) = (longest_answer.unwrap(), longest_keyword.unwrap());
         assert!(
             answer + " (see also: )".len() + 3 * (keyword + 2) < 1024,

@@ -4,19 +4,20 @@
 //! - Line endings may be `\n` or `\r\n`; a leading byte-order mark is ignored.
 //! - The keyword and the answer are trimmed of surrounding whitespace.
 //! - A malformed line (no tab, more than one tab, an empty keyword or answer, a control
-//!   character) is reported with its line number and skipped; the rest still loads.
+//!   character, a keyword over [`MAX_KEYWORD_CHARS`] characters) is reported with its line
+//!   number and skipped; the rest still loads.
 //! - A keyword that repeats an earlier one (after case folding) is reported and skipped: the
 //!   first entry wins.
 
-/// One accepted entry.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Entry {
+/// One accepted entry, borrowed from the text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Entry<'a> {
     /// 1-based line number in the file.
     pub line: usize,
     /// The keyword as written (trimmed).
-    pub keyword: String,
+    pub keyword: &'a str,
     /// The answer (trimmed).
-    pub answer: String,
+    pub answer: &'a str,
 }
 
 /// A rejected line: where, and why.
@@ -28,22 +29,26 @@ pub struct Malformed {
     pub why: String,
 }
 
+/// The longest keyword accepted, in characters: keywords are search terms, and the bound
+/// keeps the per-length tables of the index small.
+pub const MAX_KEYWORD_CHARS: usize = 256;
+
 /// How many malformed lines are kept with their reasons; later ones are only counted, so a
 /// file that is not a knowledge base at all cannot flood the log or memory.
 pub const MAX_REPORTED: usize = 20;
 
 /// The outcome of parsing a whole file.
 #[derive(Debug, Default)]
-pub struct Parsed {
+pub struct Parsed<'a> {
     /// The accepted entries, in file order (duplicates not yet removed).
-    pub entries: Vec<Entry>,
+    pub entries: Vec<Entry<'a>>,
     /// The first [`MAX_REPORTED`] malformed lines.
     pub malformed: Vec<Malformed>,
     /// How many malformed lines there were in all.
     pub malformed_total: usize,
 }
 
-impl Parsed {
+impl Parsed<'_> {
     /// Records a rejected line.
     pub fn reject(&mut self, line: usize, why: String) {
         self.malformed_total += 1;
@@ -59,7 +64,7 @@ pub fn line_of(bytes: &[u8], at: usize) -> usize {
 }
 
 /// Parses knowledge-base text.
-pub fn parse(text: &str) -> Parsed {
+pub fn parse(text: &str) -> Parsed<'_> {
     let text = text.strip_prefix('\u{FEFF}').unwrap_or(text);
     let mut parsed = Parsed::default();
     for (i, raw) in text.split('\n').enumerate() {
@@ -72,8 +77,8 @@ pub fn parse(text: &str) -> Parsed {
         match parse_line(raw) {
             Ok((keyword, answer)) => parsed.entries.push(Entry {
                 line,
-                keyword: keyword.to_owned(),
-                answer: answer.to_owned(),
+                keyword,
+                answer,
             }),
             Err(why) => parsed.reject(line, why),
         }
@@ -94,6 +99,11 @@ fn parse_line(raw: &str) -> Result<(&str, &str), String> {
     }
     if answer.is_empty() {
         return Err("empty answer".into());
+    }
+    if keyword.chars().count() > MAX_KEYWORD_CHARS {
+        return Err(format!(
+            "keyword longer than {MAX_KEYWORD_CHARS} characters"
+        ));
     }
     for (what, text) in [("keyword", keyword), ("answer", answer)] {
         if let Some(c) = text.chars().find(|c| c.is_control()) {
@@ -116,13 +126,13 @@ mod tests {
             [
                 Entry {
                     line: 3,
-                    keyword: "TCP".into(),
-                    answer: "Transmission".into()
+                    keyword: "TCP",
+                    answer: "Transmission"
                 },
                 Entry {
                     line: 5,
-                    keyword: "端口".into(),
-                    answer: "号码".into()
+                    keyword: "端口",
+                    answer: "号码"
                 },
             ]
         );
@@ -131,8 +141,11 @@ mod tests {
 
     #[test]
     fn reports_each_kind_of_malformed_line_with_its_number() {
-        let p =
-            parse("ok\tfine\nnotab\n\tanswer only\nkeyword only\t \na\tb\tc\nbell\t\u{7}ring\n");
+        let long = "k".repeat(MAX_KEYWORD_CHARS + 1);
+        let text = format!(
+            "ok\tfine\nnotab\n\tanswer only\nkeyword only\t \na\tb\tc\nbell\t\u{7}ring\n{long}\tx\n"
+        );
+        let p = parse(&text);
         let got: Vec<(usize, &str)> = p
             .malformed
             .iter()
@@ -146,6 +159,7 @@ mod tests {
                 (4, "empty answer"),
                 (5, "more than one tab (expected keyword<TAB>answer)"),
                 (6, "control character '\\u{7}' in the answer"),
+                (7, "keyword longer than 256 characters"),
             ]
         );
         assert_eq!(p.entries.len(), 1);
