@@ -17,7 +17,7 @@
 //! - [`codec`]: framings (`raw`, `line`, `lenN[le]`, `header[le]`), each bounded.
 //! - [`message`]: [`Message`] and its optional JSON [`Header`].
 //! - [`service`]: the [`Service`]/[`Session`] interface and the services (`echo`, `ack`,
-//!   `console`, `login` in front of any of them).
+//!   `lookup`, `chat`, `console`, `hub`, and `login` in front of any of them).
 //! - [`users`]: the users file behind `--login` (Argon2id hashes) and `sockit user`.
 //! - [`transport`]: tokio drivers running a session over a framed stream or over UDP.
 //! - [`server`]: bind, accept loop, connection limit, graceful shutdown.
@@ -53,6 +53,6 @@ pub use message::{Header, Message};
 pub use net::{Address, PeerAddr};
 pub use server::{Server, ServerConfig, ServerReport};
 pub use service::{
-    Ack, Chat, ChatConfig, ChatSession, ConnHandle, Console, Echo, Lang, Outbox, PeerInfo,
-    Service, ServiceKind, Session, Transport,
+    Ack, Chat, ChatConfig, ChatSession, ConnHandle, Console, Echo, Hub, Knowledge, Lang, Lookup,
+    Outbox, PeerInfo, Service, ServiceKind, Session, Transport,
 };

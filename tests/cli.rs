@@ -320,7 +320,7 @@ fn a_file_descriptor_limit_below_max_conns_lowers_it_and_refuses_the_excess() {
     // hanging in the backlog.
     let mut cmd = Command::new("sh");
     cmd.arg("-c")
-        .arg(r#"ulimit -n 64 && exec "$0" serve 127.0.0.1 0"#)
+        .arg(r#"ulimit -n 64 && exec "$0" serve 127.0.0.1 0 --service echo"#)
         .arg(sockit_bin());
     let server = ServeProcess::spawn(cmd);
     let mut crowd = Vec::new();

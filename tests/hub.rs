@@ -63,7 +63,9 @@ impl Client {
     }
 
     fn send(&mut self, line: &str) {
-        self.writer.write_all(format!("{line}\n").as_bytes()).unwrap();
+        self.writer
+            .write_all(format!("{line}\n").as_bytes())
+            .unwrap();
     }
 
     fn ask(&mut self, line: &str) -> String {
@@ -74,14 +76,18 @@ impl Client {
     /// Whether the server sends nothing more for a short while.
     fn is_quiet(&mut self) -> bool {
         let s = self.reader.get_ref();
-        s.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
         let mut byte = [0u8; 1];
         let quiet = matches!(
             self.reader.read(&mut byte),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
                 || e.kind() == std::io::ErrorKind::TimedOut
         );
-        self.reader.get_ref().set_read_timeout(Some(PATIENCE)).unwrap();
+        self.reader
+            .get_ref()
+            .set_read_timeout(Some(PATIENCE))
+            .unwrap();
         quiet
     }
 }
@@ -121,7 +127,14 @@ fn a_bare_serve_runs_the_hub_and_prints_how_to_connect() {
 fn every_command_gets_exactly_one_reply_message() {
     let server = hub(&[]);
     let (mut c, greeting) = Client::greeted(server.addr);
-    for command in ["help", "echo TEXT", "time", "lookup WORD", "chat [ROOM]", "bye, quit"] {
+    for command in [
+        "help",
+        "echo TEXT",
+        "time",
+        "lookup WORD",
+        "chat [ROOM]",
+        "bye, quit",
+    ] {
         assert!(
             greeting.iter().any(|l| l.contains(command)),
             "{command} in {greeting:?}"
@@ -142,7 +155,10 @@ fn every_command_gets_exactly_one_reply_message() {
     assert_eq!(c.ask("lookup"), "usage: lookup WORD");
     assert_receipt(&c.ask("what is this"), "what is this".len());
     let login = c.ask("login");
-    assert!(login.starts_with("error: login is not available"), "{login}");
+    assert!(
+        login.starts_with("error: login is not available"),
+        "{login}"
+    );
 
     // `help` again: the same lines, all of them, and nothing after them.
     c.send("help");
@@ -152,7 +168,11 @@ fn every_command_gets_exactly_one_reply_message() {
 
     assert_eq!(c.ask("bye"), "bye");
     let mut rest = String::new();
-    assert_eq!(c.reader.read_line(&mut rest).unwrap(), 0, "closed after bye");
+    assert_eq!(
+        c.reader.read_line(&mut rest).unwrap(),
+        0,
+        "closed after bye"
+    );
     server.stop();
 }
 
@@ -170,7 +190,10 @@ help = s.recv(1024).decode()
 print(greeting == help, greeting.count("\n"), help.splitlines()[-1])
 "#;
     let out = python(script, &[&server.addr.port().to_string()]);
-    assert_eq!(out.trim(), format!("True 7 {}", format_args!("  {HELP_END}")));
+    assert_eq!(
+        out.trim(),
+        format!("True 7 {}", format_args!("  {HELP_END}"))
+    );
     server.stop();
 }
 
@@ -182,7 +205,11 @@ fn connect_prints_the_greeting_and_the_whole_help_as_one_reply() {
         .arg(server.addr.port().to_string())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     let help_len = lines.iter().position(|l| l.contains(HELP_END)).unwrap() + 1;
@@ -228,8 +255,8 @@ fn telnet_uses_the_hub() {
     let port = server.addr.port().to_string();
     // telnet quits at the end of its input, so the input waits for the replies.
     let script = format!(
-        "(sleep 0.5; printf 'echo over telnet\\r\\n'; sleep 0.5; printf 'time\\r\\n'; \
-         sleep 0.5; printf 'bye\\r\\n'; sleep 0.5) | telnet 127.0.0.1 {port}"
+        "(sleep 0.5; printf 'echo over telnet\\n'; sleep 0.5; printf 'time\\n'; \
+         sleep 0.5; printf 'bye\\n'; sleep 0.5) | telnet 127.0.0.1 {port}"
     );
     let out = Command::new("sh")
         .arg("-c")
@@ -286,7 +313,9 @@ fn chat_enters_a_room_where_hub_users_talk() {
     let (mut a, _) = Client::greeted(server.addr);
     let (mut b, _) = Client::greeted(server.addr);
     a.send("chat sockets");
+    a.read_until("* you are");
     b.send("chat sockets");
+    b.read_until("* you are");
     let joined = a.read_until("joined");
     assert!(joined.last().unwrap().starts_with("* guest"), "{joined:?}");
     // In a room, "bye" is chat, not a quit word.
@@ -297,7 +326,9 @@ fn chat_enters_a_room_where_hub_users_talk() {
         said.starts_with("<guest") && said.ends_with("> bye for now"),
         "{said}"
     );
-    b.send("/quit");
+    // `/quit` leaves the room and returns to the hub's commands.
+    assert_eq!(b.ask("/quit"), "* you left the chat");
+    assert_eq!(b.ask("echo back in the hub"), "back in the hub");
     a.read_until("left");
     server.stop();
 }
@@ -333,6 +364,7 @@ fn with_a_users_file_login_names_the_chat_member() {
 
     let (mut b, _) = Client::greeted(server.addr);
     b.send("chat");
+    b.read_until("* you are");
     a.send("chat");
     let joined = b.read_until("joined");
     assert_eq!(joined.last().unwrap(), "* alice joined");
@@ -352,7 +384,12 @@ fn login_up_front_comes_before_the_greeting() {
         .stdin(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(b"pw for bob\n").unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"pw for bob\n")
+        .unwrap();
     assert!(child.wait().unwrap().success());
     let server = hub(&["--login", users.to_str().unwrap()]);
     let mut c = Client::connect(server.addr);
@@ -383,7 +420,8 @@ fn a_hub_client_that_vanishes_mid_command_does_not_disturb_others() {
     for i in 0..20 {
         let mut s = TcpStream::connect(server.addr).unwrap();
         // Half a command, then gone.
-        s.write_all(format!("echo unfinished {i}").as_bytes()).unwrap();
+        s.write_all(format!("echo unfinished {i}").as_bytes())
+            .unwrap();
         drop(s);
         assert_eq!(c_echo(&mut steady, i), format!("steady {i}"));
     }

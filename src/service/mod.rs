@@ -27,13 +27,17 @@ pub mod ack;
 pub mod chat;
 pub mod console;
 pub mod echo;
+pub mod hub;
 pub mod login;
+pub mod lookup;
 
 pub use ack::Ack;
 pub use chat::{Chat, ChatConfig, ChatSession};
 pub use console::Console;
 pub use echo::Echo;
+pub use hub::Hub;
 pub use login::{Attempt, FlowStep, Login, LoginFlow, LoginSession, Users};
+pub use lookup::{Knowledge, Lookup};
 
 /// How many pushed messages may wait for one TCP connection before pushers get
 /// [`PushError::Full`].

@@ -94,7 +94,7 @@ pub struct ServeArgs {
     /// What to run: hub (line commands reaching all the others), echo (the message back),
     /// ack (a timestamped receipt), lookup (keyword lookup), chat (chat rooms), console
     /// (chat with the operator's terminal)
-    #[arg(long, default_value = "echo", value_parser = parse_service)]
+    #[arg(long, default_value = "hub", value_parser = parse_service)]
     pub service: ServiceKind,
     /// lookup and hub: the knowledge base, one `keyword<TAB>answer` per line (re-read on
     /// SIGHUP) [default: built-in networking terms]

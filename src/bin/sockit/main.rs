@@ -25,8 +25,8 @@ use sockit::service::chat::DEFAULT_RETENTION;
 use sockit::service::{Lang, Login, Users};
 use sockit::users;
 use sockit::{
-    Ack, Chat, ChatConfig, Console, Echo, Framing, Server, ServerConfig, Service, ServiceKind,
-    Transport,
+    Ack, Chat, ChatConfig, Console, Echo, Framing, Hub, Knowledge, Lookup, Server, ServerConfig,
+    Service, ServiceKind, Transport,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -154,40 +154,96 @@ async fn serve(args: ServeArgs) -> Result<()> {
     // Checked before binding: a malformed users file is an error naming its line, exit 1.
     let login = match &args.login {
         Some(path) => {
-            let file = path.clone();
-            let users = tokio::task::spawn_blocking(move || Users::load(file))
-                .await
-                .context("loading the users file failed")??;
-            match users.table().len() {
-                0 => warn!(
+            let users = load_users(path).await?;
+            if users.table().is_empty() {
+                warn!(
                     "{} has no users: nobody can log in (add one with sockit user add)",
                     path.display()
-                ),
-                n => info!("login required: {n} user(s) in {}", path.display()),
+                );
+            } else {
+                info!(
+                    "login required: {} user(s) in {}",
+                    users.table().len(),
+                    path.display()
+                );
             }
             Some((users, args.lang))
         }
         None => None,
     };
+    let chat = || {
+        Chat::new(ChatConfig {
+            budget: Some(budget.clone()),
+            lang: args.lang,
+            retention: args.chat_retention.unwrap_or(DEFAULT_RETENTION),
+            ..ChatConfig::default()
+        })
+    };
     let kind = args.service;
     match kind {
         ServiceKind::Echo => serve_maybe_login(addr, config, Echo, kind, login).await,
         ServiceKind::Ack => serve_maybe_login(addr, config, Ack, kind, login).await,
-        ServiceKind::Lookup => bail!("the lookup service is not built yet"),
-        ServiceKind::Chat => {
-            let chat = Chat::new(ChatConfig {
-                budget: Some(budget),
-                lang: args.lang,
-                retention: args.chat_retention.unwrap_or(DEFAULT_RETENTION),
-                ..ChatConfig::default()
-            });
-            serve_maybe_login(addr, config, chat, kind, login).await
+        ServiceKind::Lookup => {
+            let knowledge = load_knowledge(args.kb.clone()).await?;
+            let lookup = Lookup::new(knowledge, args.lang);
+            serve_maybe_login(addr, config, lookup, kind, login).await
         }
+        ServiceKind::Chat => serve_maybe_login(addr, config, chat(), kind, login).await,
         ServiceKind::Console => {
             serve_maybe_login(addr, config, Console::new(args.lang), kind, login).await
         }
-        ServiceKind::Hub => bail!("the hub service is not built yet"),
+        ServiceKind::Hub => {
+            let knowledge = load_knowledge(args.kb.clone()).await?;
+            // The `login` command checks the users of --login (sharing its failure counts) or
+            // of --users.
+            let users = match (&login, &args.users) {
+                (Some((users, _)), _) => Some(users.clone()),
+                (None, Some(path)) => {
+                    let users = load_users(path).await?;
+                    info!(
+                        "login command enabled: {} user(s) in {}",
+                        users.table().len(),
+                        path.display()
+                    );
+                    Some(users)
+                }
+                (None, None) => None,
+            };
+            let hub = Hub::new(knowledge, chat(), users, args.lang);
+            serve_maybe_login(addr, config, hub, kind, login).await
+        }
     }
+}
+
+/// Loads a users file off the async threads (hash checks of the file's format are quick, but it
+/// is disk I/O).
+async fn load_users(path: &std::path::Path) -> Result<Users> {
+    let file = path.to_path_buf();
+    Ok(tokio::task::spawn_blocking(move || Users::load(file))
+        .await
+        .context("loading the users file failed")??)
+}
+
+/// The knowledge base for `--kb FILE`, or the built-in one; logs what was loaded and how long
+/// it took. Indexing a large file is CPU work, so it runs off the async threads.
+async fn load_knowledge(kb: Option<std::path::PathBuf>) -> Result<Knowledge> {
+    let started = std::time::Instant::now();
+    let knowledge = tokio::task::spawn_blocking(move || match kb {
+        Some(path) => Knowledge::load(&path),
+        None => Ok(Knowledge::builtin()),
+    })
+    .await
+    .context("loading the knowledge base failed")??;
+    let from = knowledge.source().map_or_else(
+        || format!("the {}", sockit::service::lookup::BUILTIN_NAME),
+        |p| p.display().to_string(),
+    );
+    info!(
+        "loaded {} entries from {from} in {} ms",
+        knowledge.len(),
+        started.elapsed().as_millis()
+    );
+    Ok(knowledge)
 }
 
 /// Runs `service`, behind a login when `--login` gave a users file.
