@@ -28,11 +28,12 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run a server (echo or ack) over TCP or UDP.
+    /// Run a server over TCP or UDP: the hub (line commands reaching every service), or one
+    /// service: echo, ack, lookup, chat, console.
     Serve(ServeArgs),
     /// Connect to a server: send messages or lines, print what comes back.
     Connect(ConnectArgs),
-    /// Load-test an echo server with concurrent ping-pong clients.
+    /// Load-test an echo server with concurrent ping-pong clients, or a chat server (--chat).
     Bench(BenchArgs),
     /// Manage the users file that `sockit serve --login` checks passwords against.
     User(UserArgs),
@@ -505,7 +506,7 @@ fn validate_serve(args: &ServeArgs, udp: bool) -> Result<(), String> {
         }
         if bytes < sockit::service::chat::MIN_RETENTION {
             return Err(format!(
-                "invalid value '{bytes}' for '--chat-retention <BYTES>': at least 256K                  (a few of the largest messages)"
+                "invalid value '{bytes}' for '--chat-retention <BYTES>': it must be at least 256K (a few of the largest messages)"
             ));
         }
     }
