@@ -432,3 +432,35 @@ fn a_hub_client_that_vanishes_mid_command_does_not_disturb_others() {
 fn c_echo(c: &mut Client, i: usize) -> String {
     c.ask(&format!("echo steady {i}"))
 }
+
+#[test]
+fn over_udp_chat_enters_a_room_and_quit_comes_back_to_the_commands() {
+    let server = hub(&["--udp"]);
+    let peer = || {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.set_read_timeout(Some(PATIENCE)).unwrap();
+        s
+    };
+    let (a, b) = (peer(), peer());
+    let recv = |s: &std::net::UdpSocket| {
+        let mut buf = [0u8; 4096];
+        let n = s.recv(&mut buf).unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let ask = |s: &std::net::UdpSocket, m: &str| {
+        s.send_to(m.as_bytes(), server.addr).unwrap();
+        recv(s)
+    };
+    assert!(ask(&a, "chat udp-room").starts_with("* you are guest"));
+    assert!(ask(&b, "chat udp-room").contains("(2 members)"));
+    assert!(recv(&a).ends_with(" joined"));
+    b.send_to(b"hello over udp", server.addr).unwrap();
+    let said = recv(&a);
+    assert!(
+        said.starts_with("<guest") && said.ends_with("> hello over udp"),
+        "{said}"
+    );
+    assert_eq!(ask(&b, "/quit"), "* you left the chat");
+    assert_eq!(ask(&b, "echo a command again"), "a command again");
+    server.stop();
+}
