@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{PATIENCE, ServeProcess, len32, read_len32, sockit_bin};
+use common::{PATIENCE, ServeProcess, len32, peer_tool, read_len32, sockit_bin};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpStream, UdpSocket};
@@ -755,25 +755,6 @@ fn finish(mut child: Child, limit: Duration) {
     let _ = child.kill();
     let _ = child.wait();
     panic!("the client did not exit after the server closed");
-}
-
-/// Path of an external client, or `None` (with a note) when it may be skipped.
-fn peer_tool(name: &str) -> Option<String> {
-    let found = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {name}"))
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
-    if found.is_none() {
-        assert!(
-            std::env::var_os("SOCKIT_REQUIRE_PEERS").is_none(),
-            "{name} is required (SOCKIT_REQUIRE_PEERS is set) but not installed"
-        );
-        eprintln!("skipping: {name} is not installed");
-    }
-    found
 }
 
 /// Runs an interactive line client (`nc`, `telnet`) as a member next to one of ours.

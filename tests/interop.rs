@@ -252,25 +252,6 @@ fn connect_udp_talks_to_the_tutorial_udp_server() {
     assert_eq!(String::from_utf8(out.stdout).unwrap(), "收到\n");
 }
 
-/// Path of an external peer tool, or `None` (with a note) when it may be skipped.
-fn peer_tool(name: &str) -> Option<String> {
-    let found = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {name}"))
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
-    if found.is_none() {
-        assert!(
-            std::env::var_os("SOCKIT_REQUIRE_PEERS").is_none(),
-            "{name} is required (SOCKIT_REQUIRE_PEERS is set) but not installed"
-        );
-        eprintln!("skipping: {name} is not installed");
-    }
-    found
-}
-
 fn run_with_stdin(mut cmd: Command, input: &[u8]) -> String {
     let mut child = cmd
         .stdin(Stdio::piped())

@@ -245,3 +245,22 @@ pub fn python(script: &str, args: &[&str]) -> String {
     );
     String::from_utf8(out.stdout).unwrap()
 }
+
+/// Path of an external peer tool, or `None` (with a note) when it may be skipped.
+pub fn peer_tool(name: &str) -> Option<String> {
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {name}"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    if found.is_none() {
+        assert!(
+            std::env::var_os("SOCKIT_REQUIRE_PEERS").is_none(),
+            "{name} is required (SOCKIT_REQUIRE_PEERS is set) but not installed"
+        );
+        eprintln!("skipping: {name} is not installed");
+    }
+    found
+}
