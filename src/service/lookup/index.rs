@@ -9,12 +9,11 @@
 //!   (which skip the automaton) and finds duplicates while loading;
 //! - **keyword contained in the query**: an Aho-Corasick automaton over all folded keywords,
 //!   run over the folded query with overlapping matches, so every keyword occurring anywhere
-//!   in it is reported (in time linear in the query plus the matches). A small bitmap of
-//!   keyword prefixes ([`super::filter`]) skips the walk for most queries that hold none;
+//!   in it is reported (in time linear in the query plus the matches);
 //! - **query contained in a keyword**: an n-gram index. Every keyword's character trigrams
 //!   (and bigrams, for two-character queries) map to posting lists of the keywords containing
 //!   them. A keyword containing the query contains all of its n-grams, so the candidates are
-//!   the intersection of the two shortest of the query's lists, and each is verified with a
+//!   the intersection of the lists of its first and last trigram, and each is verified with a
 //!   substring search. Entries are numbered in result order (shortest keyword first, then file
 //!   order), so posting lists are plain sorted id arrays in that order and the walk stops as
 //!   soon as enough verified matches are found. This search is skipped when the query is
@@ -30,7 +29,6 @@ use std::hash::{BuildHasherDefault, Hasher};
 use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
 use memchr::memmem;
 
-use super::filter::StartFilter;
 use super::fold::fold_into;
 use super::grams::{Grams, bigram, trigram};
 use super::parse::{Entry, Parsed};
@@ -123,8 +121,6 @@ pub struct Index {
     /// `longest + 1`).
     by_length: Vec<u32>,
     exact: FxMap<Box<str>, u32>,
-    /// Rules out most queries that hold no keyword before the automaton runs.
-    starts: StartFilter,
     /// Pattern `i` is keyword `i`. `None` when there are no keywords.
     automaton: Option<AhoCorasick>,
     /// n-gram → ids of the keywords containing it.
@@ -295,7 +291,6 @@ impl Index {
                 build_grams(&strings, meta.len()),
             )
         };
-        let starts = StartFilter::build((0..meta.len()).map(|id| strings.get(3 * id)), meta.len());
         tracing::debug!(
             "indexed {} keywords: folded in {:?}, automaton and {} n-grams in {:?}",
             meta.len(),
@@ -308,7 +303,6 @@ impl Index {
             meta,
             by_length,
             exact,
-            starts,
             automaton,
             grams,
             longest,
@@ -353,9 +347,7 @@ impl Index {
         let mut best = [0u32; RESULTS];
         let mut n = 0;
         match &self.automaton {
-            Some(ac)
-                if chars >= 2 && chars >= shortest && self.starts.may_contain_a_keyword(query) =>
-            {
+            Some(ac) if chars >= 2 && chars >= shortest => {
                 for m in ac.find_overlapping_iter(query) {
                     let id = m.pattern().as_u32();
                     if m.start() == 0 && m.end() == query.len() {
@@ -378,8 +370,7 @@ impl Index {
                     }
                 }
             }
-            // Shorter than every keyword, or holding no keyword's start: nothing equals it
-            // or lies inside it.
+            // Shorter than every keyword: nothing equals it or lies inside it.
             Some(_) if chars >= 2 => {}
             // One character, or no automaton (it could not be built).
             _ => exact = self.exact.get(query).copied(),
@@ -410,8 +401,8 @@ impl Index {
     /// Keywords strictly longer than `query` (of `chars` characters, at least two) that
     /// contain it, in result order (ascending id), lazily.
     ///
-    /// The candidates are the ids in both of the two shortest posting lists of the query's
-    /// n-grams: the shortest is walked and the other searched forward from where the last
+    /// The candidates are the ids in the posting lists of both the query's first and last
+    /// trigram: the shorter list is walked and the other searched forward from where the last
     /// search stopped (galloping, so a long second list costs little). Survivors of a query of
     /// four or more characters get a substring check; for two or three characters the one
     /// n-gram *is* the query.
@@ -439,9 +430,9 @@ impl Index {
         })
     }
 
-    /// The shortest and the second shortest posting list of the query's n-grams: its bigram
-    /// for two characters, otherwise the trigrams starting at every third character and the
-    /// last one. `None`: one of them occurs in no keyword, so nothing contains the query.
+    /// The posting lists to intersect, shorter first: the query's bigram for two characters,
+    /// otherwise its first and last trigram. `None`: one of them occurs in no keyword, so
+    /// nothing contains the query.
     fn shortest_lists(&self, query: &str, chars: usize) -> Option<(&[u32], Option<&[u32]>)> {
         let posting = |key: u64| self.grams.get(key);
         let mut it = query.chars();
@@ -449,32 +440,24 @@ impl Index {
         if chars == 2 {
             return Some((posting(bigram(a, b))?, None));
         }
-        let (mut x, mut y) = (a, b);
-        let mut first: Option<&[u32]> = None;
-        let mut second: Option<&[u32]> = None;
-        // Every third trigram and the last: they cover the query, and each lookup is a cache
-        // miss or two in a large index, so looking up all of them costs more than the few
-        // extra candidates the skipped ones would have ruled out.
-        let last = chars - 3;
-        for (i, z) in it.enumerate() {
-            let key = trigram(x, y, z);
-            (x, y) = (y, z);
-            if i % 3 != 0 && i != last {
-                continue;
-            }
-            let list = posting(key)?;
-            let same = |l: Option<&[u32]>| l.is_some_and(|l| std::ptr::eq(l, list));
-            if same(first) || same(second) {
-                continue;
-            }
-            if first.is_none_or(|f| list.len() < f.len()) {
-                second = first;
-                first = Some(list);
-            } else if second.is_none_or(|s| list.len() < s.len()) {
-                second = Some(list);
-            }
+        // The first and the last trigram. Every lookup is a cache miss or two in a large
+        // index, so looking up more of them costs more than the few candidates they would
+        // rule out before the substring check.
+        let c = it.next()?;
+        let head = posting(trigram(a, b, c))?;
+        if chars == 3 {
+            return Some((head, None));
         }
-        Some((first?, second))
+        let mut tail = query.chars().rev();
+        let (z, y, x) = (tail.next()?, tail.next()?, tail.next()?);
+        let end = posting(trigram(x, y, z))?;
+        Some(if std::ptr::eq(head, end) {
+            (head, None)
+        } else if end.len() < head.len() {
+            (end, Some(head))
+        } else {
+            (head, Some(end))
+        })
     }
 }
 

@@ -19,7 +19,6 @@
 //! A [`Knowledge`] is a cheap, cloneable handle: every clone sees the same contents, and
 //! [`Knowledge::reload`] (SIGHUP) swaps new contents in atomically while queries go on.
 
-pub mod filter;
 pub mod fold;
 pub mod grams;
 pub mod index;
