@@ -13,15 +13,19 @@
 //!    queries. Target: lookup ≥ 0.8× echo's messages/s, for misses and for hits; the ratio is
 //!    the median of the per-round ratios, which cancels the drift of a shared machine.
 //!
-//! Environment: `SOCKIT_BENCH_SECS` (default 3) per measurement, `SOCKIT_BENCH_ROUNDS`
-//! (default 5), `SOCKIT_BENCH_CONNS` (default 50), `SOCKIT_BENCH_ENTRIES` (default 100000).
+//! Many short rounds rather than a few long ones: on a shared machine the background load
+//! changes over seconds, and a round's two measurements must see the same load for their
+//! ratio to mean something.
+//!
+//! Environment: `SOCKIT_BENCH_SECS` (default 1) per measurement, `SOCKIT_BENCH_ROUNDS`
+//! (default 15), `SOCKIT_BENCH_CONNS` (default 50), `SOCKIT_BENCH_ENTRIES` (default 100000).
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use sockit::{Knowledge, Lang};
@@ -31,8 +35,8 @@ const SOCKIT: &str = env!("CARGO_BIN_EXE_sockit");
 const QUERIES: usize = 5_000;
 
 fn main() {
-    let secs: f64 = env_or("SOCKIT_BENCH_SECS", 3.0);
-    let rounds: usize = env_or("SOCKIT_BENCH_ROUNDS", 5).max(1);
+    let secs: f64 = env_or("SOCKIT_BENCH_SECS", 1.0);
+    let rounds: usize = env_or("SOCKIT_BENCH_ROUNDS", 15).max(1);
     let conns: usize = env_or("SOCKIT_BENCH_CONNS", 50).max(1);
     let entries: usize = env_or("SOCKIT_BENCH_ENTRIES", 100_000).max(100);
     println!(
@@ -132,7 +136,7 @@ fn main() {
             }
             let (mut e, mut l) = (0.0, 0.0);
             for (server, is_echo) in order {
-                runtime.block_on(drive(server.addr, queries, conns, 0.3));
+                runtime.block_on(drive(server.addr, queries, conns, 0.2));
                 let rate = runtime.block_on(drive(server.addr, queries, conns, secs));
                 if is_echo {
                     e = rate;
@@ -296,24 +300,31 @@ async fn ask(addr: SocketAddr, queries: &[&str]) -> Vec<String> {
 }
 
 /// `conns` ping-pong connections sending `queries` (each starting at its own offset) for
-/// `secs`; returns the replies per second.
+/// `secs` once all are connected; returns the replies per second.
 async fn drive(addr: SocketAddr, queries: &[String], conns: usize, secs: f64) -> f64 {
-    let lines: std::sync::Arc<Vec<Vec<u8>>> = std::sync::Arc::new(
+    let lines: Arc<Vec<Vec<u8>>> = Arc::new(
         queries
             .iter()
             .map(|q| format!("{q}\n").into_bytes())
             .collect(),
     );
-    let started = Instant::now();
-    let deadline = started + Duration::from_secs_f64(secs);
+    let ready = Arc::new(tokio::sync::Barrier::new(conns + 1));
+    let (start_tx, start_rx) = tokio::sync::watch::channel(None::<Instant>);
     let mut tasks = Vec::with_capacity(conns);
     for c in 0..conns {
-        let lines = lines.clone();
+        let (lines, ready, mut start) = (lines.clone(), ready.clone(), start_rx.clone());
         tasks.push(tokio::spawn(async move {
             let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
             stream.set_nodelay(true).unwrap();
             let (read, mut write) = stream.into_split();
             let mut read = tokio::io::BufReader::new(read);
+            ready.wait().await;
+            let deadline = loop {
+                if let Some(at) = *start.borrow_and_update() {
+                    break at + Duration::from_secs_f64(secs);
+                }
+                start.changed().await.expect("start signal");
+            };
             let mut reply = Vec::with_capacity(256);
             let mut done = 0u64;
             let mut i = c * lines.len() / conns;
@@ -328,6 +339,9 @@ async fn drive(addr: SocketAddr, queries: &[String], conns: usize, secs: f64) ->
             done
         }));
     }
+    ready.wait().await;
+    let started = Instant::now();
+    start_tx.send_replace(Some(started));
     let mut total = 0;
     for t in tasks {
         total += t.await.expect("client task");

@@ -13,7 +13,7 @@
 //! - **query contained in a keyword**: an n-gram index. Every keyword's character trigrams
 //!   (and bigrams, for two-character queries) map to posting lists of the keywords containing
 //!   them. A keyword containing the query contains all of its n-grams, so the candidates are
-//!   the intersection of the two shortest of the query's lists, and each is verified with a
+//!   the intersection of the lists of its first and last trigram, and each is verified with a
 //!   substring search. Entries are numbered in result order (shortest keyword first, then file
 //!   order), so posting lists are plain sorted id arrays in that order and the walk stops as
 //!   soon as enough verified matches are found. This search is skipped when the query is
@@ -59,13 +59,6 @@ impl Arena {
         &self.text[self.bounds[id] as usize..self.bounds[id + 1] as usize]
     }
 
-    fn iter(&self) -> impl Iterator<Item = &str> {
-        self.bounds
-            .windows(2)
-            .map(|w| &self.text[w[0] as usize..w[1] as usize])
-    }
-
-    /// Appends `s`, unless the arena would outgrow `u32` offsets (false then).
     /// Keeps the first `n` strings.
     fn truncate(&mut self, n: usize) {
         if let Some(&end) = self.bounds.get(n) {
@@ -74,6 +67,7 @@ impl Arena {
         }
     }
 
+    /// Appends `s`, unless the arena would outgrow `u32` offsets (false then).
     fn push(&mut self, s: &str) -> bool {
         if self.bounds.is_empty() {
             self.bounds.push(0);
@@ -117,13 +111,12 @@ impl Ranked {
 /// Entry ids number the keywords in the order "shortest first, then file order", which is the
 /// order of the "keywords containing the query" results.
 pub struct Index {
-    /// Keyword `i` as written is string `2i`, its answer string `2i + 1`: the texts a reply
-    /// shows, side by side.
-    texts: Arena,
+    /// For keyword `i`: string `3i` is the folded keyword (what verification reads), `3i + 1`
+    /// the keyword as written and `3i + 2` its answer (what a reply shows). Side by side, so
+    /// the cache line a verification brings in usually serves the reply too.
+    strings: Arena,
     /// Lengths and file order, by id.
     meta: Vec<Meta>,
-    /// Folded keywords, by id.
-    folded: Arena,
     /// `by_length[n]`: the first id whose keyword has at least `n` characters (`n` up to
     /// `longest + 1`).
     by_length: Vec<u32>,
@@ -248,23 +241,22 @@ impl Index {
         // Ids in result order: shortest first, then file order (a stable sort by length).
         let mut meta = metas;
         meta.sort_by_key(|m| m.chars);
-        let mut id_of_order = vec![0u32; meta.len()];
-        let mut folded = Arena::default();
-        let mut texts = Arena::default();
+        let mut id_of_order = vec![u32::MAX; meta.len()];
+        let mut strings = Arena::default();
         for (id, m) in meta.iter().enumerate() {
             id_of_order[m.order as usize] = id as u32;
-            // Every keyword already fitted once, in another order.
-            folded.push(folded_in_file_order.get(m.order as usize));
             let entry = kept[m.order as usize];
-            if !(texts.push(entry.keyword) && texts.push(entry.answer)) {
+            let folded = folded_in_file_order.get(m.order as usize);
+            if !(strings.push(folded) && strings.push(entry.keyword) && strings.push(entry.answer))
+            {
                 // Over 4 GB of text: keep what fits (ids are in length order, so the
                 // longest keywords go), and say so.
                 tracing::warn!(
-                    "knowledge base over 4 GB: entries from line {} on dropped",
-                    entry.line
+                    "knowledge base over 4 GB of text: its {} longest keywords are dropped",
+                    meta.len() - id
                 );
                 meta.truncate(id);
-                folded.truncate(id);
+                strings.truncate(3 * id);
                 break;
             }
         }
@@ -285,16 +277,19 @@ impl Index {
             std::thread::scope(|scope| {
                 let worker = std::thread::Builder::new()
                     .name("lookup-index".into())
-                    .spawn_scoped(scope, || build_automaton(&folded));
-                let grams = build_grams(&folded);
+                    .spawn_scoped(scope, || build_automaton(&strings, meta.len()));
+                let grams = build_grams(&strings, meta.len());
                 let automaton = match worker {
                     Ok(handle) => handle.join().ok().flatten(),
-                    Err(_) => build_automaton(&folded),
+                    Err(_) => build_automaton(&strings, meta.len()),
                 };
                 (automaton, grams)
             })
         } else {
-            (build_automaton(&folded), build_grams(&folded))
+            (
+                build_automaton(&strings, meta.len()),
+                build_grams(&strings, meta.len()),
+            )
         };
         tracing::debug!(
             "indexed {} keywords: folded in {:?}, automaton and {} n-grams in {:?}",
@@ -304,9 +299,8 @@ impl Index {
             started.elapsed() - folded_at
         );
         Index {
-            texts,
+            strings,
             meta,
-            folded,
             by_length,
             exact,
             automaton,
@@ -327,12 +321,17 @@ impl Index {
 
     /// Keyword `id` (from [`Ranked::ids`]) as written in the file.
     pub fn keyword(&self, id: u32) -> &str {
-        self.texts.get(2 * id as usize)
+        self.strings.get(3 * id as usize + 1)
     }
 
     /// The answer of keyword `id`.
     pub fn answer(&self, id: u32) -> &str {
-        self.texts.get(2 * id as usize + 1)
+        self.strings.get(3 * id as usize + 2)
+    }
+
+    /// Folded keyword `id`.
+    fn folded(&self, id: usize) -> &str {
+        self.strings.get(3 * id)
     }
 
     /// The ranked matches of `query`, which must already be case-folded and non-empty.
@@ -402,8 +401,8 @@ impl Index {
     /// Keywords strictly longer than `query` (of `chars` characters, at least two) that
     /// contain it, in result order (ascending id), lazily.
     ///
-    /// The candidates are the ids in both of the two shortest posting lists of the query's
-    /// n-grams: the shortest is walked and the other searched forward from where the last
+    /// The candidates are the ids in the posting lists of both the query's first and last
+    /// trigram: the shorter list is walked and the other searched forward from where the last
     /// search stopped (galloping, so a long second list costs little). Survivors of a query of
     /// four or more characters get a substring check; for two or three characters the one
     /// n-gram *is* the query.
@@ -426,14 +425,14 @@ impl Index {
             chars <= 3
                 || finder
                     .get_or_insert_with(|| memmem::Finder::new(query.as_bytes()))
-                    .find(self.folded.get(id as usize).as_bytes())
+                    .find(self.folded(id as usize).as_bytes())
                     .is_some()
         })
     }
 
-    /// The shortest and the second shortest posting list of the query's n-grams: its bigram
-    /// for two characters, otherwise the trigrams starting at every third character and the
-    /// last one. `None`: one of them occurs in no keyword, so nothing contains the query.
+    /// The posting lists to intersect, shorter first: the query's bigram for two characters,
+    /// otherwise its first and last trigram. `None`: one of them occurs in no keyword, so
+    /// nothing contains the query.
     fn shortest_lists(&self, query: &str, chars: usize) -> Option<(&[u32], Option<&[u32]>)> {
         let posting = |key: u64| self.grams.get(key);
         let mut it = query.chars();
@@ -441,32 +440,24 @@ impl Index {
         if chars == 2 {
             return Some((posting(bigram(a, b))?, None));
         }
-        let (mut x, mut y) = (a, b);
-        let mut first: Option<&[u32]> = None;
-        let mut second: Option<&[u32]> = None;
-        // Every third trigram and the last: they cover the query, and each lookup is a cache
-        // miss or two in a large index, so looking up all of them costs more than the few
-        // extra candidates the skipped ones would have ruled out.
-        let last = chars - 3;
-        for (i, z) in it.enumerate() {
-            let key = trigram(x, y, z);
-            (x, y) = (y, z);
-            if i % 3 != 0 && i != last {
-                continue;
-            }
-            let list = posting(key)?;
-            let same = |l: Option<&[u32]>| l.is_some_and(|l| std::ptr::eq(l, list));
-            if same(first) || same(second) {
-                continue;
-            }
-            if first.is_none_or(|f| list.len() < f.len()) {
-                second = first;
-                first = Some(list);
-            } else if second.is_none_or(|s| list.len() < s.len()) {
-                second = Some(list);
-            }
+        // The first and the last trigram. Every lookup is a cache miss or two in a large
+        // index, so looking up more of them costs more than the few candidates they would
+        // rule out before the substring check.
+        let c = it.next()?;
+        let head = posting(trigram(a, b, c))?;
+        if chars == 3 {
+            return Some((head, None));
         }
-        Some((first?, second))
+        let mut tail = query.chars().rev();
+        let (z, y, x) = (tail.next()?, tail.next()?, tail.next()?);
+        let end = posting(trigram(x, y, z))?;
+        Some(if std::ptr::eq(head, end) {
+            (head, None)
+        } else if end.len() < head.len() {
+            (end, Some(head))
+        } else {
+            (head, Some(end))
+        })
     }
 }
 
@@ -488,8 +479,8 @@ const PARALLEL_BUILD: usize = 10_000;
 
 /// The Aho-Corasick automaton over the folded keywords (pattern `i` is keyword `i`), or
 /// `None` when there are none (or, in theory, too many for the automaton's limits).
-fn build_automaton(keywords: &Arena) -> Option<AhoCorasick> {
-    if keywords.bounds.len() < 2 {
+fn build_automaton(strings: &Arena, n: usize) -> Option<AhoCorasick> {
+    if n == 0 {
         return None;
     }
     AhoCorasick::builder()
@@ -497,7 +488,10 @@ fn build_automaton(keywords: &Arena) -> Option<AhoCorasick> {
         // The contiguous NFA builds fast and stays compact at 100,000 patterns; a DFA would
         // take seconds and hundreds of megabytes to build.
         .kind(Some(AhoCorasickKind::ContiguousNFA))
-        .build(keywords.iter())
+        // Keywords start with nearly every byte a query holds, so a prefilter would only
+        // add work (measured: 10–20% slower queries).
+        .prefilter(false)
+        .build((0..n).map(|id| strings.get(3 * id)))
         .inspect_err(|e| {
             tracing::warn!(
                 "cannot build the keyword automaton ({e}): keywords inside longer queries \
@@ -508,8 +502,8 @@ fn build_automaton(keywords: &Arena) -> Option<AhoCorasick> {
 }
 
 /// The n-gram index of the folded keywords.
-fn build_grams(keywords: &Arena) -> Grams {
-    Grams::build(keywords.iter(), keywords.text.len())
+fn build_grams(strings: &Arena, n: usize) -> Grams {
+    Grams::build((0..n).map(|id| strings.get(3 * id)), strings.text.len() / 3)
 }
 
 /// The reference the index must agree with: every keyword classified by a linear scan.
@@ -517,7 +511,8 @@ fn build_grams(keywords: &Arena) -> Grams {
 pub fn naive_search(index: &Index, query: &str) -> Vec<u32> {
     let chars = query.chars().count();
     let mut hits: Vec<(u8, i64, u32, u32)> = Vec::new();
-    for (id, kw) in index.folded.iter().enumerate() {
+    for id in 0..index.len() {
+        let kw = index.folded(id);
         let m = index.meta[id];
         let id = id as u32;
         let len = i64::from(m.chars);

@@ -199,16 +199,26 @@ impl Knowledge {
                 Lang::Zh => format!("查询内容过长: {} 字节 (最多 {MAX_QUERY})", query.len()),
             };
         }
-        let folded = fold::fold(query);
         let index = self.shared.index.load();
-        let ranked = index.search(&folded);
+        let ranked = FOLDED.with_borrow_mut(|folded| {
+            fold::fold_into(query, folded);
+            let ranked = index.search(folded);
+            // Keep a buffer for the next query, but not one a huge query left behind.
+            if folded.capacity() > 4096 {
+                *folded = String::new();
+            }
+            ranked
+        });
         let Some((&best, others)) = ranked.ids().split_first() else {
             return match lang {
                 Lang::En => format!("not found: {}", echo(query)),
                 Lang::Zh => NOT_FOUND_ZH.to_owned(),
             };
         };
-        let mut reply = String::from(index.answer(best));
+        let answer = index.answer(best);
+        let see_also: usize = others.iter().map(|&id| index.keyword(id).len() + 2).sum();
+        let mut reply = String::with_capacity(answer.len() + see_also + 13);
+        reply.push_str(answer);
         if !others.is_empty() {
             reply.push_str(" (see also: ");
             for (i, &id) in others.iter().enumerate() {
@@ -221,6 +231,11 @@ impl Knowledge {
         }
         reply
     }
+}
+
+thread_local! {
+    /// The folded query, reused from one query to the next on each thread.
+    static FOLDED: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
 }
 
 /// `query` as repeated in a `not found:` reply: at most [`ECHO_CHARS`] characters (then `…`),
