@@ -31,6 +31,7 @@ use memchr::memmem;
 
 use super::fold::fold_into;
 use super::grams::{Grams, bigram, trigram};
+use super::inside::Inside;
 use super::parse::{Entry, Parsed};
 
 /// How many ranked matches a search returns: the best one and up to three more.
@@ -121,10 +122,15 @@ pub struct Index {
     /// `longest + 1`).
     by_length: Vec<u32>,
     exact: FxMap<Box<str>, u32>,
-    /// Pattern `i` is keyword `i`. `None` when there are no keywords.
+    /// Keywords inside short queries (see [`Inside::affordable`]).
+    inside: Inside,
+    /// Pattern `i` is keyword `i`: keywords inside longer queries. `None` when there are no
+    /// keywords.
     automaton: Option<AhoCorasick>,
     /// n-gram → ids of the keywords containing it.
     grams: Grams,
+    /// The shortest keyword, in characters.
+    shortest: usize,
     /// The longest keyword, in characters.
     longest: usize,
 }
@@ -273,22 +279,32 @@ impl Index {
         let folded_at = started.elapsed();
         // The automaton takes most of the time for a large knowledge base: build it on a
         // second thread while this one builds the n-gram index.
-        let (automaton, grams) = if meta.len() >= PARALLEL_BUILD {
+        let shortest = meta.first().map_or(0, |m| m.chars as usize);
+        let build_inside = || {
+            Inside::build(
+                (0..meta.len()).map(|id| strings.get(3 * id)),
+                shortest,
+                longest,
+            )
+        };
+        let (automaton, grams, inside) = if meta.len() >= PARALLEL_BUILD {
             std::thread::scope(|scope| {
                 let worker = std::thread::Builder::new()
                     .name("lookup-index".into())
                     .spawn_scoped(scope, || build_automaton(&strings, meta.len()));
                 let grams = build_grams(&strings, meta.len());
+                let inside = build_inside();
                 let automaton = match worker {
                     Ok(handle) => handle.join().ok().flatten(),
                     Err(_) => build_automaton(&strings, meta.len()),
                 };
-                (automaton, grams)
+                (automaton, grams, inside)
             })
         } else {
             (
                 build_automaton(&strings, meta.len()),
                 build_grams(&strings, meta.len()),
+                build_inside(),
             )
         };
         tracing::debug!(
@@ -304,7 +320,9 @@ impl Index {
             by_length,
             exact,
             automaton,
+            inside,
             grams,
+            shortest,
             longest,
         }
     }
@@ -338,7 +356,6 @@ impl Index {
     pub fn search(&self, query: &str) -> Ranked {
         let mut ranked = Ranked::default();
         let chars = query.chars().count();
-        let shortest = self.meta.first().map_or(0, |m| m.chars as usize);
         // The exact keyword, and the best keywords contained in the query (longest first,
         // ties in file order). The automaton reports the exact keyword too, as the match
         // spanning the whole query, which spares a hash lookup (a cache miss in a large
@@ -346,34 +363,40 @@ impl Index {
         let mut exact = None;
         let mut best = [0u32; RESULTS];
         let mut n = 0;
-        match &self.automaton {
-            Some(ac) if chars >= 2 && chars >= shortest => {
-                for m in ac.find_overlapping_iter(query) {
-                    let id = m.pattern().as_u32();
-                    if m.start() == 0 && m.end() == query.len() {
-                        exact = Some(id);
-                        continue;
-                    }
-                    if best[..n].contains(&id) {
-                        continue;
-                    }
-                    let key = |id: u32| {
-                        let m = self.meta[id as usize];
-                        (std::cmp::Reverse(m.chars), m.order)
-                    };
-                    let mine = key(id);
-                    let at = best[..n].iter().position(|&o| mine < key(o)).unwrap_or(n);
-                    if at < RESULTS {
-                        best.copy_within(at..RESULTS - 1, at + 1);
-                        best[at] = id;
-                        n = (n + 1).min(RESULTS);
-                    }
-                }
+        let mut found = |start: usize, end: usize, id: u32| {
+            if start == 0 && end == query.len() {
+                exact = Some(id);
+                return;
             }
+            if best[..n].contains(&id) {
+                return;
+            }
+            let key = |id: u32| {
+                let m = self.meta[id as usize];
+                (std::cmp::Reverse(m.chars), m.order)
+            };
+            let mine = key(id);
+            let at = best[..n].iter().position(|&o| mine < key(o)).unwrap_or(n);
+            if at < RESULTS {
+                best.copy_within(at..RESULTS - 1, at + 1);
+                best[at] = id;
+                n = (n + 1).min(RESULTS);
+            }
+        };
+        if chars < 2 {
+            exact = self.exact.get(query).copied();
+        } else if chars < self.shortest {
             // Shorter than every keyword: nothing equals it or lies inside it.
-            Some(_) if chars >= 2 => {}
-            // One character, or no automaton (it could not be built).
-            _ => exact = self.exact.get(query).copied(),
+        } else if self.inside.affordable(chars) {
+            self.inside
+                .search(query, |id| self.folded(id as usize), &mut found);
+        } else if let Some(ac) = &self.automaton {
+            for m in ac.find_overlapping_iter(query) {
+                found(m.start(), m.end(), m.pattern().as_u32());
+            }
+        } else {
+            // The automaton could not be built: the exact keyword at least.
+            exact = self.exact.get(query).copied();
         }
         if let Some(id) = exact {
             ranked.push(id);

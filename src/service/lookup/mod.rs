@@ -22,6 +22,7 @@
 pub mod fold;
 pub mod grams;
 pub mod index;
+pub mod inside;
 pub mod parse;
 
 use std::path::{Path, PathBuf};
