@@ -48,13 +48,13 @@ pub struct Inside {
 
 /// One step of the rolling hash: the hash of a string extended by `c`.
 #[inline]
-fn step(h: u64, c: char) -> u64 {
+pub(super) fn step(h: u64, c: char) -> u64 {
     (h.rotate_left(5) ^ u64::from(c)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95)
 }
 
 /// The final mix of a rolling hash, so all its bits depend on every character.
 #[inline]
-fn mix(h: u64) -> u64 {
+pub(super) fn mix(h: u64) -> u64 {
     let h = (h ^ (h >> 33)).wrapping_mul(0xff51_afd7_ed55_8ccd);
     let h = (h ^ (h >> 33)).wrapping_mul(0xc4ce_b9fe_1a85_ec53);
     h ^ (h >> 33)

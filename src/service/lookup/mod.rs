@@ -24,6 +24,7 @@ pub mod grams;
 pub mod index;
 pub mod inside;
 pub mod parse;
+pub mod within;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
