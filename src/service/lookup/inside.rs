@@ -8,12 +8,12 @@
 //!
 //! - a **filter**: a blocked Bloom filter of 64-bit words. For every keyword, each of its
 //!   prefixes at least as long as the shortest keyword sets a *prefix* bit, and the whole
-//!   keyword sets a *keyword* bit, both in the word its hash picks;
+//!   keyword sets two *keyword* bits, all in the word its hash picks;
 //! - a **table**: open addressing from the keyword's hash to its id, with a 32-bit fingerprint
 //!   in each slot.
 //!
 //! A search extends a rolling hash from every start position of the query one character at a
-//! time. From the shortest keyword's length on, it reads the filter word: the keyword bit sends
+//! time. From the shortest keyword's length on, it reads the filter word: the keyword bits send
 //! it to the table, where a candidate's text is compared with the substring (so hash
 //! collisions never produce a false match), and a clear prefix bit means no keyword starts with
 //! this substring, which ends the extension. The filter has no false negatives, so every
@@ -60,10 +60,11 @@ pub(super) fn mix(h: u64) -> u64 {
     h ^ (h >> 33)
 }
 
-/// The prefix and keyword bits of mixed hash `m` within its filter word.
+/// The prefix mark (one bit) and the keyword mark (two bits, so that a false keyword mark,
+/// which costs a table probe, is rare) of mixed hash `m` within its filter word.
 #[inline]
 fn marks(m: u64) -> (u64, u64) {
-    (1 << (m & 63), 1 << ((m >> 6) & 63))
+    (1 << (m & 63), (1 << ((m >> 6) & 63)) | (1 << ((m >> 12) & 63)))
 }
 
 impl Inside {
@@ -117,7 +118,7 @@ impl Inside {
     }
 
     fn word(&self, m: u64) -> usize {
-        // The top bits pick the word, the low 12 bits the marks within it.
+        // The top bits pick the word, the low 18 bits the marks within it.
         (m >> self.filter_shift) as usize
     }
 
@@ -157,7 +158,7 @@ impl Inside {
                 let m = mix(h);
                 let bits = self.filter[self.word(m)];
                 let (prefix, keyword) = marks(m);
-                if bits & keyword != 0 {
+                if bits & keyword == keyword {
                     let end = start + offset + c.len_utf8();
                     let text = &query[start..end];
                     let mut i = self.home(m);
