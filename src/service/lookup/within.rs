@@ -16,11 +16,11 @@ use super::inside::{mix, step};
 
 /// The shortest substring held; shorter queries skip the filter (one n-gram list answers
 /// them).
-pub const SHORTEST: usize = 4;
+pub const SHORTEST: usize = 5;
 /// The longest substring held.
-pub const LONGEST: usize = 8;
+pub const LONGEST: usize = 5;
 /// Bits of filter per substring held; a power of two.
-const BITS_PER_ENTRY: usize = 4;
+const BITS_PER_ENTRY: usize = 8;
 /// The largest filter, in bytes.
 const MAX_BYTES: usize = 4 << 20;
 
