@@ -4,12 +4,16 @@
 //! way, so matching is plain substring containment of folded text. Three structures answer the
 //! three kinds of match:
 //!
-//! - **exact**: the automaton below reports the keyword equal to the query as the match that
-//!   spans all of it; a hash map from folded keyword to entry serves one-character queries
-//!   (which skip the automaton) and finds duplicates while loading;
-//! - **keyword contained in the query**: an Aho-Corasick automaton over all folded keywords,
-//!   run over the folded query with overlapping matches, so every keyword occurring anywhere
-//!   in it is reported (in time linear in the query plus the matches);
+//! - **exact**: the search for keywords inside the query (below) reports the keyword equal to
+//!   the query as the match that spans all of it; a hash map from folded keyword to entry
+//!   serves one-character queries (which skip that search) and finds duplicates while loading;
+//! - **keyword contained in the query**: for short queries, [`Inside`]: hashes of the query's
+//!   substrings checked against a Bloom filter that fits in the L2 cache and then against a
+//!   table of keyword hashes, a few cache lines per query. For long queries (where that would
+//!   cost more probes than [`Inside::affordable`] allows), an Aho-Corasick automaton over all
+//!   folded keywords, run over the folded query with overlapping matches (in time linear in
+//!   the query plus the matches; megabytes in a large knowledge base, so a cache miss per
+//!   character). Either reports every keyword occurring anywhere in the query;
 //! - **query contained in a keyword**: an n-gram index. Every keyword's character trigrams
 //!   (and bigrams, for two-character queries) map to posting lists of the keywords containing
 //!   them. A keyword containing the query contains all of its n-grams, so the candidates are
@@ -17,7 +21,9 @@
 //!   substring search. Entries are numbered in result order (shortest keyword first, then file
 //!   order), so posting lists are plain sorted id arrays in that order and the walk stops as
 //!   soon as enough verified matches are found. This search is skipped when the query is
-//!   longer than the longest keyword, or a single character.
+//!   longer than the longest keyword, or a single character, or when [`Within`] (a Bloom
+//!   filter of the keywords' five-character substrings) shows that no keyword contains it,
+//!   which spares most queries that match nothing the n-gram index's cache misses.
 //!
 //! Ranking: the exact keyword; then keywords contained in the query, longest first; then
 //! keywords containing the query, shortest first; ties in file order. Lengths count
@@ -32,8 +38,8 @@ use memchr::memmem;
 use super::fold::fold_into;
 use super::grams::{Grams, bigram, trigram};
 use super::inside::Inside;
-use super::within::Within;
 use super::parse::{Entry, Parsed};
+use super::within::Within;
 
 /// How many ranked matches a search returns: the best one and up to three more.
 pub const RESULTS: usize = 4;
@@ -637,6 +643,20 @@ mod tests {
         let ix = index("mtu\tmax\n");
         let long = format!("{} MTU {}", "x".repeat(5000), "y".repeat(5000));
         assert_eq!(texts(&ix, &long), ["mtu"]);
+    }
+
+    #[test]
+    fn long_queries_use_the_automaton_and_agree_with_a_linear_scan() {
+        let ix = index("mtu\t1\nip\t2\nnat\t3\nip address\t4\nmtu size\t5\n");
+        let long = format!(
+            "{} what is the MTU size of an IP address {}",
+            "x".repeat(3000),
+            "y"
+        );
+        assert!(!ix.inside.affordable(long.chars().count()));
+        let folded = fold(&long);
+        assert_eq!(ix.search(&folded).ids(), naive_search(&ix, &folded));
+        assert_eq!(texts(&ix, &long), ["ip address", "mtu size", "mtu", "ip"]);
     }
 
     #[test]

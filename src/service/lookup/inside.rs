@@ -64,7 +64,10 @@ pub(super) fn mix(h: u64) -> u64 {
 /// which costs a table probe, is rare) of mixed hash `m` within its filter word.
 #[inline]
 fn marks(m: u64) -> (u64, u64) {
-    (1 << (m & 63), (1 << ((m >> 6) & 63)) | (1 << ((m >> 12) & 63)))
+    (
+        1 << (m & 63),
+        (1 << ((m >> 6) & 63)) | (1 << ((m >> 12) & 63)),
+    )
 }
 
 impl Inside {
@@ -188,16 +191,30 @@ mod tests {
     use super::*;
 
     fn all(keywords: &[&str], query: &str) -> Vec<(usize, usize, u32)> {
-        let shortest = keywords.iter().map(|k| k.chars().count()).min().unwrap_or(0);
-        let longest = keywords.iter().map(|k| k.chars().count()).max().unwrap_or(0);
-        search(&Inside::build(keywords.iter().copied(), shortest, longest), keywords, query)
+        let shortest = keywords
+            .iter()
+            .map(|k| k.chars().count())
+            .min()
+            .unwrap_or(0);
+        let longest = keywords
+            .iter()
+            .map(|k| k.chars().count())
+            .max()
+            .unwrap_or(0);
+        search(
+            &Inside::build(keywords.iter().copied(), shortest, longest),
+            keywords,
+            query,
+        )
     }
 
     fn search(inside: &Inside, keywords: &[&str], query: &str) -> Vec<(usize, usize, u32)> {
         let mut hits = Vec::new();
-        inside.search(query, |id| keywords[id as usize], |s, e, id| {
-            hits.push((s, e, id))
-        });
+        inside.search(
+            query,
+            |id| keywords[id as usize],
+            |s, e, id| hits.push((s, e, id)),
+        );
         hits.sort();
         hits
     }

@@ -186,7 +186,7 @@ impl Knowledge {
 
     /// The one-line reply to `query` (see the module documentation for the texts).
     pub fn answer(&self, query: &str, lang: Lang) -> String {
-        let mut reply = String::new();
+        let mut reply = String::with_capacity(128);
         self.answer_into(query, lang, &mut reply);
         reply
     }

@@ -2,29 +2,31 @@
 //!
 //! The n-gram search of a query costs a handful of cache misses in a large knowledge base (two
 //! table slots and the start of two posting lists), and for a query that matches nothing all
-//! of them are wasted. This Bloom filter holds every keyword substring of [`SHORTEST`] to
-//! [`LONGEST`] characters. A keyword containing a query contains the query's first and last
-//! [`LONGEST`] characters (the whole query, when shorter), so when the filter lacks either,
-//! no keyword contains the query; otherwise the n-gram search decides. One or two filter words
-//! answer, instead of several lines spread over megabytes.
+//! of them are wasted. This Bloom filter holds every keyword substring of [`LEN`] characters.
+//! A keyword containing a query contains the query's first and last [`LEN`] characters, so
+//! when the filter lacks either, no keyword contains the query; otherwise the n-gram search
+//! decides. One or two filter words answer, instead of several lines spread over megabytes.
+//!
+//! Why five: shorter substrings are too common to rule much out (a fifth of all four-letter
+//! strings occur in 100,000 random keywords), and holding several lengths would make the
+//! filter bigger (one entry per length and position) and so more often out of the cache
+//! (measured: holding lengths 4 to 8 made hits slower). Queries shorter than five characters
+//! skip the filter.
 //!
 //! The filter is a blocked Bloom filter: two bits in the 64-bit word its hash picks. Its size
-//! is capped at [`MAX_BYTES`]; a knowledge base of very long keywords saturates it, which only
+//! is capped at 4 MiB; a knowledge base of very long keywords saturates it, which only
 //! makes it pass everything (the n-gram search still answers exactly).
 
 use super::inside::{mix, step};
 
-/// The shortest substring held; shorter queries skip the filter (one n-gram list answers
-/// them).
-pub const SHORTEST: usize = 5;
-/// The longest substring held.
-pub const LONGEST: usize = 5;
+/// The length of the substrings held, in characters; shorter queries skip the filter.
+pub const LEN: usize = 5;
 /// Bits of filter per substring held; a power of two.
 const BITS_PER_ENTRY: usize = 8;
 /// The largest filter, in bytes.
 const MAX_BYTES: usize = 4 << 20;
 
-/// Keyword substrings of [`SHORTEST`] to [`LONGEST`] characters; see the module documentation.
+/// Keyword substrings of [`LEN`] characters; see the module documentation.
 #[derive(Debug)]
 pub struct Within {
     words: Vec<u64>,
@@ -43,10 +45,7 @@ impl Within {
     pub fn build<'a>(keywords: impl Iterator<Item = &'a str> + Clone) -> Within {
         let entries: usize = keywords
             .clone()
-            .map(|k| {
-                let n = k.chars().count();
-                (SHORTEST..=LONGEST).map(|l| (n + 1).saturating_sub(l)).sum::<usize>()
-            })
+            .map(|k| (k.chars().count() + 1).saturating_sub(LEN))
             .sum();
         let words = (entries * BITS_PER_ENTRY / 64)
             .next_power_of_two()
@@ -59,16 +58,10 @@ impl Within {
         for k in keywords {
             chars.clear();
             chars.extend(k.chars());
-            for start in 0..chars.len() {
-                let mut h = 0;
-                for (n, &c) in chars[start..].iter().take(LONGEST).enumerate() {
-                    h = step(h, c);
-                    if n + 1 >= SHORTEST {
-                        let m = mix(h);
-                        let word = within.word(m);
-                        within.words[word] |= bits(m);
-                    }
-                }
+            for window in chars.windows(LEN) {
+                let m = mix(window.iter().copied().fold(0, step));
+                let word = within.word(m);
+                within.words[word] |= bits(m);
             }
         }
         within
@@ -85,20 +78,20 @@ impl Within {
     }
 
     /// Whether some keyword may contain `query` (folded, of `chars` characters). `false` is
-    /// certain; `true` for every query shorter than [`SHORTEST`].
+    /// certain; `true` for every query shorter than [`LEN`].
     pub fn may_contain(&self, query: &str, chars: usize) -> bool {
-        if chars < SHORTEST {
+        if chars < LEN {
             return true;
         }
-        if chars <= LONGEST {
+        if chars == LEN {
             return self.holds(query.chars());
         }
         let last = query
             .char_indices()
             .rev()
-            .nth(LONGEST - 1)
+            .nth(LEN - 1)
             .map_or(0, |(at, _)| at);
-        self.holds(query.chars().take(LONGEST)) && self.holds(query[last..].chars())
+        self.holds(query.chars().take(LEN)) && self.holds(query[last..].chars())
     }
 }
 
@@ -129,7 +122,7 @@ mod tests {
             .filter(|i| within.may_contain(&format!("zq{i:04}"), 6))
             .count();
         assert!(passed < 100, "{passed} of 1000 passed");
-        // Long queries are checked by their first and last eight characters.
+        // Longer queries are checked by their first and last five characters.
         assert!(within.may_contain("kw00017x", 8));
         assert!(!within.may_contain("kw00017x-and-then-more", 22));
         assert!(!within.may_contain("and-then-kw00017x", 17));
