@@ -367,9 +367,9 @@ impl Index {
         let mut ranked = Ranked::default();
         let chars = query.chars().count();
         // The exact keyword, and the best keywords contained in the query (longest first,
-        // ties in file order). The automaton reports the exact keyword too, as the match
-        // spanning the whole query, which spares a hash lookup (a cache miss in a large
-        // index); the hash map serves one-character queries.
+        // ties in file order). Both searches for keywords inside the query report the exact
+        // keyword too, as the match spanning the whole query, which spares a hash lookup (a
+        // cache miss in a large index); the hash map serves one-character queries.
         let mut exact = None;
         let mut best = [0u32; RESULTS];
         let mut n = 0;
