@@ -4,12 +4,16 @@
 //! way, so matching is plain substring containment of folded text. Three structures answer the
 //! three kinds of match:
 //!
-//! - **exact**: the automaton below reports the keyword equal to the query as the match that
-//!   spans all of it; a hash map from folded keyword to entry serves one-character queries
-//!   (which skip the automaton) and finds duplicates while loading;
-//! - **keyword contained in the query**: an Aho-Corasick automaton over all folded keywords,
-//!   run over the folded query with overlapping matches, so every keyword occurring anywhere
-//!   in it is reported (in time linear in the query plus the matches);
+//! - **exact**: the search for keywords inside the query (below) reports the keyword equal to
+//!   the query as the match that spans all of it; a hash map from folded keyword to entry
+//!   serves one-character queries (which skip that search) and finds duplicates while loading;
+//! - **keyword contained in the query**: for short queries, [`Inside`]: hashes of the query's
+//!   substrings checked against a Bloom filter that fits in the L2 cache and then against a
+//!   table of keyword hashes, a few cache lines per query. For long queries (where that would
+//!   cost more probes than [`Inside::affordable`] allows), an Aho-Corasick automaton over all
+//!   folded keywords, run over the folded query with overlapping matches (in time linear in
+//!   the query plus the matches; megabytes in a large knowledge base, so a cache miss per
+//!   character). Either reports every keyword occurring anywhere in the query;
 //! - **query contained in a keyword**: an n-gram index. Every keyword's character trigrams
 //!   (and bigrams, for two-character queries) map to posting lists of the keywords containing
 //!   them. A keyword containing the query contains all of its n-grams, so the candidates are
@@ -17,7 +21,9 @@
 //!   substring search. Entries are numbered in result order (shortest keyword first, then file
 //!   order), so posting lists are plain sorted id arrays in that order and the walk stops as
 //!   soon as enough verified matches are found. This search is skipped when the query is
-//!   longer than the longest keyword, or a single character.
+//!   longer than the longest keyword, or a single character, or when [`Within`] (a Bloom
+//!   filter of the keywords' five-character substrings) shows that no keyword contains it,
+//!   which spares most queries that match nothing the n-gram index's cache misses.
 //!
 //! Ranking: the exact keyword; then keywords contained in the query, longest first; then
 //! keywords containing the query, shortest first; ties in file order. Lengths count
@@ -31,7 +37,9 @@ use memchr::memmem;
 
 use super::fold::fold_into;
 use super::grams::{Grams, bigram, trigram};
+use super::inside::Inside;
 use super::parse::{Entry, Parsed};
+use super::within::Within;
 
 /// How many ranked matches a search returns: the best one and up to three more.
 pub const RESULTS: usize = 4;
@@ -121,10 +129,17 @@ pub struct Index {
     /// `longest + 1`).
     by_length: Vec<u32>,
     exact: FxMap<Box<str>, u32>,
-    /// Pattern `i` is keyword `i`. `None` when there are no keywords.
+    /// Keywords inside short queries (see [`Inside::affordable`]).
+    inside: Inside,
+    /// Pattern `i` is keyword `i`: keywords inside longer queries. `None` when there are no
+    /// keywords.
     automaton: Option<AhoCorasick>,
     /// n-gram → ids of the keywords containing it.
     grams: Grams,
+    /// Rules out most queries no keyword contains before `grams` is read.
+    within: Within,
+    /// The shortest keyword, in characters.
+    shortest: usize,
     /// The longest keyword, in characters.
     longest: usize,
 }
@@ -273,22 +288,32 @@ impl Index {
         let folded_at = started.elapsed();
         // The automaton takes most of the time for a large knowledge base: build it on a
         // second thread while this one builds the n-gram index.
-        let (automaton, grams) = if meta.len() >= PARALLEL_BUILD {
+        let shortest = meta.first().map_or(0, |m| m.chars as usize);
+        let build_filters = || {
+            let folded = (0..meta.len()).map(|id| strings.get(3 * id));
+            (
+                Inside::build(folded.clone(), shortest, longest),
+                Within::build(folded),
+            )
+        };
+        let (automaton, grams, (inside, within)) = if meta.len() >= PARALLEL_BUILD {
             std::thread::scope(|scope| {
                 let worker = std::thread::Builder::new()
                     .name("lookup-index".into())
                     .spawn_scoped(scope, || build_automaton(&strings, meta.len()));
                 let grams = build_grams(&strings, meta.len());
+                let filters = build_filters();
                 let automaton = match worker {
                     Ok(handle) => handle.join().ok().flatten(),
                     Err(_) => build_automaton(&strings, meta.len()),
                 };
-                (automaton, grams)
+                (automaton, grams, filters)
             })
         } else {
             (
                 build_automaton(&strings, meta.len()),
                 build_grams(&strings, meta.len()),
+                build_filters(),
             )
         };
         tracing::debug!(
@@ -304,7 +329,10 @@ impl Index {
             by_length,
             exact,
             automaton,
+            inside,
             grams,
+            within,
+            shortest,
             longest,
         }
     }
@@ -338,42 +366,47 @@ impl Index {
     pub fn search(&self, query: &str) -> Ranked {
         let mut ranked = Ranked::default();
         let chars = query.chars().count();
-        let shortest = self.meta.first().map_or(0, |m| m.chars as usize);
         // The exact keyword, and the best keywords contained in the query (longest first,
-        // ties in file order). The automaton reports the exact keyword too, as the match
-        // spanning the whole query, which spares a hash lookup (a cache miss in a large
-        // index); the hash map serves one-character queries.
+        // ties in file order). Both searches for keywords inside the query report the exact
+        // keyword too, as the match spanning the whole query, which spares a hash lookup (a
+        // cache miss in a large index); the hash map serves one-character queries.
         let mut exact = None;
         let mut best = [0u32; RESULTS];
         let mut n = 0;
-        match &self.automaton {
-            Some(ac) if chars >= 2 && chars >= shortest => {
-                for m in ac.find_overlapping_iter(query) {
-                    let id = m.pattern().as_u32();
-                    if m.start() == 0 && m.end() == query.len() {
-                        exact = Some(id);
-                        continue;
-                    }
-                    if best[..n].contains(&id) {
-                        continue;
-                    }
-                    let key = |id: u32| {
-                        let m = self.meta[id as usize];
-                        (std::cmp::Reverse(m.chars), m.order)
-                    };
-                    let mine = key(id);
-                    let at = best[..n].iter().position(|&o| mine < key(o)).unwrap_or(n);
-                    if at < RESULTS {
-                        best.copy_within(at..RESULTS - 1, at + 1);
-                        best[at] = id;
-                        n = (n + 1).min(RESULTS);
-                    }
-                }
+        let mut found = |start: usize, end: usize, id: u32| {
+            if start == 0 && end == query.len() {
+                exact = Some(id);
+                return;
             }
+            if best[..n].contains(&id) {
+                return;
+            }
+            let key = |id: u32| {
+                let m = self.meta[id as usize];
+                (std::cmp::Reverse(m.chars), m.order)
+            };
+            let mine = key(id);
+            let at = best[..n].iter().position(|&o| mine < key(o)).unwrap_or(n);
+            if at < RESULTS {
+                best.copy_within(at..RESULTS - 1, at + 1);
+                best[at] = id;
+                n = (n + 1).min(RESULTS);
+            }
+        };
+        if chars < 2 {
+            exact = self.exact.get(query).copied();
+        } else if chars < self.shortest {
             // Shorter than every keyword: nothing equals it or lies inside it.
-            Some(_) if chars >= 2 => {}
-            // One character, or no automaton (it could not be built).
-            _ => exact = self.exact.get(query).copied(),
+        } else if self.inside.affordable(chars) {
+            self.inside
+                .search(query, |id| self.folded(id as usize), &mut found);
+        } else if let Some(ac) = &self.automaton {
+            for m in ac.find_overlapping_iter(query) {
+                found(m.start(), m.end(), m.pattern().as_u32());
+            }
+        } else {
+            // The automaton could not be built: the exact keyword at least.
+            exact = self.exact.get(query).copied();
         }
         if let Some(id) = exact {
             ranked.push(id);
@@ -385,7 +418,7 @@ impl Index {
             // A one-character query matches only the one-character keyword equal to it.
             return ranked;
         }
-        if ranked.is_full() || chars > self.longest {
+        if ranked.is_full() || chars > self.longest || !self.within.may_contain(query, chars) {
             return ranked;
         }
         // Keywords containing the query, shortest first, ties in file order.
@@ -613,6 +646,20 @@ mod tests {
     }
 
     #[test]
+    fn long_queries_use_the_automaton_and_agree_with_a_linear_scan() {
+        let ix = index("mtu\t1\nip\t2\nnat\t3\nip address\t4\nmtu size\t5\n");
+        let long = format!(
+            "{} what is the MTU size of an IP address {}",
+            "x".repeat(3000),
+            "y"
+        );
+        assert!(!ix.inside.affordable(long.chars().count()));
+        let folded = fold(&long);
+        assert_eq!(ix.search(&folded).ids(), naive_search(&ix, &folded));
+        assert_eq!(texts(&ix, &long), ["ip address", "mtu size", "mtu", "ip"]);
+    }
+
+    #[test]
     fn an_empty_index_matches_nothing() {
         let ix = index("# nothing\n");
         assert_eq!(ix.len(), 0);
@@ -634,8 +681,8 @@ mod tests {
 
         #[test]
         fn the_index_agrees_with_a_linear_scan(
-            keywords in proptest::collection::vec(word(6), 0..40),
-            queries in proptest::collection::vec(word(8), 1..20),
+            keywords in proptest::collection::vec(word(12), 0..40),
+            queries in proptest::collection::vec(word(14), 1..20),
         ) {
             let text: String = keywords
                 .iter()

@@ -22,8 +22,11 @@
 pub mod fold;
 pub mod grams;
 pub mod index;
+pub mod inside;
 pub mod parse;
+pub mod within;
 
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
@@ -183,21 +186,31 @@ impl Knowledge {
 
     /// The one-line reply to `query` (see the module documentation for the texts).
     pub fn answer(&self, query: &str, lang: Lang) -> String {
+        let mut reply = String::with_capacity(128);
+        self.answer_into(query, lang, &mut reply);
+        reply
+    }
+
+    /// [`Knowledge::answer`] written into `reply` (cleared first), so a caller answering many
+    /// queries can reuse one buffer.
+    pub fn answer_into(&self, query: &str, lang: Lang, reply: &mut String) {
+        reply.clear();
         let query = query.trim();
         if query.is_empty() {
-            return match lang {
-                Lang::En => EMPTY_EN.to_owned(),
-                Lang::Zh => EMPTY_ZH.to_owned(),
-            };
+            reply.push_str(match lang {
+                Lang::En => EMPTY_EN,
+                Lang::Zh => EMPTY_ZH,
+            });
+            return;
         }
         if query.len() > MAX_QUERY {
-            return match lang {
-                Lang::En => format!(
-                    "query too long: {} bytes (at most {MAX_QUERY})",
-                    query.len()
-                ),
-                Lang::Zh => format!("查询内容过长: {} 字节 (最多 {MAX_QUERY})", query.len()),
+            let n = query.len();
+            // Writing to a String cannot fail.
+            let _ = match lang {
+                Lang::En => write!(reply, "query too long: {n} bytes (at most {MAX_QUERY})"),
+                Lang::Zh => write!(reply, "查询内容过长: {n} 字节 (最多 {MAX_QUERY})"),
             };
+            return;
         }
         let index = self.shared.index.load();
         let ranked = FOLDED.with_borrow_mut(|folded| {
@@ -210,15 +223,16 @@ impl Knowledge {
             ranked
         });
         let Some((&best, others)) = ranked.ids().split_first() else {
-            return match lang {
-                Lang::En => format!("not found: {}", echo(query)),
-                Lang::Zh => NOT_FOUND_ZH.to_owned(),
-            };
+            match lang {
+                Lang::En => {
+                    reply.push_str("not found: ");
+                    echo_into(query, reply);
+                }
+                Lang::Zh => reply.push_str(NOT_FOUND_ZH),
+            }
+            return;
         };
-        let answer = index.answer(best);
-        let see_also: usize = others.iter().map(|&id| index.keyword(id).len() + 2).sum();
-        let mut reply = String::with_capacity(answer.len() + see_also + 13);
-        reply.push_str(answer);
+        reply.push_str(index.answer(best));
         if !others.is_empty() {
             reply.push_str(" (see also: ");
             for (i, &id) in others.iter().enumerate() {
@@ -229,7 +243,6 @@ impl Knowledge {
             }
             reply.push(')');
         }
-        reply
     }
 }
 
@@ -238,10 +251,9 @@ thread_local! {
     static FOLDED: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
 }
 
-/// `query` as repeated in a `not found:` reply: at most [`ECHO_CHARS`] characters (then `…`),
-/// control characters escaped so the reply stays one harmless line.
-fn echo(query: &str) -> String {
-    let mut out = String::with_capacity(query.len().min(4 * ECHO_CHARS) + 3);
+/// Appends `query` as repeated in a `not found:` reply: at most [`ECHO_CHARS`] characters
+/// (then `…`), control characters escaped so the reply stays one harmless line.
+fn echo_into(query: &str, out: &mut String) {
     for (i, c) in query.chars().enumerate() {
         if i == ECHO_CHARS {
             out.push('…');
@@ -253,7 +265,6 @@ fn echo(query: &str) -> String {
             out.push(c);
         }
     }
-    out
 }
 
 /// Indexes `text`, logging its malformed lines as `NAME:LINE: why`.
@@ -326,6 +337,8 @@ impl Lookup {
 pub struct LookupSession {
     knowledge: Knowledge,
     lang: Lang,
+    /// The reply being built, reused from one message to the next.
+    reply: String,
 }
 
 impl Service for Lookup {
@@ -335,6 +348,7 @@ impl Service for Lookup {
         LookupSession {
             knowledge: self.knowledge.clone(),
             lang: self.lang,
+            reply: String::new(),
         }
     }
 
@@ -346,7 +360,14 @@ impl Service for Lookup {
 impl Session for LookupSession {
     async fn on_message(&mut self, msg: Message, out: &mut Outbox) {
         let query = String::from_utf8_lossy(msg.body());
-        out.send(Message::text(self.knowledge.answer(&query, self.lang)));
+        self.knowledge
+            .answer_into(&query, self.lang, &mut self.reply);
+        // One allocation of exactly the reply's size, which the message takes over as is.
+        out.send(Message::text(self.reply.as_str()));
+        // Keep a buffer for the next reply, but not one an unusually long reply left behind.
+        if self.reply.capacity() > 4096 {
+            self.reply = String::new();
+        }
     }
 }
 
