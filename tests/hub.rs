@@ -464,3 +464,23 @@ fn over_udp_chat_enters_a_room_and_quit_comes_back_to_the_commands() {
     assert_eq!(ask(&b, "echo a command again"), "a command again");
     server.stop();
 }
+
+#[test]
+fn invalid_utf8_and_oversized_lines_do_not_disturb_the_hub() {
+    let server = hub(&["--max-line", "1K"]);
+    let (mut c, _) = Client::greeted(server.addr);
+    // Invalid UTF-8: a command still works on what can be read, anything else gets a receipt.
+    c.writer.write_all(b"echo caf\xff\n").unwrap();
+    assert_eq!(c.line(), "caf\u{fffd}");
+    c.writer.write_all(b"\xfe\xff\n").unwrap();
+    assert_receipt(&c.line(), 2);
+    c.writer.write_all(b"lookup \xff\xff\n").unwrap();
+    assert!(c.line().starts_with("not found"));
+    // An endless line closes that one connection with an error; others carry on.
+    let (mut other, _) = Client::greeted(server.addr);
+    other.writer.write_all(&[b'x'; 4096]).unwrap();
+    let notice = other.line();
+    assert!(notice.starts_with("error:"), "{notice}");
+    assert_eq!(c.ask("echo still here"), "still here");
+    server.stop();
+}
