@@ -12,6 +12,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use crate::error::ConfigError;
 
 pub mod addr;
+pub mod ip;
 
 pub use addr::{Address, Endpoint, PeerAddr, Scheme, UnixName};
 

@@ -37,6 +37,49 @@ pub enum Command {
     Bench(BenchArgs),
     /// Manage the users file that `sockit serve --login` checks passwords against.
     User(UserArgs),
+    /// Describe IP addresses and prefixes: kinds, class, forms, network and host range.
+    ///
+    /// For each ADDR: version, canonical form (IPv6 also expanded), historic class (IPv4),
+    /// every special-purpose kind that applies, and the IPv4 address inside IPv4-mapped,
+    /// NAT64, 6to4 and Teredo addresses; with a /PREFIX also the network, netmask, wildcard,
+    /// broadcast (IPv4), first and last host, host count, and whether ADDR is the network
+    /// address or a host. If any ADDR is invalid, every invalid one is reported and nothing
+    /// else is printed (exit status 2).
+    Ip(IpArgs),
+}
+
+/// `sockit ip`.
+#[derive(Debug, Args)]
+pub struct IpArgs {
+    /// Addresses, IPv4 or IPv6, each optionally with a prefix length: 192.0.2.1,
+    /// 10.1.2.3/8, 2001:db8::1/64; answered in order
+    #[arg(value_name = "ADDR[/PREFIX]", required = true)]
+    pub addrs: Vec<String>,
+    /// One JSON object per address, one per line
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl IpArgs {
+    /// Every input parsed; if any is invalid, the messages of all invalid ones, one per line.
+    pub fn inputs(&self) -> Result<Vec<sockit::net::ip::IpInput>, String> {
+        let (ok, bad): (Vec<_>, Vec<_>) = self
+            .addrs
+            .iter()
+            .map(|a| sockit::net::ip::parse_input(a))
+            .partition(Result::is_ok);
+        if bad.is_empty() {
+            Ok(ok.into_iter().flatten().collect())
+        } else {
+            let messages: Vec<String> = bad
+                .into_iter()
+                .filter_map(Result::err)
+                .map(|e| e.to_string())
+                .collect();
+            // clap prefixes the first line with "error: "; the others get the same prefix.
+            Err(messages.join("\nerror: "))
+        }
+    }
 }
 
 /// `sockit user`.
@@ -421,6 +464,7 @@ fn validate(cli: &Cli) -> Result<(), (&'static str, String)> {
             ("bench", a.target.is_udp(), a.target.framing)
         }
         Command::User(_) => return Ok(()),
+        Command::Ip(a) => return a.inputs().map(drop).map_err(|e| ("ip", e)),
     };
     if udp && framing.is_some_and(|f| f != Framing::Raw) {
         return Err((

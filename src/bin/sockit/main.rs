@@ -54,6 +54,7 @@ fn main() -> ExitCode {
             Command::Connect(args) => connect(args).await,
             Command::Bench(args) => bench(args).await,
             Command::User(args) => user(args).await,
+            Command::Ip(args) => ip(&args),
         }
     });
     // Do not wait on a thread still blocked reading a terminal.
@@ -615,4 +616,23 @@ fn finish_bench(
         Some(why) => bail!(why),
         None => Ok(()),
     }
+}
+
+/// `sockit ip`: one report per address, in order (arguments were validated by `cli::parse`).
+fn ip(args: &cli::IpArgs) -> Result<()> {
+    let inputs = args.inputs().map_err(anyhow::Error::msg)?;
+    let mut out = std::io::stdout().lock();
+    for (i, input) in inputs.iter().enumerate() {
+        let report = sockit::net::ip::report(input);
+        if args.json {
+            writeln!(out, "{}", serde_json::to_string(&report)?)?;
+        } else {
+            if i > 0 {
+                writeln!(out)?;
+            }
+            writeln!(out, "{report}")?;
+        }
+    }
+    out.flush()?;
+    Ok(())
 }
