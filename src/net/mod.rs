@@ -12,6 +12,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use crate::error::ConfigError;
 
 pub mod addr;
+pub mod lookup;
+pub mod services;
 
 pub use addr::{Address, Endpoint, PeerAddr, Scheme, UnixName};
 
