@@ -268,10 +268,7 @@ async fn probe_once(config: &PingConfig, seq: u64) -> Probe {
     let outcome = if config.udp {
         tokio::time::timeout(config.timeout, udp_probe(config.addr, seq)).await
     } else {
-        tokio::time::timeout(config.timeout, async {
-            TcpStream::connect(config.addr).await.map(drop)
-        })
-        .await
+        tokio::time::timeout(config.timeout, tcp_probe(config.addr)).await
     };
     let elapsed_ms = ms(began.elapsed().as_secs_f64() * 1e3);
     let mut probe = Probe {
@@ -305,6 +302,20 @@ async fn probe_once(config: &PingConfig, seq: u64) -> Probe {
     probe
 }
 
+/// Connects and closes. A loopback connection whose local address is its peer's is the
+/// kernel connecting the socket to itself (the port was closed and happened to be picked as
+/// the ephemeral port): no listener answered, so it counts as refused.
+async fn tcp_probe(addr: SocketAddr) -> io::Result<()> {
+    let stream = TcpStream::connect(addr).await?;
+    if stream.local_addr()? == stream.peer_addr()? {
+        return Err(io::Error::new(
+            io::ErrorKind::ConnectionRefused,
+            "self-connect: no listener",
+        ));
+    }
+    Ok(())
+}
+
 /// Sends `sockit ping seq=N` from a fresh socket and waits for any reply to it.
 async fn udp_probe(addr: SocketAddr, seq: u64) -> io::Result<()> {
     let local: SocketAddr = if addr.is_ipv4() {
@@ -316,6 +327,13 @@ async fn udp_probe(addr: SocketAddr, seq: u64) -> io::Result<()> {
     // Connected: replies from anyone else are filtered out, and an ICMP port unreachable
     // comes back as ECONNREFUSED.
     socket.connect(addr).await?;
+    if socket.local_addr()? == addr {
+        // Our own socket: it would answer itself.
+        return Err(io::Error::new(
+            io::ErrorKind::ConnectionRefused,
+            "self-connect: no listener",
+        ));
+    }
     socket
         .send(format!("sockit ping seq={seq}\n").as_bytes())
         .await?;

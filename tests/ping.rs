@@ -1,5 +1,5 @@
 //! `sockit ping` through the real binary, on loopback only: a live TCP port (a listener this
-//! test opens), a closed one (bound, then released) that refuses every probe and exits 1, and
+//! test opens), a closed one (bound, never listening) that refuses every probe and exits 1, and
 //! UDP against `sockit serve --udp --service echo`.
 
 mod common;
@@ -7,7 +7,7 @@ mod common;
 use std::net::{TcpListener, UdpSocket};
 
 use assert_cmd::cargo::cargo_bin_cmd;
-use common::{PATIENCE, ServeProcess, unused_port};
+use common::{PATIENCE, ServeProcess};
 use serde_json::Value;
 
 fn ping(args: &[&str]) -> std::process::Output {
@@ -74,7 +74,11 @@ fn a_live_port_answers_every_probe() {
 
 #[test]
 fn a_closed_port_is_refused_and_exits_1() {
-    let port = unused_port().to_string();
+    // Bound but not listening: connects are refused, and the port stays ours, so no other
+    // test's listener (nor a loopback self-connect) can take it while this test runs.
+    let closed = tokio::net::TcpSocket::new_v4().unwrap();
+    closed.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = closed.local_addr().unwrap().port().to_string();
     let out = ping(&["127.0.0.1", &port, "-c", "2", "-i", "0"]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let text = String::from_utf8(out.stdout.clone()).unwrap();
@@ -105,6 +109,7 @@ fn a_closed_port_is_refused_and_exits_1() {
     assert!(lines[0]["time_ms"].is_null());
     assert_eq!(lines[1]["loss_percent"], 100.0);
     assert!(lines[1]["avg_ms"].is_null());
+    drop(closed);
 }
 
 #[test]
@@ -125,6 +130,17 @@ fn udp_against_a_sockit_echo_service() {
         "{text}"
     );
     assert!(text.contains("udp ping statistics"), "{text}");
+    server.stop();
+
+    // The ack service answers with a receipt instead of the datagram: a reply all the same.
+    let server = ServeProcess::start(&["--udp", "--service", "ack"]);
+    let addr = format!("udp:{}", server.addr);
+    let out = ping(&[&addr, "-c", "2", "-i", "0", "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let lines = json_lines(&out);
+    assert_eq!(lines[0]["status"], "reply");
+    assert_eq!(lines[0]["protocol"], "udp");
+    assert_eq!(lines[2]["received"], 2);
     server.stop();
 }
 
