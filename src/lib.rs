@@ -26,7 +26,8 @@
 //! - [`client`]: `sockit connect`.
 //! - [`bench`](mod@bench): `sockit bench`, the load generator.
 //! - [`net`]: the address grammar (`HOST:PORT`, `udp:`, `unix:`, …), [`PeerAddr`], name
-//!   resolution.
+//!   resolution, the lookups behind `sockit resolve`, the service table behind `sockit port`.
+//! - [`ping`]: `sockit ping`, connect-time ping over TCP or UDP.
 //! - [`error`]: the library's error enums.
 //! - [`logging`]: a log sink that never blocks or crashes the process on a closed stderr.
 //!
@@ -41,6 +42,7 @@ pub mod error;
 pub mod logging;
 pub mod message;
 pub mod net;
+pub mod ping;
 pub mod server;
 pub mod service;
 pub mod shutdown;

@@ -13,6 +13,8 @@ use crate::error::ConfigError;
 
 pub mod addr;
 pub mod ip;
+pub mod lookup;
+pub mod services;
 
 pub use addr::{Address, Endpoint, PeerAddr, Scheme, UnixName};
 

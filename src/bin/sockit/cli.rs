@@ -46,6 +46,128 @@ pub enum Command {
     /// address or a host. If any ADDR is invalid, every invalid one is reported and nothing
     /// else is printed (exit status 2).
     Ip(IpArgs),
+    /// Look up well-known ports: the services on a port, or the port of a service.
+    ///
+    /// Also shows the port's IANA range and whether it is in this machine's ephemeral range.
+    Port(PortArgs),
+    /// Resolve names with the system resolver, addresses to names (-r), or --fqdn.
+    Resolve(ResolveArgs),
+    /// Connect-time ping: time TCP connects, or UDP round trips to a sockit echo/ack service.
+    Ping(PingArgs),
+}
+
+/// `sockit port`.
+#[derive(Debug, Args)]
+pub struct PortArgs {
+    /// Port numbers (0-65535) or service names (case-insensitive, aliases such as dns or www
+    /// accepted)
+    #[arg(value_name = "N|NAME", required = true, value_parser = parse_port_query)]
+    pub queries: Vec<(String, sockit::net::services::PortQuery)>,
+    /// One JSON object per port: port, range, ephemeral, services
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `sockit resolve`.
+#[derive(Debug, Args)]
+pub struct ResolveArgs {
+    /// Host names to resolve (with -r: IP addresses to look up)
+    #[arg(value_name = "NAME")]
+    pub names: Vec<String>,
+    /// Reverse lookup: the name registered for each address
+    #[arg(short = 'r', long)]
+    pub reverse: bool,
+    /// Print this machine's fully qualified host name
+    #[arg(long, conflicts_with_all = ["reverse", "names"])]
+    pub fqdn: bool,
+    /// One JSON object per name or address
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `sockit ping`.
+#[derive(Debug, Args)]
+pub struct PingArgs {
+    /// The host: a name or an address; or HOST:PORT, [V6]:PORT
+    #[arg(value_name = "HOST")]
+    pub host: String,
+    /// The port (1-65535)
+    #[arg(value_name = "PORT")]
+    pub port: Option<String>,
+    /// Probes to send
+    #[arg(short = 'c', long, value_name = "N", default_value_t = sockit::ping::DEFAULT_COUNT,
+          value_parser = parse_probe_count)]
+    pub count: u64,
+    /// Probe until Ctrl-C (which prints the summary)
+    #[arg(short = 't', long, conflicts_with = "count")]
+    pub forever: bool,
+    /// Seconds between probes (durations: 0.2, 500ms, 2s)
+    #[arg(short = 'i', long, value_name = "SECS", default_value = "1", value_parser = parse_secs)]
+    pub interval: Duration,
+    /// Seconds to wait for each connect or reply
+    #[arg(long, value_name = "SECS", default_value = "2", value_parser = parse_positive_secs)]
+    pub timeout: Duration,
+    /// Send a datagram to a sockit UDP echo or ack service and time the reply
+    #[arg(long)]
+    pub udp: bool,
+    /// One JSON object per probe, then one for the summary
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl PingArgs {
+    /// The validated target: host and a non-zero port.
+    pub fn target(&self) -> Result<(Host, u16), String> {
+        let address = parse_address(&self.host, self.port.as_deref(), None)?;
+        check_scheme(&address, &self.host, self.udp)?;
+        match address.endpoint {
+            Endpoint::Inet { port: 0, .. } => {
+                Err("port 0 cannot be pinged (ports are 1-65535)".into())
+            }
+            Endpoint::Inet { host, port } => Ok((host, port)),
+            Endpoint::Unix(_) => Err("unix sockets are not supported".into()),
+        }
+    }
+
+    /// UDP, by flag or by a `udp:` address.
+    pub fn is_udp(&self) -> bool {
+        self.udp || self.host.to_ascii_lowercase().starts_with("udp:")
+    }
+}
+
+fn parse_port_query(s: &str) -> Result<(String, sockit::net::services::PortQuery), String> {
+    sockit::net::services::parse_query(s).map(|q| (s.to_owned(), q))
+}
+
+fn parse_probe_count(s: &str) -> Result<u64, String> {
+    match s.parse::<u64>() {
+        Ok(0) => Err("must be at least 1 (use -t to probe until Ctrl-C)".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("'{s}' is not a whole number")),
+    }
+}
+
+/// Checks `resolve` arguments: names must be host names, `-r` arguments IP addresses.
+pub fn validate_resolve(args: &ResolveArgs) -> Result<(), String> {
+    if !args.fqdn && args.names.is_empty() {
+        return Err("give at least one NAME (or -r ADDR, or --fqdn)".into());
+    }
+    for name in &args.names {
+        if args.reverse {
+            let bare = name
+                .strip_prefix('[')
+                .and_then(|n| n.strip_suffix(']'))
+                .unwrap_or(name);
+            if bare.parse::<std::net::IpAddr>().is_err() {
+                return Err(format!(
+                    "invalid value '{name}' for -r: not an IPv4 or IPv6 address"
+                ));
+            }
+        } else {
+            parse_host(name).map_err(|e| format!("invalid value for <NAME>: {e}"))?;
+        }
+    }
+    Ok(())
 }
 
 /// `sockit ip`.
@@ -463,7 +585,9 @@ fn validate(cli: &Cli) -> Result<(), (&'static str, String)> {
             validate_bench(a).map_err(|e| ("bench", e))?;
             ("bench", a.target.is_udp(), a.target.framing)
         }
-        Command::User(_) => return Ok(()),
+        Command::User(_) | Command::Port(_) => return Ok(()),
+        Command::Resolve(a) => return validate_resolve(a).map_err(|e| ("resolve", e)),
+        Command::Ping(a) => return a.target().map(drop).map_err(|e| ("ping", e)),
         Command::Ip(a) => return a.inputs().map(drop).map_err(|e| ("ip", e)),
     };
     if udp && framing.is_some_and(|f| f != Framing::Raw) {

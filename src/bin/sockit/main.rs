@@ -32,7 +32,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::{BenchArgs, Command, ConnectArgs, ServeArgs, UserAction};
+use crate::cli::{
+    BenchArgs, Command, ConnectArgs, PingArgs, PortArgs, ResolveArgs, ServeArgs, UserAction,
+};
 
 fn main() -> ExitCode {
     let cli = cli::parse();
@@ -55,6 +57,9 @@ fn main() -> ExitCode {
             Command::Bench(args) => bench(args).await,
             Command::User(args) => user(args).await,
             Command::Ip(args) => ip(&args),
+            Command::Port(args) => port(args),
+            Command::Resolve(args) => resolve_names(args).await,
+            Command::Ping(args) => ping(args).await,
         }
     });
     // Do not wait on a thread still blocked reading a terminal.
@@ -634,5 +639,187 @@ fn ip(args: &cli::IpArgs) -> Result<()> {
         }
     }
     out.flush()?;
+    Ok(())
+}
+
+/// Writes one line to stdout (flushed, so `ping` lines appear as they happen).
+fn print_line(line: &str) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(line.as_bytes())?;
+    out.write_all(b"\n")?;
+    out.flush()
+}
+
+/// Ends a command that printed its results but failed for some inputs: every failure but the
+/// last is printed here, the last becomes the error main prints (exit 1).
+fn fail_after(mut failures: Vec<String>) -> Result<()> {
+    match failures.pop() {
+        None => Ok(()),
+        Some(last) => {
+            for f in failures {
+                stderr_line(&format!("sockit: error: {f}"));
+            }
+            bail!(last)
+        }
+    }
+}
+
+/// `sockit port`: answers every query in order; an unknown name is an error (exit 1) after the
+/// others are answered.
+fn port(args: PortArgs) -> Result<()> {
+    use sockit::net::services;
+    let ephemeral = services::ephemeral_range();
+    let mut failures = Vec::new();
+    for (input, query) in &args.queries {
+        match services::lookup(query, input, ephemeral) {
+            Ok(infos) => {
+                for info in infos {
+                    let line = if args.json {
+                        serde_json::to_string(&info)?
+                    } else {
+                        info.to_string()
+                    };
+                    print_line(&line)?;
+                }
+            }
+            Err(e) => failures.push(e.to_string()),
+        }
+    }
+    fail_after(failures)
+}
+
+/// `sockit resolve`: forward (`NAME`), reverse (`-r ADDR`) or `--fqdn` lookups through the
+/// system resolver; a failed lookup is reported after the others (exit 1).
+async fn resolve_names(args: ResolveArgs) -> Result<()> {
+    use serde_json::json;
+    use sockit::net::lookup;
+    let blocking = |f: Box<dyn FnOnce() -> serde_json::Value + Send>| async move {
+        tokio::task::spawn_blocking(f)
+            .await
+            .context("the resolver thread failed")
+    };
+    let mut failures = Vec::new();
+    let mut report = |value: serde_json::Value, text: String, error: Option<String>| {
+        let line = if args.json { value.to_string() } else { text };
+        if let Some(e) = error {
+            failures.push(e);
+            // Without --json a failure is only the error line on stderr.
+            if !args.json {
+                return Ok(());
+            }
+        }
+        print_line(&line)
+    };
+    if args.fqdn {
+        let value = blocking(Box::new(|| match lookup::local_fqdn() {
+            Ok(name) => json!({"type": "fqdn", "hostname": name.hostname, "fqdn": name.fqdn}),
+            Err(e) => json!({"type": "fqdn", "error": e.to_string()}),
+        }))
+        .await?;
+        let error = value["error"].as_str().map(str::to_owned);
+        let text = value["fqdn"].as_str().unwrap_or_default().to_owned();
+        report(value, text, error)?;
+        return fail_after(failures);
+    }
+    for input in &args.names {
+        let name = input.clone();
+        let value = if args.reverse {
+            let bare = name
+                .strip_prefix('[')
+                .and_then(|n| n.strip_suffix(']'))
+                .unwrap_or(&name)
+                .to_owned();
+            blocking(Box::new(move || {
+                let result = bare
+                    .parse()
+                    .map_err(|_| format!("'{name}' is not an IP address"))
+                    .and_then(|ip| lookup::reverse(ip).map_err(|e| e.to_string()));
+                match result {
+                    Ok(host) => json!({"type": "reverse", "input": name, "name": host}),
+                    Err(e) => json!({"type": "reverse", "input": name, "error": e}),
+                }
+            }))
+            .await?
+        } else {
+            blocking(Box::new(move || match lookup::forward(&name) {
+                Ok(found) => json!({
+                    "type": "forward",
+                    "input": name,
+                    "canonical": found.canonical,
+                    "addresses": found.addresses,
+                }),
+                Err(e) => json!({"type": "forward", "input": name, "error": e.to_string()}),
+            }))
+            .await?
+        };
+        let error = value["error"].as_str().map(str::to_owned);
+        let text = if args.reverse {
+            format!("{input} {}", value["name"].as_str().unwrap_or_default())
+        } else {
+            let addrs: Vec<&str> = value["addresses"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
+                .unwrap_or_default();
+            addrs
+                .iter()
+                .map(|a| format!("{input} {a}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        report(value, text, error)?;
+    }
+    fail_after(failures)
+}
+
+/// `sockit ping`: one line per probe, then the summary; exit 1 when no probe got an answer.
+async fn ping(args: PingArgs) -> Result<()> {
+    use sockit::ping::{self, PingConfig};
+    let (host, port) = args.target().map_err(anyhow::Error::msg)?;
+    let addr = resolve_all(&host, port).await?[0];
+    let udp = args.is_udp();
+    let config = PingConfig {
+        addr,
+        udp,
+        count: (!args.forever).then_some(args.count),
+        interval: args.interval,
+        timeout: args.timeout,
+    };
+    if !args.json {
+        let via = if udp { "udp round trip" } else { "tcp connect" };
+        print_line(&format!("PING {host} ({addr}) {via}"))?;
+    }
+    let json = args.json;
+    let cancel = CancellationToken::new();
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("cannot install the SIGINT handler")?;
+    let on_interrupt = cancel.clone();
+    tokio::spawn(async move {
+        interrupt.recv().await;
+        on_interrupt.cancel();
+        interrupt.recv().await;
+        std::process::exit(130);
+    });
+    let summary = ping::run(&config, cancel, |probe| {
+        let line = if json {
+            serde_json::to_string(probe).map_err(std::io::Error::other)?
+        } else {
+            probe.to_string()
+        };
+        print_line(&line)
+    })
+    .await?;
+    let text = if json {
+        serde_json::to_string(&summary)?
+    } else {
+        format!("\n{summary}")
+    };
+    print_line(&text)?;
+    if summary.received == 0 && summary.sent > 0 {
+        bail!(
+            "no answer from {addr} ({} of {} probes lost)",
+            summary.sent,
+            summary.sent
+        );
+    }
     Ok(())
 }
