@@ -41,6 +41,7 @@ pub mod error;
 pub mod logging;
 pub mod message;
 pub mod net;
+pub mod scan;
 pub mod server;
 pub mod service;
 pub mod shutdown;
