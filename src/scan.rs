@@ -366,16 +366,20 @@ async fn probe_tcp(addr: SocketAddr, timeout: Duration) -> io::Result<State> {
         Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => return Ok(State::Closed),
         Err(e) => return classify_error(e, State::Filtered),
     };
-    // Equal addresses: the kernel chose the target port as our source port and the socket
-    // connected to itself — nothing listens there.
-    let self_connect = stream.local_addr().ok() == Some(peer);
     // Reset rather than close: no TIME_WAIT left behind for each open port.
     let _ = stream.set_zero_linger();
-    Ok(if self_connect {
+    Ok(connected_state(stream.local_addr()?, peer))
+}
+
+/// The state of a port a TCP connect reached. Equal local and peer addresses mean the kernel
+/// chose the target port as the source port and the socket connected to itself (a loopback
+/// self-connect): nothing listens there.
+fn connected_state(local: SocketAddr, peer: SocketAddr) -> State {
+    if local == peer {
         State::Closed
     } else {
         State::Open
-    })
+    }
 }
 
 /// How a non-blocking connect began.
@@ -716,6 +720,14 @@ mod tests {
         assert_eq!(PortList::top(3).unwrap().0, vec![22, 80, 443]);
         assert!(PortList::top(0).is_err());
         assert!(PortList::top(TOP_PORTS.len() + 1).is_err());
+    }
+
+    #[test]
+    fn a_self_connect_is_not_an_open_port() {
+        let a: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:51000".parse().unwrap();
+        assert_eq!(connected_state(a, a), State::Closed);
+        assert_eq!(connected_state(b, a), State::Open);
     }
 
     #[test]

@@ -264,14 +264,40 @@ fn bad_arguments_are_usage_errors_that_say_why() {
 
 #[test]
 fn ipv6_hosts_and_the_dash_spelling_of_all_ports_work() {
+    // `-` means every port (of this test's private address: nothing but wildcard listeners).
+    let ip = private_ip(6);
+    let report = scan_json(&[&ip.to_string(), "-"]);
+    assert_eq!(report["summary"]["scanned"], 65535);
+    assert_exactly(&open_ports(&report), &BTreeSet::new(), "-");
     let Ok(listener) = TcpListener::bind("[::1]:0") else {
         return; // no IPv6 loopback here
     };
+    // Only this test's own port of ::1, to disturb no one else's listener.
     let port = listener.local_addr().unwrap().port();
-    // `-` means every port; the IPv6 loopback only has this test's and wildcard listeners
-    // (and those of other tests, if they used ::1, which they do not).
-    let report = scan_json(&["::1", "-"]);
+    let report = scan_json(&["::1", &port.to_string()]);
     assert_eq!(report["host"], "::1");
+    assert_eq!(open_ports(&report), BTreeSet::from([port]), "{report}");
+}
+
+#[test]
+fn a_low_open_file_limit_lowers_the_concurrency_not_the_accuracy() {
+    let ip = private_ip(7);
+    let listeners: Vec<TcpListener> = (0..50)
+        .map(|_| TcpListener::bind((ip, 0)).unwrap())
+        .collect();
+    let want: BTreeSet<u16> = listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect();
+    // Soft and hard limit 128: far below the 4096 asked for.
+    let script = format!("ulimit -n 128 && exec \"$0\" scan {ip} all --concurrency 4096 --json",);
+    let out = std::process::Command::new("sh")
+        .args(["-c", &script, env!("CARGO_BIN_EXE_sockit")])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_exactly(&open_ports(&report), &want, "ulimit -n 128");
     assert_eq!(report["summary"]["scanned"], 65535);
-    assert!(open_ports(&report).contains(&port), "{report}");
 }
