@@ -43,6 +43,7 @@ pub mod logging;
 pub mod message;
 pub mod net;
 pub mod ping;
+pub mod scan;
 pub mod server;
 pub mod service;
 pub mod shutdown;

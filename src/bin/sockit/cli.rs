@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{ArgAction, Args, CommandFactory, Parser, Subcommand};
 use sockit::net::{Address, Endpoint, Host, Scheme, parse_host, parse_port};
+use sockit::scan::PortList;
 use sockit::server::{DEFAULT_HOST, DEFAULT_MAX_CONNS, DEFAULT_PORT};
 use sockit::{Framing, Lang, ServiceKind, Transport};
 
@@ -54,6 +55,34 @@ pub enum Command {
     Resolve(ResolveArgs),
     /// Connect-time ping: time TCP connects, or UDP round trips to a sockit echo/ack service.
     Ping(PingArgs),
+    /// Scan a host's ports: which are open, closed or filtered (TCP connect scan, or --udp).
+    Scan(ScanArgs),
+}
+
+/// `sockit scan`.
+#[derive(Debug, Args)]
+pub struct ScanArgs {
+    /// The host to scan: an IPv4 or IPv6 address, or a name
+    #[arg(value_parser = parse_host)]
+    pub host: Host,
+    /// Ports: 1-1024,8080,9000-9100, or - / all for 1-65535 (or use --top N)
+    #[arg(value_parser = PortList::parse, allow_hyphen_values = true)]
+    pub ports: Option<PortList>,
+    /// Scan UDP instead of TCP
+    #[arg(long)]
+    pub udp: bool,
+    /// How long to wait for an answer from each port
+    #[arg(long, value_name = "DURATION", default_value = "1", value_parser = parse_positive_secs)]
+    pub timeout: Duration,
+    /// Ports probed at once (capped below the open-file limit) [default: 4096]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub concurrency: Option<u32>,
+    /// Scan the N most commonly open ports of a built-in list instead of PORTS
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), conflicts_with = "ports")]
+    pub top: Option<u32>,
+    /// Print one JSON object instead of the table
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `sockit port`.
@@ -588,6 +617,10 @@ fn validate(cli: &Cli) -> Result<(), (&'static str, String)> {
         Command::User(_) | Command::Port(_) => return Ok(()),
         Command::Resolve(a) => return validate_resolve(a).map_err(|e| ("resolve", e)),
         Command::Ping(a) => return a.target().map(drop).map_err(|e| ("ping", e)),
+        Command::Scan(a) => {
+            scan_ports(a).map_err(|e| ("scan", e))?;
+            return Ok(());
+        }
         Command::Ip(a) => return a.inputs().map(drop).map_err(|e| ("ip", e)),
     };
     if udp && framing.is_some_and(|f| f != Framing::Raw) {
@@ -597,6 +630,17 @@ fn validate(cli: &Cli) -> Result<(), (&'static str, String)> {
         ));
     }
     Ok(())
+}
+
+/// The ports `scan` probes: PORTS, or the `--top N` list; exactly one of them.
+pub fn scan_ports(args: &ScanArgs) -> Result<PortList, String> {
+    match (&args.ports, args.top) {
+        (Some(ports), None) => Ok(ports.clone()),
+        (None, Some(n)) => PortList::top(n as usize)
+            .map_err(|e| format!("invalid value '{n}' for '--top <N>': {e}")),
+        (None, None) => Err("no ports to scan: give PORTS (e.g. 1-1024 or all) or --top N".into()),
+        (Some(_), Some(_)) => Err("give PORTS or --top N, not both".into()),
+    }
 }
 
 /// Checks `bench` arguments that depend on each other: the message size against the framing

@@ -60,6 +60,7 @@ fn main() -> ExitCode {
             Command::Port(args) => port(args),
             Command::Resolve(args) => resolve_names(args).await,
             Command::Ping(args) => ping(args).await,
+            Command::Scan(args) => scan(args).await,
         }
     });
     // Do not wait on a thread still blocked reading a terminal.
@@ -822,4 +823,84 @@ async fn ping(args: PingArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `sockit scan`: resolves the host, scans, prints the open ports and a summary (or one JSON
+/// object). Exit 0 whenever the scan completed, whatever it found.
+async fn scan(args: cli::ScanArgs) -> Result<()> {
+    use sockit::scan::{self, Protocol, ScanConfig};
+    let ports = cli::scan_ports(&args).map_err(anyhow::Error::msg)?;
+    let ip = resolve(&args.host, 0)
+        .await
+        .with_context(|| format!("cannot scan {}", args.host))?[0]
+        .ip();
+    let protocol = if args.udp {
+        Protocol::Udp
+    } else {
+        Protocol::Tcp
+    };
+    let config = ScanConfig {
+        ip,
+        ports,
+        protocol,
+        timeout: args.timeout,
+        concurrency: args
+            .concurrency
+            .map_or(scan::DEFAULT_CONCURRENCY, |n| n as usize),
+    };
+    let report = scan::scan(&config)
+        .await
+        .with_context(|| format!("scan of {ip} failed"))?;
+    // The host as given, without the brackets an IPv6 address gets in `host:port` forms.
+    let host = match &args.host {
+        Host::Ip(ip) => ip.to_string(),
+        Host::Name(name) => name.clone(),
+    };
+    let text = if args.json {
+        let value = serde_json::json!({
+            "host": host,
+            "address": ip.to_string(),
+            "ports": report.open,
+            "summary": report.summary,
+        });
+        format!("{value}\n")
+    } else {
+        let mut text = String::new();
+        if !report.open.is_empty() {
+            text.push_str("PORT         STATE  SERVICE\n");
+            for p in &report.open {
+                let port = format!("{}/{}", p.port, p.protocol);
+                text.push_str(&format!(
+                    "{port:<12} {:<6} {}\n",
+                    p.state.to_string(),
+                    p.service.unwrap_or("unknown")
+                ));
+            }
+        }
+        let s = &report.summary;
+        let silent = if args.udp {
+            "open|filtered"
+        } else {
+            "filtered"
+        };
+        let target = if host == ip.to_string() {
+            host
+        } else {
+            format!("{host} ({ip})")
+        };
+        text.push_str(&format!(
+            "scanned {} {protocol} port{} of {target}: {} open, {} closed, {} {silent} in {:.2} s\n",
+            s.scanned,
+            if s.scanned == 1 { "" } else { "s" },
+            s.open,
+            s.closed,
+            s.filtered,
+            s.seconds
+        ));
+        text
+    };
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .context("cannot write the scan report")
 }
