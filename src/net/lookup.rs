@@ -236,7 +236,7 @@ impl fmt::Display for LocalName {
 }
 
 /// This machine's host name and fully qualified name (`hostname -f`): `gethostname`, then
-/// `getaddrinfo` with `AI_CANONNAME`.
+/// `getaddrinfo` with `AI_CANONNAME`; the host name itself when the resolver does not know it.
 pub fn local_fqdn() -> Result<LocalName, LookupError> {
     let mut buf = [0 as libc::c_char; 256];
     // SAFETY: `buf` is writable for its length; one byte is kept for the terminator.
@@ -252,11 +252,18 @@ pub fn local_fqdn() -> Result<LocalName, LookupError> {
     let hostname = unsafe { CStr::from_ptr(buf.as_ptr()) }
         .to_string_lossy()
         .into_owned();
-    let list = getaddrinfo(
+    // A host name the resolver does not know (a container without it in /etc/hosts) is its
+    // own fully qualified name, as Python's `socket.getfqdn()` has it.
+    let Ok(list) = getaddrinfo(
         &hostname,
         libc::AI_CANONNAME,
         "cannot resolve the host name",
-    )?;
+    ) else {
+        return Ok(LocalName {
+            fqdn: hostname.clone(),
+            hostname,
+        });
+    };
     // SAFETY: a successful getaddrinfo returned at least one entry.
     let first = unsafe { &*list.0 };
     let fqdn = if first.ai_canonname.is_null() {
