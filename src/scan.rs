@@ -106,24 +106,8 @@ fn one_port(s: &str, item: &str) -> Result<u16, String> {
     }
 }
 
-/// The transport a scan probes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    /// TCP connect scan.
-    Tcp,
-    /// UDP datagram scan.
-    Udp,
-}
-
-impl fmt::Display for Protocol {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Protocol::Tcp => "tcp",
-            Protocol::Udp => "udp",
-        })
-    }
-}
+/// The transport a scan probes (TCP connect scan, or UDP datagrams).
+pub use crate::net::services::Protocol;
 
 /// What a probe found out about one port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

@@ -559,7 +559,8 @@ async fn bench(args: BenchArgs) -> Result<()> {
     )
 }
 
-/// Ctrl-C stops the clients and still prints what they did; a second one exits at once.
+/// Ctrl-C stops the work (bench clients, ping probes) and still prints what was done; a second
+/// one exits at once.
 fn interrupt_token() -> Result<CancellationToken> {
     let cancel = CancellationToken::new();
     let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
@@ -790,16 +791,7 @@ async fn ping(args: PingArgs) -> Result<()> {
         print_line(&format!("PING {host} ({addr}) {via}"))?;
     }
     let json = args.json;
-    let cancel = CancellationToken::new();
-    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
-        .context("cannot install the SIGINT handler")?;
-    let on_interrupt = cancel.clone();
-    tokio::spawn(async move {
-        interrupt.recv().await;
-        on_interrupt.cancel();
-        interrupt.recv().await;
-        std::process::exit(130);
-    });
+    let cancel = interrupt_token()?;
     let summary = ping::run(&config, cancel, |probe| {
         let line = if json {
             serde_json::to_string(probe).map_err(std::io::Error::other)?
