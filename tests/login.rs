@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{PATIENCE, ServeProcess, sockit_bin};
+use common::{PATIENCE, ServeProcess, python_with_input, sockit_bin};
 
 /// Runs `sockit user ARGS` with `stdin` piped in.
 fn user(args: &[&str], stdin: &str) -> Output {
@@ -531,30 +531,8 @@ fn the_tutorial_login_client_logs_in_over_raw_framing_after_a_failed_attempt() {
     let server = serve_login(&file, &["--framing", "raw", "--lang", "zh"]);
     let script = tutorial_client(server.addr.port());
     assert!(script.contains(&format!("('127.0.0.1', {})", server.addr.port())));
-    let mut child = Command::new("python3")
-        .arg("-c")
-        .arg(&script)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3 must be installed (see .ci/run)");
     // First a wrong password, then the right one.
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all("zhao\nwrong\nzhao\n123\n".as_bytes())
-        .unwrap();
-    let deadline = Instant::now() + PATIENCE;
-    while child.try_wait().unwrap().is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "the tutorial client did not finish"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = child.wait_with_output().unwrap();
+    let out = python_with_input(&script, "zhao\nwrong\nzhao\n123\n");
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert!(
         out.status.success(),

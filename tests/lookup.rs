@@ -440,21 +440,7 @@ fn tutorial_client(port: u16) -> String {
 fn the_tutorials_lookup_client_works_unchanged_in_raw_framing() {
     let server = lookup(&["--framing", "raw", "--lang", "zh"]);
     let script = tutorial_client(server.addr.port());
-    let mut child = Command::new("python3")
-        .arg("-c")
-        .arg(&script)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all("TCP\n三次握手\n端口\n不存在的词\nbye\n".as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = python_with_input(&script, "TCP\n三次握手\n端口\n不存在的词\nbye\n");
     assert!(
         out.status.success(),
         "{}",

@@ -264,3 +264,33 @@ pub fn peer_tool(name: &str) -> Option<String> {
     }
     found
 }
+
+/// Runs a Python 3 script with `input` on its stdin (then closed), as a tutorial client typing
+/// its lines; waits at most [`PATIENCE`] for it to finish (killing it after that) and returns
+/// its output.
+pub fn python_with_input(script: &str, input: &str) -> std::process::Output {
+    use std::io::Write;
+    let mut child = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 must be installed (see .ci/run)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the python client did not finish within {PATIENCE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
