@@ -39,6 +39,7 @@ pub mod budget;
 pub mod client;
 pub mod codec;
 pub mod error;
+pub mod files;
 pub mod logging;
 pub mod message;
 pub mod net;

@@ -27,7 +27,7 @@ use crate::codec::{FrameCodec, Framing, Limits};
 use crate::logging::RateLimited;
 use crate::message::Message;
 use crate::net::PeerAddr;
-use crate::service::{PeerInfo, Service, Transport};
+use crate::service::{PeerInfo, Service, StreamContext, Transport};
 use crate::shutdown::ShutdownSignal;
 use crate::transport::FramedStream;
 use crate::transport::tcp::{ConnReport, ConnSettings, DEFAULT_MIN_RATE, serve_connection};
@@ -231,6 +231,7 @@ async fn run_tcp<S: Service>(
     // Connections watch this rather than the token: see `crate::shutdown`.
     let closing = ShutdownSignal::new();
     let mut backoff = MIN_BACKOFF;
+    let stream_handler = service.stream_handler();
 
     loop {
         let accepted = tokio::select! {
@@ -277,6 +278,22 @@ async fn run_tcp<S: Service>(
                             transport: Transport::Tcp,
                             user: None,
                         };
+                        if let Some(handler) = &stream_handler {
+                            let ctx = StreamContext {
+                                peer,
+                                budget: budget.clone(),
+                                idle_timeout: config.idle_timeout,
+                                frame_timeout: config.frame_timeout,
+                                closing: closing.listen(),
+                            };
+                            let task = handler.clone().serve(stream, ctx).map(move |report| {
+                                log_disconnect(addr, id, &report);
+                                drop(permit);
+                                drop(ip_slot);
+                            });
+                            tracker.spawn(task);
+                            continue;
+                        }
                         let session = service.open(&peer);
                         let mut conn = FramedStream::new(
                             stream,

@@ -27,6 +27,7 @@ pub mod ack;
 pub mod chat;
 pub mod console;
 pub mod echo;
+pub mod files;
 pub mod hub;
 pub mod login;
 pub mod lookup;
@@ -133,6 +134,38 @@ pub trait Service: Send + Sync + 'static {
     /// resources, such as the console's operator terminal, starts them here. Failures are the
     /// service's to log; the server runs regardless.
     fn start(&self) {}
+
+    /// A service with a stream protocol of its own (file transfer) returns a handler here, and
+    /// the TCP server hands it every accepted connection whole instead of framing it into
+    /// sessions. Connection limits, the memory budget and shutdown still apply.
+    fn stream_handler(&self) -> Option<Arc<dyn StreamHandler>> {
+        None
+    }
+}
+
+/// What a [`StreamHandler`] gets besides the stream.
+#[derive(Debug)]
+pub struct StreamContext {
+    /// Who connected.
+    pub peer: PeerInfo,
+    /// The server-wide memory budget.
+    pub budget: Arc<crate::budget::MemoryBudget>,
+    /// Close a connection silent for this long between requests.
+    pub idle_timeout: Option<std::time::Duration>,
+    /// Close a connection whose transfer stalls for this long.
+    pub frame_timeout: Option<std::time::Duration>,
+    /// Fires when the server shuts down.
+    pub closing: crate::shutdown::ShutdownListener,
+}
+
+/// Serves whole TCP connections (see [`Service::stream_handler`]).
+pub trait StreamHandler: Send + Sync + 'static {
+    /// Serves one connection to its end.
+    fn serve(
+        self: Arc<Self>,
+        stream: tokio::net::TcpStream,
+        ctx: StreamContext,
+    ) -> std::pin::Pin<Box<dyn Future<Output = crate::transport::tcp::ConnReport> + Send>>;
 }
 
 /// The state and behaviour of one connection.
@@ -441,11 +474,14 @@ pub enum ServiceKind {
     Console,
     /// Line commands that reach every other service: the default.
     Hub,
+    /// File uploads, downloads and listings over header framing.
+    Files,
 }
 
 impl ServiceKind {
     /// Every accepted `--service` name.
-    pub const NAMES: &'static [&'static str] = &["hub", "echo", "ack", "lookup", "chat", "console"];
+    pub const NAMES: &'static [&'static str] =
+        &["hub", "echo", "ack", "lookup", "chat", "console", "files"];
 
     /// The service's name on the command line.
     pub fn name(self) -> &'static str {
@@ -456,6 +492,7 @@ impl ServiceKind {
             ServiceKind::Chat => "chat",
             ServiceKind::Console => "console",
             ServiceKind::Hub => "hub",
+            ServiceKind::Files => "files",
         }
     }
 }
@@ -478,6 +515,7 @@ impl FromStr for ServiceKind {
             ServiceKind::Lookup,
             ServiceKind::Chat,
             ServiceKind::Console,
+            ServiceKind::Files,
         ]
         .into_iter()
         .find(|kind| kind.name() == wanted)

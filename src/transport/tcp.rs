@@ -88,6 +88,9 @@ pub enum CloseReason {
     Io(io::Error),
     /// The server is shutting down.
     Shutdown,
+    /// A service with its own stream protocol gave up on the connection (file transfer:
+    /// a malformed request, a failed upload); the text says why.
+    Failed(String),
 }
 
 impl CloseReason {
@@ -99,6 +102,7 @@ impl CloseReason {
                 | CloseReason::FrameTimeout(_)
                 | CloseReason::OverBudget(_)
                 | CloseReason::Io(_)
+                | CloseReason::Failed(_)
         )
     }
 
@@ -139,6 +143,7 @@ impl fmt::Display for CloseReason {
             CloseReason::Protocol(e) => write!(f, "protocol error: {e}"),
             CloseReason::Io(e) => write!(f, "i/o error: {e}"),
             CloseReason::Shutdown => f.write_str("server shutting down"),
+            CloseReason::Failed(why) => f.write_str(why),
         }
     }
 }

@@ -38,6 +38,17 @@ pub enum Command {
     Bench(BenchArgs),
     /// Manage the users file that `sockit serve --login` checks passwords against.
     User(UserArgs),
+    /// Upload files (or trees, with -r) to a `sockit serve --service files` server.
+    ///
+    /// Each upload is verified with BLAKE3 by the server before it appears there; an upload
+    /// that was interrupted resumes where it stopped when sent again.
+    #[command(override_usage = "sockit send [OPTIONS] <ADDR> [PORT] <PATH>...")]
+    Send(SendArgs),
+    /// Download a file from a `sockit serve --service files` server, verified with BLAKE3.
+    #[command(override_usage = "sockit get [OPTIONS] <ADDR> [PORT] <NAME>")]
+    Get(GetArgs),
+    /// List the files a `sockit serve --service files` server holds: size, time, name.
+    Ls(LsArgs),
     /// Describe IP addresses and prefixes: kinds, class, forms, network and host range.
     ///
     /// For each ADDR: version, canonical form (IPv6 also expanded), historic class (IPv4),
@@ -57,6 +68,129 @@ pub enum Command {
     Ping(PingArgs),
     /// Scan a host's ports: which are open, closed or filtered (TCP connect scan, or --udp).
     Scan(ScanArgs),
+}
+
+/// `sockit send`.
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// Server address: HOST PORT, or one argument HOST:PORT or [V6]:PORT
+    #[arg(value_name = "ADDR")]
+    pub addr: String,
+    /// The server's PORT (unless ADDR has it), then the files to upload
+    #[arg(value_name = "PATH", required = true, num_args = 1..)]
+    pub rest: Vec<std::path::PathBuf>,
+    /// Upload directories as trees: DIR/sub/file keeps its path under DIR's name
+    #[arg(short, long)]
+    pub recursive: bool,
+    /// Seconds to wait for the connection and for each answer
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_positive_secs)]
+    pub timeout: Duration,
+}
+
+/// `sockit get`.
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// Server address: HOST PORT, or one argument HOST:PORT or [V6]:PORT
+    #[arg(value_name = "ADDR")]
+    pub addr: String,
+    /// The server's PORT (unless ADDR has it), then the NAME to download
+    #[arg(value_name = "NAME", required = true, num_args = 1..=2)]
+    pub rest: Vec<String>,
+    /// Where to write: a file, a directory to write NAME's last component in, or - for
+    /// standard output [default: NAME's last component in the current directory]
+    #[arg(short, long, value_name = "PATH")]
+    pub output: Option<std::path::PathBuf>,
+    /// Seconds to wait for the connection and for each answer
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_positive_secs)]
+    pub timeout: Duration,
+}
+
+/// `sockit ls`.
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    /// Server address: HOST PORT, or one argument HOST:PORT or [V6]:PORT
+    #[arg(value_name = "ADDR")]
+    pub addr: String,
+    /// Server port, when ADDR is a host alone
+    #[arg(value_name = "PORT")]
+    pub port: Option<String>,
+    /// One JSON object per line: name, size, mtime (seconds since the epoch)
+    #[arg(long)]
+    pub json: bool,
+    /// Seconds to wait for the connection and for each answer
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_positive_secs)]
+    pub timeout: Duration,
+}
+
+/// Splits `ADDR [PORT] REST...`: when ADDR carries no port, the first of the rest is the port.
+/// Returns the address and how many of the rest it used.
+pub fn file_server_address(addr: &str, first: Option<&str>) -> Result<(Address, usize), String> {
+    let (address, used) = match Address::parse(addr, None) {
+        Ok(address) => (address, 0),
+        Err(e) => match first {
+            Some(port) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => {
+                (parse_address(addr, Some(port), None)?, 1)
+            }
+            _ => {
+                return Err(format!(
+                    "invalid value for <ADDR>: {e} (give HOST PORT or HOST:PORT)"
+                ));
+            }
+        },
+    };
+    match address.scheme {
+        Scheme::Tcp => {}
+        other => {
+            return Err(format!(
+                "'{addr}': file transfer runs over plain TCP, not {other:?}"
+            ));
+        }
+    }
+    if address.inet().is_some_and(|(_, port)| port == 0) {
+        return Err("port 0 cannot be connected to (ports are 1-65535)".into());
+    }
+    Ok((address, used))
+}
+
+impl SendArgs {
+    /// The server's address and the paths to upload.
+    pub fn split(&self) -> Result<(Address, &[std::path::PathBuf]), String> {
+        let first = self.rest.first().and_then(|p| p.to_str());
+        let (address, used) = file_server_address(&self.addr, first)?;
+        let paths = &self.rest[used..];
+        if paths.is_empty() {
+            return Err("no files to send: give at least one PATH".into());
+        }
+        Ok((address, paths))
+    }
+}
+
+impl GetArgs {
+    /// The server's address and the name to download.
+    pub fn split(&self) -> Result<(Address, &str), String> {
+        let first = (self.rest.len() == 2).then(|| self.rest[0].as_str());
+        let (address, used) = file_server_address(&self.addr, first)?;
+        match &self.rest[used..] {
+            [name] => Ok((address, name.as_str())),
+            [] => Err("no NAME to download".into()),
+            _ => Err(
+                "give one NAME to download (and the PORT before it, unless ADDR has one)".into(),
+            ),
+        }
+    }
+}
+
+impl LsArgs {
+    /// The server's address.
+    pub fn address(&self) -> Result<Address, String> {
+        file_server_address(&self.addr, self.port.as_deref()).and_then(|(a, used)| {
+            if used == 0 && self.port.is_some() {
+                Err("ADDR already has a port: leave PORT out".into())
+            } else {
+                Ok(a)
+            }
+        })
+    }
 }
 
 /// `sockit scan`.
@@ -288,9 +422,25 @@ pub struct ServeArgs {
     pub udp: bool,
     /// What to run: hub (line commands reaching all the others), echo (the message back),
     /// ack (a timestamped receipt), lookup (keyword lookup), chat (chat rooms), console
-    /// (chat with the operator's terminal)
+    /// (chat with the operator's terminal), files (uploads and downloads of --dir, for
+    /// `sockit send`, `get` and `ls`, and the tutorials' upload client)
     #[arg(long, default_value = "hub", value_parser = parse_service)]
     pub service: ServiceKind,
+    /// files: the directory served (it must exist)
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<std::path::PathBuf>,
+    /// files: serve downloads and listings only
+    #[arg(long)]
+    pub read_only: bool,
+    /// files: let an upload replace an existing file (atomically, once complete)
+    #[arg(long)]
+    pub overwrite: bool,
+    /// files: largest upload accepted (suffixes K, M, G, T) [default: 16G]
+    #[arg(long, value_name = "BYTES", value_parser = parse_file_size)]
+    pub max_file_size: Option<u64>,
+    /// files: remove interrupted uploads nobody resumed for this long [default: 24h]
+    #[arg(long, value_name = "DURATION", value_parser = parse_positive_secs)]
+    pub partial_ttl: Option<Duration>,
     /// lookup and hub: the knowledge base, one `keyword<TAB>answer` per line (re-read on
     /// SIGHUP) [default: built-in networking terms]
     #[arg(long, value_name = "FILE")]
@@ -615,6 +765,9 @@ fn validate(cli: &Cli) -> Result<(), (&'static str, String)> {
             ("bench", a.target.is_udp(), a.target.framing)
         }
         Command::User(_) | Command::Port(_) => return Ok(()),
+        Command::Send(a) => return a.split().map(drop).map_err(|e| ("send", e)),
+        Command::Get(a) => return a.split().map(drop).map_err(|e| ("get", e)),
+        Command::Ls(a) => return a.address().map(drop).map_err(|e| ("ls", e)),
         Command::Resolve(a) => return validate_resolve(a).map_err(|e| ("resolve", e)),
         Command::Ping(a) => return a.target().map(drop).map_err(|e| ("ping", e)),
         Command::Scan(a) => {
@@ -700,6 +853,37 @@ pub fn listen_addr(args: &ServeArgs) -> Result<Listen, String> {
 
 /// Refuses `serve` options that do not apply to the transport.
 fn validate_serve(args: &ServeArgs, udp: bool) -> Result<(), String> {
+    let files = args.service == ServiceKind::Files;
+    if files {
+        if udp {
+            return Err("the files service runs over TCP only".into());
+        }
+        if args.login.is_some() {
+            return Err("--login does not apply to the files service".into());
+        }
+        if args
+            .framing
+            .is_some_and(|f| !matches!(f, Framing::Header { .. }))
+        {
+            return Err(
+                "the files service speaks header framing (and detects headerle): leave --framing out"
+                    .into(),
+            );
+        }
+    } else {
+        let files_only = [
+            ("--dir", args.dir.is_some()),
+            ("--read-only", args.read_only),
+            ("--overwrite", args.overwrite),
+            ("--max-file-size", args.max_file_size.is_some()),
+            ("--partial-ttl", args.partial_ttl.is_some()),
+        ];
+        if let Some((flag, _)) = files_only.iter().find(|(_, given)| *given) {
+            return Err(format!(
+                "{flag} applies to the files service (--service files)"
+            ));
+        }
+    }
     if udp && args.login.is_some() {
         return Err("--login needs a connection: it applies to TCP only".into());
     }
@@ -786,6 +970,20 @@ fn usage_error(sub: &str, msg: &str) -> clap::Error {
 
 fn parse_framing(s: &str) -> Result<Framing, String> {
     s.parse().map_err(|e: sockit::ConfigError| e.to_string())
+}
+
+fn parse_file_size(s: &str) -> Result<u64, String> {
+    let t = s.trim().to_ascii_lowercase();
+    for suffix in ["tib", "tb", "t"] {
+        if let Some(n) = t.strip_suffix(suffix) {
+            return n
+                .parse::<u64>()
+                .ok()
+                .and_then(|n| n.checked_mul(1 << 40))
+                .ok_or_else(|| format!("'{s}' is not a size (a number, optionally K, M, G or T)"));
+        }
+    }
+    parse_size(s).map(|n| n as u64)
 }
 
 fn parse_service(s: &str) -> Result<ServiceKind, String> {

@@ -4,6 +4,7 @@
 
 mod cli;
 mod password;
+mod transfer;
 
 use std::fs::File;
 use std::io::{BufReader, IsTerminal, Write};
@@ -61,6 +62,9 @@ fn main() -> ExitCode {
             Command::Resolve(args) => resolve_names(args).await,
             Command::Ping(args) => ping(args).await,
             Command::Scan(args) => scan(args).await,
+            Command::Send(args) => transfer::send(args).await,
+            Command::Get(args) => transfer::get(args).await,
+            Command::Ls(args) => transfer::ls(args).await,
         }
     });
     // Do not wait on a thread still blocked reading a terminal.
@@ -116,7 +120,7 @@ fn init_logging(quiet: bool, verbose: u8) {
 }
 
 /// Every address `host` resolves to (IPv4 first); the error already names the host.
-async fn resolve_all(host: &Host, port: u16) -> Result<Vec<SocketAddr>> {
+pub(crate) async fn resolve_all(host: &Host, port: u16) -> Result<Vec<SocketAddr>> {
     Ok(resolve(host, port).await?)
 }
 
@@ -198,6 +202,37 @@ async fn serve(args: ServeArgs) -> Result<()> {
         ServiceKind::Chat => serve_maybe_login(addr, config, chat(), kind, login).await,
         ServiceKind::Console => {
             serve_maybe_login(addr, config, Console::new(args.lang), kind, login).await
+        }
+        ServiceKind::Files => {
+            use sockit::files::{DEFAULT_MAX_FILE_SIZE, DEFAULT_PARTIAL_TTL};
+            use sockit::service::files::{Files, FilesConfig};
+            let dir = args.dir.clone().unwrap_or_else(|| ".".into());
+            let files = Files::new(FilesConfig {
+                dir: dir.clone(),
+                read_only: args.read_only,
+                overwrite: args.overwrite,
+                max_file_size: args.max_file_size.unwrap_or(DEFAULT_MAX_FILE_SIZE),
+                partial_ttl: args.partial_ttl.unwrap_or(DEFAULT_PARTIAL_TTL),
+                progress: std::io::stderr().is_terminal(),
+            })
+            .with_context(|| format!("cannot serve {}", dir.display()))?;
+            info!(
+                "serving {}{}{}",
+                dir.display(),
+                if args.read_only { " read-only" } else { "" },
+                if args.overwrite {
+                    ", uploads may overwrite"
+                } else {
+                    ""
+                }
+            );
+            let config = ServerConfig {
+                framing: Framing::Header {
+                    order: sockit::codec::ByteOrder::Big,
+                },
+                ..config
+            };
+            serve_with(addr, config, files, kind).await
         }
         ServiceKind::Hub => {
             let knowledge = load_knowledge(args.kb.clone()).await?;
@@ -402,6 +437,14 @@ fn print_banner(
             format!("{framing} framing")
         }
     )?;
+    if kind == ServiceKind::Files {
+        writeln!(
+            out,
+            "use: sockit send {reach} {port} FILE...  |  sockit get {reach} {port} NAME  |  sockit ls {reach} {port}"
+        )?;
+        out.flush()?;
+        return Ok(());
+    }
     let nc = if matches!(framing, Framing::Line | Framing::Raw) || transport == Transport::Udp {
         format!("  or:  nc{nc_flag} {reach} {port}")
     } else {
@@ -645,7 +688,7 @@ fn ip(args: &cli::IpArgs) -> Result<()> {
 }
 
 /// Writes one line to stdout (flushed, so `ping` lines appear as they happen).
-fn print_line(line: &str) -> std::io::Result<()> {
+pub(crate) fn print_line(line: &str) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
     out.write_all(line.as_bytes())?;
     out.write_all(b"\n")?;
@@ -654,7 +697,7 @@ fn print_line(line: &str) -> std::io::Result<()> {
 
 /// Ends a command that printed its results but failed for some inputs: every failure but the
 /// last is printed here, the last becomes the error main prints (exit 1).
-fn fail_after(mut failures: Vec<String>) -> Result<()> {
+pub(crate) fn fail_after(mut failures: Vec<String>) -> Result<()> {
     match failures.pop() {
         None => Ok(()),
         Some(last) => {
