@@ -66,9 +66,18 @@ impl Sink {
                 Target::File(f) => file = Some(f),
                 Target::Stdout => stdout = Some(io::stdout().lock()),
             }
+            let mut flush = match &mut file {
+                Some(f) => Some(Writeback::new(f.stream_position()?)),
+                None => None,
+            };
             while let Some(chunk) = rx.blocking_recv() {
                 match (&mut file, &mut stdout) {
-                    (Some(f), _) => f.write_all(&chunk)?,
+                    (Some(f), _) => {
+                        f.write_all(&chunk)?;
+                        if let Some(w) = &mut flush {
+                            w.wrote(f, chunk.len() as u64);
+                        }
+                    }
                     (None, Some(out)) => out.write_all(&chunk)?,
                     (None, None) => {}
                 }
@@ -143,6 +152,63 @@ impl Sink {
         match self.join.await {
             Ok(result) => result,
             Err(e) => Err(io::Error::other(format!("the writer failed: {e}"))),
+        }
+    }
+}
+
+/// Starts writing a file's pages to disk while later chunks are still arriving, and waits for
+/// pages [`WRITEBACK_LAG`] behind the newest, so the final fsync has only the last few MiB to
+/// flush: the disk works during the transfer instead of after it, and dirty pages stay few.
+#[derive(Debug)]
+struct Writeback {
+    /// End of the bytes written so far.
+    end: u64,
+    /// Everything before this is known to be on disk.
+    done: u64,
+}
+
+/// How far behind the newest chunk writeback is waited for: enough that a disk keeping up
+/// never stalls the transfer, little enough that one transfer's dirty pages stay bounded.
+const WRITEBACK_LAG: u64 = 64 * CHUNK as u64;
+
+impl Writeback {
+    fn new(start: u64) -> Writeback {
+        Writeback {
+            end: start,
+            done: start,
+        }
+    }
+
+    /// Called after `len` more bytes were written. Failures are ignored: the final fsync
+    /// reports any real error.
+    fn wrote(&mut self, file: &File, len: u64) {
+        use std::os::fd::AsRawFd;
+        let fd = file.as_raw_fd();
+        let start = self.end;
+        self.end += len;
+        // SAFETY: plain syscalls on a descriptor we own; they only schedule or await I/O.
+        unsafe {
+            libc::sync_file_range(
+                fd,
+                start as libc::off64_t,
+                len as libc::off64_t,
+                libc::SYNC_FILE_RANGE_WRITE,
+            );
+        }
+        let wait_to = self.end.saturating_sub(WRITEBACK_LAG);
+        if wait_to > self.done {
+            // SAFETY: as above.
+            unsafe {
+                libc::sync_file_range(
+                    fd,
+                    self.done as libc::off64_t,
+                    (wait_to - self.done) as libc::off64_t,
+                    libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                        | libc::SYNC_FILE_RANGE_WRITE
+                        | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+                );
+            }
+            self.done = wait_to;
         }
     }
 }
