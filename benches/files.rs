@@ -108,12 +108,23 @@ fn write_payload(path: &Path, mib: usize) {
         }
         out.write_all(&block).expect("write payload");
     }
-    out.into_inner().expect("flush").sync_all().expect("sync payload");
+    out.into_inner()
+        .expect("flush")
+        .sync_all()
+        .expect("sync payload");
 }
 
 fn start_server(dir: &Path) -> (Child, u16, BufReader<std::process::ChildStdout>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_sockit"))
-        .args(["serve", "127.0.0.1", "0", "--service", "files", "-q", "--overwrite"])
+        .args([
+            "serve",
+            "127.0.0.1",
+            "0",
+            "--service",
+            "files",
+            "-q",
+            "--overwrite",
+        ])
         .arg("--dir")
         .arg(dir)
         .stdout(Stdio::piped())

@@ -141,6 +141,15 @@ fn a_one_gib_sparse_file_round_trips() {
     let out = get(server.addr, "sparse.img", &back);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(hash(&back), want);
+    // Memory stays bounded whatever the size: a gibibyte each way moved through a few
+    // 1 MiB chunk buffers.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id())).unwrap();
+    let hwm_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    assert!(hwm_kib < 64 * 1024, "the server peaked at {hwm_kib} KiB");
 }
 
 #[test]

@@ -48,7 +48,8 @@ pub async fn send(args: SendArgs) -> Result<()> {
                 }
             },
         };
-        let bar = progress_bar(0, name.as_str(), visible);
+        let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        let bar = progress_bar(size, name.as_str(), visible);
         match conn.send_file(&path, &name, &bar).await {
             Ok(done) => {
                 bar.finish_and_clear();
