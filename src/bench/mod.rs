@@ -13,6 +13,7 @@
 //! `tcp` and `udp` hold the two client loops; [`chat`] is the chat-room load (`--chat`).
 
 pub mod chat;
+pub mod rate;
 mod reply;
 mod tcp;
 mod udp;
@@ -62,6 +63,9 @@ pub struct BenchConfig {
     pub framing: Framing,
     /// How long a client waits for one reply before counting a timeout.
     pub timeout: Duration,
+    /// Open-loop load: messages per second per client, sent on a fixed schedule whatever the
+    /// replies do (see [`rate`]); `None` is ping-pong.
+    pub rate: Option<f64>,
 }
 
 /// Latency percentiles, in microseconds.
@@ -112,8 +116,12 @@ pub struct BenchReport {
     /// Clients that failed (could not connect, connection lost, no reply in time on TCP,
     /// reply out of step).
     pub errors: u64,
-    /// Round-trip latency of the right replies.
+    /// Round-trip latency of the right replies (open-loop: from each message's scheduled
+    /// send time).
     pub latency_us: Latency,
+    /// Open-loop load: messages per second per client.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate: Option<f64>,
     /// The first failure, in words (not part of the JSON).
     #[serde(skip)]
     pub first_failure: Option<String>,
@@ -151,9 +159,13 @@ impl BenchReport {
 impl fmt::Display for BenchReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let l = &self.latency_us;
+        let pace = match self.rate {
+            Some(r) => format!(", open loop at {r}/s each"),
+            None => String::new(),
+        };
         writeln!(
             f,
-            "{} {} clients x {}-byte messages ({} framing) against {} for {:.1}s{}",
+            "{} {} clients x {}-byte messages ({} framing{pace}) against {} for {:.1}s{}",
             self.transport,
             self.conns,
             self.size,
@@ -195,6 +207,16 @@ pub enum SizeError {
     TooBig {
         /// The size asked for.
         size: usize,
+    },
+    /// Too small to carry the open-loop stamp.
+    #[error(
+        "{size} bytes cannot carry the sequence number and send time of --rate (at least {min})"
+    )]
+    TooSmallForRate {
+        /// The size asked for.
+        size: usize,
+        /// The least that works.
+        min: usize,
     },
     /// Over what the length prefix can express.
     #[error("{size} bytes does not fit {framing} framing (at most {max} bytes)")]
@@ -260,6 +282,34 @@ pub enum BenchError {
     /// The message size does not fit the framing or transport.
     #[error("invalid message size")]
     Size(#[from] SizeError),
+    /// Open-loop load cannot run this way.
+    #[error("{0}")]
+    Rate(String),
+}
+
+/// Checks what `--rate` needs: message boundaries (not `raw` on TCP), room for the stamp, and
+/// a rate that is positive and finite.
+pub fn check_rate(
+    transport: Transport,
+    framing: Framing,
+    size: usize,
+    rate: f64,
+) -> Result<(), BenchError> {
+    if !(rate.is_finite() && rate > 0.0) {
+        return Err(BenchError::Rate(format!(
+            "the rate must be a positive number, not {rate}"
+        )));
+    }
+    if transport == Transport::Tcp && framing == Framing::Raw {
+        return Err(BenchError::Rate(
+            "--rate matches replies to requests by content, which raw framing cannot delimit: use line or a length framing".into(),
+        ));
+    }
+    let min = rate::min_size((transport == Transport::Tcp).then_some(framing));
+    if size < min {
+        return Err(SizeError::TooSmallForRate { size, min }.into());
+    }
+    Ok(())
 }
 
 /// What every client shares: settings, the end of the run, and the latency histogram.
@@ -326,6 +376,19 @@ impl Tally {
             self.last_mismatch = None;
         }
         let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        if self.samples.capacity() == 0 {
+            self.samples.reserve_exact(SAMPLE_BATCH);
+        }
+        self.samples.push(ns.clamp(1, MAX_LATENCY_NS));
+        if self.samples.len() >= SAMPLE_BATCH {
+            self.flush(shared);
+        }
+    }
+
+    /// Records a right reply to a message that was due at `due` (open-loop latency).
+    fn record_since(&mut self, due: Instant, shared: &Shared) {
+        self.counts.messages += 1;
+        let ns = u64::try_from(due.elapsed().as_nanos()).unwrap_or(u64::MAX);
         if self.samples.capacity() == 0 {
             self.samples.reserve_exact(SAMPLE_BATCH);
         }
@@ -441,6 +504,9 @@ pub async fn run(
         return Err(BenchError::NoClients);
     }
     check_size(config.transport, config.framing, config.size)?;
+    if let Some(rate) = config.rate {
+        check_rate(config.transport, config.framing, config.size, rate)?;
+    }
 
     // Connect everyone first, a bounded number at a time; failures leave only a count.
     let mut totals = Totals::default();
@@ -493,10 +559,25 @@ pub async fn run(
         // Stopped while connecting: nothing was sent, and nothing will be.
         sockets.clear();
     }
+    let count = sockets.len().max(1);
     let clients: Vec<_> = sockets
         .into_iter()
-        .map(|socket| {
+        .enumerate()
+        .map(|(k, socket)| {
             let (shared, cancel) = (shared.clone(), cancel.child_token());
+            if let Some(rate) = config.rate {
+                let interval = Duration::from_secs_f64(1.0 / rate);
+                // Clients spread evenly over one interval, so their sends do not come in bursts.
+                let schedule = rate::Schedule {
+                    start: started,
+                    phase: interval.mul_f64(k as f64 / count as f64),
+                    interval,
+                };
+                return match socket {
+                    Socket::Tcp(s) => tokio::spawn(rate::tcp_client(s, shared, schedule, cancel)),
+                    Socket::Udp(s) => tokio::spawn(rate::udp_client(s, shared, schedule, cancel)),
+                };
+            }
             match socket {
                 Socket::Tcp(s) => tokio::spawn(tcp::client(s, shared, request.clone(), cancel)),
                 Socket::Udp(s) => tokio::spawn(udp::client(s, shared, cancel)),
@@ -513,7 +594,17 @@ pub async fn run(
 
     let h = shared.hist.lock().unwrap_or_else(PoisonError::into_inner);
     let us = |ns: u64| ns as f64 / 1000.0;
-    let secs = elapsed.as_secs_f64();
+    // Open loop: the rate is measured over the schedule, not the wait for stragglers after it.
+    let secs = match config.rate {
+        Some(rate) if !cancel.is_cancelled() => {
+            let planned = config
+                .count
+                .map(|n| n as f64 / rate)
+                .unwrap_or(config.duration.as_secs_f64());
+            planned.min(elapsed.as_secs_f64())
+        }
+        _ => elapsed.as_secs_f64(),
+    };
     Ok(BenchReport {
         transport: config.transport.to_string(),
         framing: if config.transport == Transport::Tcp {
@@ -548,6 +639,7 @@ pub async fn run(
                 mean: h.mean() / 1000.0,
             }
         },
+        rate: config.rate,
         first_failure: totals.first_failure.or(totals.first_mismatch),
         interrupted: cancel.is_cancelled(),
     })
@@ -598,6 +690,7 @@ mod tests {
             timeouts: 0,
             errors: 0,
             latency_us: Latency::default(),
+            rate: None,
             first_failure: None,
             interrupted: false,
         };

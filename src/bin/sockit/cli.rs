@@ -693,6 +693,12 @@ pub struct BenchArgs {
     /// Seconds a client waits for one reply before counting a timeout
     #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_positive_secs)]
     pub timeout: Duration,
+    /// Open-loop load: each client sends N messages a second on a fixed schedule whatever
+    /// the replies do, and latency counts from each message's scheduled time (no coordinated
+    /// omission); messages carry a sequence number and send time, so --size is at least 8
+    /// (16 with line framing), and raw framing cannot be used
+    #[arg(long, value_name = "N", value_parser = parse_rate, conflicts_with = "chat")]
+    pub rate: Option<f64>,
     /// Print the result as one JSON object
     #[arg(long)]
     pub json: bool,
@@ -821,7 +827,19 @@ pub fn validate_bench(args: &BenchArgs) -> Result<(), String> {
         return Ok(());
     }
     sockit::bench::check_size(target.transport(), target.framing(), args.size)
-        .map_err(|e| format!("invalid value '{}' for '--size <BYTES>': {e}", args.size))
+        .map_err(|e| format!("invalid value '{}' for '--size <BYTES>': {e}", args.size))?;
+    if let Some(rate) = args.rate {
+        use sockit::bench::BenchError;
+        sockit::bench::check_rate(target.transport(), target.framing(), args.size, rate).map_err(
+            |e| match e {
+                BenchError::Size(e) => {
+                    format!("invalid value '{}' for '--size <BYTES>': {e}", args.size)
+                }
+                other => other.to_string(),
+            },
+        )?;
+    }
+    Ok(())
 }
 
 /// Works out the `serve` address: `[ADDR] [PORT]`, where a lone number is the port.
@@ -970,6 +988,15 @@ fn usage_error(sub: &str, msg: &str) -> clap::Error {
 
 fn parse_framing(s: &str) -> Result<Framing, String> {
     s.parse().map_err(|e: sockit::ConfigError| e.to_string())
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 && r <= 1e7 => Ok(r),
+        _ => Err(format!(
+            "'{s}' is not a rate (messages per second per client, more than 0, at most 10000000)"
+        )),
+    }
 }
 
 fn parse_file_size(s: &str) -> Result<u64, String> {

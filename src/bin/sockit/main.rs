@@ -591,6 +591,7 @@ async fn bench(args: BenchArgs) -> Result<()> {
         size: args.size,
         framing: target.framing(),
         timeout: args.timeout,
+        rate: args.rate,
     };
     let report = bench::run(&config, interrupt_token()?).await?;
     finish_bench(
