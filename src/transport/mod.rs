@@ -3,6 +3,7 @@
 //! - [`framed`]: a byte stream plus a codec, with buffers that exist only while there is data.
 //! - [`tcp`]: runs one session over one framed stream (replies, pushes, timeouts, shutdown).
 //! - [`udp`]: runs one session per peer address over a single UDP socket.
+//! - [`messages`]: runs one session over a connection that carries whole messages (rudp).
 //!
 //! Adding a stream transport (TLS, say): implement [`Stream`] for its stream type and hand it to
 //! [`tcp::serve_connection`]; the session code and the codecs are reused unchanged.
@@ -10,6 +11,7 @@
 use tokio::io::{AsyncRead, AsyncWrite};
 
 pub mod framed;
+pub mod messages;
 pub mod tcp;
 pub mod udp;
 
