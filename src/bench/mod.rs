@@ -369,26 +369,13 @@ struct Tally {
 }
 
 impl Tally {
-    /// Records a right reply to a message sent at `started`.
+    /// Records a right reply to a message sent (or, open loop, scheduled) at `started`.
     fn record(&mut self, started: Instant, shared: &Shared) {
         self.counts.messages += 1;
         if self.last_mismatch.is_some() {
             self.last_mismatch = None;
         }
         let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        if self.samples.capacity() == 0 {
-            self.samples.reserve_exact(SAMPLE_BATCH);
-        }
-        self.samples.push(ns.clamp(1, MAX_LATENCY_NS));
-        if self.samples.len() >= SAMPLE_BATCH {
-            self.flush(shared);
-        }
-    }
-
-    /// Records a right reply to a message that was due at `due` (open-loop latency).
-    fn record_since(&mut self, due: Instant, shared: &Shared) {
-        self.counts.messages += 1;
-        let ns = u64::try_from(due.elapsed().as_nanos()).unwrap_or(u64::MAX);
         if self.samples.capacity() == 0 {
             self.samples.reserve_exact(SAMPLE_BATCH);
         }

@@ -138,7 +138,7 @@ impl Receiver<'_> {
                 }
                 self.next = seq.wrapping_add(1);
                 let due = self.schedule.due_of(t_us, now);
-                tally.record_since(due, self.shared);
+                tally.record(due, self.shared);
             }
             Some(_) => {
                 // A duplicate, or a number never sent.

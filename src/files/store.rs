@@ -536,6 +536,17 @@ mod tests {
         FileName::parse(s, true).unwrap()
     }
 
+    fn listed(store: &Store) -> Vec<String> {
+        let mut seen = vec![];
+        store
+            .list(|e| {
+                seen.push(e.name);
+                true
+            })
+            .unwrap();
+        seen
+    }
+
     #[test]
     fn a_symlink_inside_the_directory_is_never_followed() {
         let outside = tempfile::tempdir().unwrap();
@@ -561,14 +572,7 @@ mod tests {
             Err(StoreError::Symlink(_))
         ));
         assert!(!outside.path().join("new").exists());
-        let mut seen = vec![];
-        store
-            .list(|e| {
-                seen.push(e.name);
-                true
-            })
-            .unwrap();
-        assert!(seen.is_empty(), "{seen:?}");
+        assert!(listed(&store).is_empty());
     }
 
     #[test]
@@ -577,23 +581,10 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let mut p = store.begin(&name("d/e/f.txt"), 5, None, false).unwrap();
         p.file.write_all(b"hello").unwrap();
-        let mut seen = vec![];
-        store
-            .list(|e| {
-                seen.push(e.name);
-                true
-            })
-            .unwrap();
-        assert!(seen.is_empty());
+        assert!(listed(&store).is_empty());
         assert!(store.stat(&name("d/e/f.txt")).unwrap().is_none());
         p.commit(false, None).unwrap();
-        store
-            .list(|e| {
-                seen.push(e.name);
-                true
-            })
-            .unwrap();
-        assert_eq!(seen, ["d/e/f.txt"]);
+        assert_eq!(listed(&store), ["d/e/f.txt"]);
         assert!(matches!(
             store.begin(&name("d/e/f.txt"), 5, None, false),
             Err(StoreError::Exists(_))
