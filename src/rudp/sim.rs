@@ -217,7 +217,6 @@ impl Link {
 ///
 /// Drive it with [`Pair::step`] / [`Pair::run_until`]; between steps, act on the collected
 /// events (`client_events`, `server_events`) and call `client.send`, `server.send`, etc.
-#[derive(Debug)]
 pub struct Pair {
     /// The virtual clock.
     pub now: Instant,
@@ -241,7 +240,24 @@ pub struct Pair {
     pub server_conn: Option<ConnectionHandle>,
     /// Server datagrams addressed elsewhere than the client (dropped).
     pub misaddressed: u64,
+    /// Called for every datagram before it enters the link; returning `true` drops it (to
+    /// lose chosen packets, e.g. the first `ACCEPT`). Dropped datagrams are not wire bytes.
+    pub filter: Option<Filter>,
     buf: Vec<u8>,
+}
+
+/// A datagram filter for [`Pair::filter`]: `true` drops the datagram.
+pub type Filter = Box<dyn FnMut(Dir, &[u8]) -> bool>;
+
+impl std::fmt::Debug for Pair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pair")
+            .field("elapsed", &self.elapsed())
+            .field("link", &self.link)
+            .field("client", &self.client)
+            .field("server", &self.server)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Pair {
@@ -271,6 +287,7 @@ impl Pair {
             server_events: VecDeque::new(),
             server_conn: None,
             misaddressed: 0,
+            filter: None,
             buf: Vec::new(),
         }
     }
@@ -284,11 +301,15 @@ impl Pair {
     pub fn flush(&mut self) {
         let now = self.now;
         while let Some(n) = self.client.poll_transmit(now, &mut self.buf) {
-            self.link.send(now, Dir::Up, &self.buf[..n]);
+            if !self.filter.as_mut().is_some_and(|f| f(Dir::Up, &self.buf[..n])) {
+                self.link.send(now, Dir::Up, &self.buf[..n]);
+            }
         }
         while let Some(t) = self.server.poll_transmit(now, &mut self.buf) {
             if t.destination == self.client_addr {
-                self.link.send(now, Dir::Down, &self.buf[..t.size]);
+                if !self.filter.as_mut().is_some_and(|f| f(Dir::Down, &self.buf[..t.size])) {
+                    self.link.send(now, Dir::Down, &self.buf[..t.size]);
+                }
             } else {
                 self.misaddressed += 1;
             }
