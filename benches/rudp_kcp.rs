@@ -173,11 +173,13 @@ fn run_sockit(link_cfg: &LinkConfig, seed: u64) -> Run {
                 p.server.send(hh, m).expect("echo");
             }
         }
-        let _ = h;
         while let Some(ev) = p.client_events.pop_front() {
             if let Event::Message(m) = ev {
                 if let Some(t) = seq_of(&m).and_then(|s| sent_at.get_mut(s as usize)?.take()) {
                     rtts.push((p.now - t).as_micros() as u64);
+                    if std::env::var_os("RUDP_TRACE").is_some() && p.now - t > Duration::from_millis(180) {
+                        eprintln!("seed {seed} msg {:?} rtt {:?} client {:?} server {:?}", seq_of(&m), p.now - t, p.client.stats(), p.server.connection(h).map(|c| c.stats().clone()));
+                    }
                 }
             }
         }

@@ -219,13 +219,32 @@ fn loss_of_each_data_packet_kind_is_repaired() {
 }
 
 #[test]
-fn a_lone_lost_message_is_repaired_by_timeout() {
-    // One message, nothing after it: no later datagram can carry a copy or reveal the gap.
+fn a_lone_lost_message_is_repaired_by_the_tail_copy() {
+    // One message, nothing after it: no later datagram can carry a copy or reveal the gap, so
+    // the tail copy (half an RTT later) repairs it, well before a retransmission timeout.
     let mut p = connected(0.0, 5);
+    drop_first(&mut p, Dir::Up, has_data);
+    let sent = p.now;
+    let (s, _) = transfer(&mut p, vec![msg(7, 20)], vec![], Duration::from_secs(3));
+    assert_eq!(s, vec![msg(7, 20)]);
+    assert_eq!(p.client.stats().timeouts, 0, "{:?}", p.client.stats());
+    assert!(p.client.stats().redundant_copies >= 1);
+    assert!(p.now - sent < Duration::from_millis(100), "took {:?}", p.now - sent);
+}
+
+#[test]
+fn without_redundancy_a_lone_lost_message_is_repaired_by_timeout() {
+    let cfg = Config {
+        redundancy_bytes: 0,
+        ..Config::default()
+    };
+    let mut p = pair_with(cfg, link(0.0), link(0.0), 5);
+    assert!(p.connect(Duration::from_secs(5)));
     drop_first(&mut p, Dir::Up, has_data);
     let (s, _) = transfer(&mut p, vec![msg(7, 20)], vec![], Duration::from_secs(3));
     assert_eq!(s, vec![msg(7, 20)]);
-    assert!(p.client.stats().timeouts >= 1);
+    assert_eq!(p.client.stats().timeouts, 1);
+    assert_eq!(p.client.stats().redundant_copies, 0);
 }
 
 #[test]

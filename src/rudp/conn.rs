@@ -134,6 +134,8 @@ pub struct Connection {
     peer_cum_max: u64,
     close_queued: bool,
     next_pkt: u64,
+    tail_copied: bool,
+    tail_pending: bool,
     // Congestion and RTT.
     bytes_in_flight: usize,
     cwnd: usize,
@@ -209,6 +211,8 @@ impl Connection {
             peer_cum_max: 0,
             close_queued: false,
             next_pkt: 0,
+            tail_copied: false,
+            tail_pending: false,
             bytes_in_flight: 0,
             cwnd: 10 * mss,
             ssthresh: usize::MAX,
@@ -778,9 +782,30 @@ impl Connection {
             // Zero window: probe so the peer's next ACK carries its window.
             self.ping_pending = true;
         }
+        if self.tail_deadline().is_some_and(|t| now >= t) {
+            self.tail_pending = true;
+            self.tail_copied = true;
+        }
         if now >= self.last_send + self.cfg.keepalive {
             self.ping_pending = true;
         }
+    }
+
+    /// Tail copy: when the last data sent is still unacknowledged and nothing newer followed to
+    /// carry copies of it, one datagram of copies goes out after a quarter RTT, so a lost tail
+    /// costs that instead of an RTO. Light traffic only, like all redundancy.
+    fn tail_deadline(&self) -> Option<Instant> {
+        if self.cfg.redundancy_bytes == 0
+            || self.tail_copied
+            || self.unacked == 0
+            || self.bytes_in_flight > self.cfg.redundancy_max_in_flight
+        {
+            return None;
+        }
+        let d = (self.srtt.unwrap_or(self.cfg.initial_rtt) / 2)
+            .max(Duration::from_millis(2))
+            .min(self.pto());
+        Some(self.last_eliciting_sent + d)
     }
 
     fn on_pto(&mut self, now: Instant) {
@@ -826,6 +851,9 @@ impl Connection {
                 }
                 if self.unacked > 0 {
                     t = t.min(self.last_eliciting_sent + self.pto());
+                }
+                if let Some(tail) = self.tail_deadline() {
+                    t = t.min(tail);
                 } else if !self.unsent.is_empty() && self.snd_nxt >= self.peer_limit {
                     t = t.min(self.last_send + self.rto());
                 }
@@ -930,7 +958,9 @@ impl Connection {
                 self.cwnd_allows(f.data.len())
             });
         let can_new = !draining && self.can_send_new();
-        if !(ack_due || has_retx || can_new || self.ping_pending) {
+        let tail = self.tail_pending && !draining;
+        self.tail_pending = false;
+        if !(ack_due || has_retx || can_new || self.ping_pending || tail) {
             return None;
         }
         let limit = self.cfg.mtu;
@@ -961,6 +991,7 @@ impl Connection {
         self.next_pkt += 1;
         let mut runs = RunWriter::default();
         let mut carried = false;
+        let mut copied = false;
         if !draining {
             // 1. Retransmissions of fragments judged lost.
             while let Some(&seq) = self.lost_queue.front() {
@@ -1011,10 +1042,11 @@ impl Connection {
                 self.unacked += 1;
                 self.bytes_in_flight += flight_size(len);
                 self.stats.fragments_sent += 1;
+                self.tail_copied = false;
                 carried = true;
             }
             // 3. Redundancy: spare room re-carries recent unacknowledged fragments.
-            if carried
+            if (carried || tail)
                 && self.cfg.redundancy_bytes > 0
                 && self.bytes_in_flight <= self.cfg.redundancy_max_in_flight
             {
@@ -1040,13 +1072,14 @@ impl Connection {
                     f.last_sent = now;
                     f.last_pkt = pkt;
                     self.stats.redundant_copies += 1;
+                    copied = true;
                 }
             }
         }
-        if carried {
+        if carried || copied {
             self.ping_pending = false;
             self.last_eliciting_sent = now;
-        } else if self.ping_pending {
+        } else if self.ping_pending || tail {
             self.ping_pending = false;
             packet::write_ping(buf);
             self.last_eliciting_sent = now;
