@@ -149,7 +149,10 @@ fn run_sockit(link_cfg: &LinkConfig, seed: u64) -> Run {
         link_cfg.clone(),
         seed,
     );
-    assert!(p.connect(Duration::from_secs(60)), "handshake failed (seed {seed})");
+    assert!(
+        p.connect(Duration::from_secs(60)),
+        "handshake failed (seed {seed})"
+    );
     let h = p.server_conn.expect("server connection");
     p.client_events.clear();
     p.server_events.clear();
@@ -177,8 +180,16 @@ fn run_sockit(link_cfg: &LinkConfig, seed: u64) -> Run {
             if let Event::Message(m) = ev {
                 if let Some(t) = seq_of(&m).and_then(|s| sent_at.get_mut(s as usize)?.take()) {
                     rtts.push((p.now - t).as_micros() as u64);
-                    if std::env::var_os("RUDP_TRACE").is_some() && p.now - t > Duration::from_millis(180) {
-                        eprintln!("seed {seed} msg {:?} rtt {:?} client {:?} server {:?}", seq_of(&m), p.now - t, p.client.stats(), p.server.connection(h).map(|c| c.stats().clone()));
+                    if std::env::var_os("RUDP_TRACE").is_some()
+                        && p.now - t > Duration::from_millis(180)
+                    {
+                        eprintln!(
+                            "seed {seed} msg {:?} rtt {:?} client {:?} server {:?}",
+                            seq_of(&m),
+                            p.now - t,
+                            p.client.stats(),
+                            p.server.connection(h).map(|c| c.stats().clone())
+                        );
                     }
                 }
             }
@@ -216,7 +227,12 @@ fn aggregate(proto: Proto, link: &LinkConfig, seeds: u64) -> Agg {
         r.rtts.sort_unstable();
         let n = r.rtts.len().max(1);
         let avg = r.rtts.iter().sum::<u64>() as f64 / n as f64 / 1000.0;
-        let p99 = r.rtts.get((n * 99).div_ceil(100).saturating_sub(1)).copied().unwrap_or(0) as f64 / 1000.0;
+        let p99 = r
+            .rtts
+            .get((n * 99).div_ceil(100).saturating_sub(1))
+            .copied()
+            .unwrap_or(0) as f64
+            / 1000.0;
         let max = r.rtts.last().copied().unwrap_or(0) as f64 / 1000.0;
         a.avg_ms += avg / seeds as f64;
         a.p99_ms += p99 / seeds as f64;
@@ -266,7 +282,9 @@ fn main() {
     println!("(avg and p99: mean over seeds; max: over all seeds; wire_bytes: mean per run)");
     if sweep {
         println!();
-        println!("loss sweep (seeds 1-{sweep_seeds}): avg / max RTT in ms, wire bytes; ratios sockit/kcp-fast");
+        println!(
+            "loss sweep (seeds 1-{sweep_seeds}): avg / max RTT in ms, wire bytes; ratios sockit/kcp-fast"
+        );
         println!(
             "{:>5} {:>20} {:>20} {:>20} {:>9} {:>9} {:>9}",
             "loss", "kcp-normal", "kcp-fast", "sockit", "avg", "max", "wire"
@@ -287,10 +305,7 @@ fn main() {
                 s.max_ms / f.max_ms,
                 s.wire / f.wire,
                 if n.missing + f.missing + s.missing > 0 {
-                    format!(
-                        "  missing: {}/{}/{}",
-                        n.missing, f.missing, s.missing
-                    )
+                    format!("  missing: {}/{}/{}", n.missing, f.missing, s.missing)
                 } else {
                     String::new()
                 }

@@ -55,7 +55,9 @@ fn captured() -> &'static [(Dir, Vec<u8>)] {
         assert!(p.connect(Duration::from_secs(20)));
         let h = p.server_conn.unwrap();
         for i in 0..20u32 {
-            p.client.send(Bytes::from(vec![i as u8; 10 + 300 * i as usize])).unwrap();
+            p.client
+                .send(Bytes::from(vec![i as u8; 10 + 300 * i as usize]))
+                .unwrap();
             p.server.send(h, Bytes::from(vec![i as u8; 50])).unwrap();
         }
         p.client.close();

@@ -6,9 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use sockit::rudp::packet::{self, Frame, Packet};
 use sockit::rudp::sim::{Dir, LinkConfig, Pair};
-use sockit::rudp::{
-    CloseReason, Config, Connection, Endpoint, EndpointConfig, Event, SendError,
-};
+use sockit::rudp::{CloseReason, Config, Connection, Endpoint, EndpointConfig, Event, SendError};
 
 fn link(loss: f64) -> LinkConfig {
     LinkConfig {
@@ -29,7 +27,10 @@ fn pair_with(cfg: Config, up: LinkConfig, down: LinkConfig, seed: u64) -> Pair {
 
 fn connected(loss: f64, seed: u64) -> Pair {
     let mut p = pair_with(Config::default(), link(loss), link(loss), seed);
-    assert!(p.connect(Duration::from_secs(20)), "no handshake (seed {seed})");
+    assert!(
+        p.connect(Duration::from_secs(20)),
+        "no handshake (seed {seed})"
+    );
     p.client_events.clear();
     p.server_events.clear();
     p
@@ -97,7 +98,12 @@ fn transfer(
 fn assert_in_order(got: &[Bytes], want: &[Bytes], what: &str) {
     assert_eq!(got.len(), want.len(), "{what}: message count");
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!(g == w, "{what}: message {i} differs ({} vs {} bytes)", g.len(), w.len());
+        assert!(
+            g == w,
+            "{what}: message {i} differs ({} vs {} bytes)",
+            g.len(),
+            w.len()
+        );
     }
 }
 
@@ -118,9 +124,17 @@ fn handshake_then_messages_both_ways() {
 #[test]
 fn empty_message_is_delivered() {
     let mut p = connected(0.0, 2);
-    let (s, _) = transfer(&mut p, vec![Bytes::new(), msg(1, 5)], vec![], Duration::from_secs(2));
+    let (s, _) = transfer(
+        &mut p,
+        vec![Bytes::new(), msg(1, 5)],
+        vec![],
+        Duration::from_secs(2),
+    );
     assert_in_order(&s, &[Bytes::new(), msg(1, 5)], "up");
 }
+
+/// A named datagram selector in one direction.
+type Case = (&'static str, Dir, fn(&[u8]) -> bool);
 
 /// Drops the first datagram (in `dir`) that `pick` selects.
 fn drop_first(p: &mut Pair, dir: Dir, pick: fn(&[u8]) -> bool) {
@@ -173,7 +187,7 @@ fn has_ping(b: &[u8]) -> bool {
 
 #[test]
 fn handshake_survives_the_loss_of_each_handshake_packet() {
-    let cases: [(&str, Dir, fn(&[u8]) -> bool); 4] = [
+    let cases: [Case; 4] = [
         ("first INITIAL", Dir::Up, is_initial_plain),
         ("RETRY", Dir::Down, is_retry),
         ("INITIAL with cookie", Dir::Up, is_initial_token),
@@ -182,10 +196,18 @@ fn handshake_survives_the_loss_of_each_handshake_packet() {
     for (name, dir, pick) in cases {
         let mut p = pair_with(Config::default(), link(0.0), link(0.0), 3);
         drop_first(&mut p, dir, pick);
-        assert!(p.connect(Duration::from_secs(10)), "{name} lost: no connection");
+        assert!(
+            p.connect(Duration::from_secs(10)),
+            "{name} lost: no connection"
+        );
         // Exactly one server connection even when the client repeated its INITIAL.
         assert_eq!(p.server.len(), 1, "{name}");
-        let (s, c) = transfer(&mut p, vec![msg(1, 100)], vec![msg(2, 100)], Duration::from_secs(5));
+        let (s, c) = transfer(
+            &mut p,
+            vec![msg(1, 100)],
+            vec![msg(2, 100)],
+            Duration::from_secs(5),
+        );
         assert_eq!((s.len(), c.len()), (1, 1), "{name}");
     }
 }
@@ -201,7 +223,7 @@ fn handshake_retries_through_heavy_loss() {
 
 #[test]
 fn loss_of_each_data_packet_kind_is_repaired() {
-    let cases: [(&str, Dir, fn(&[u8]) -> bool); 4] = [
+    let cases: [Case; 4] = [
         ("client data", Dir::Up, has_data),
         ("server data", Dir::Down, has_data),
         ("client pure ack", Dir::Up, is_pure_ack),
@@ -229,7 +251,11 @@ fn a_lone_lost_message_is_repaired_by_the_tail_copy() {
     assert_eq!(s, vec![msg(7, 20)]);
     assert_eq!(p.client.stats().timeouts, 0, "{:?}", p.client.stats());
     assert!(p.client.stats().redundant_copies >= 1);
-    assert!(p.now - sent < Duration::from_millis(100), "took {:?}", p.now - sent);
+    assert!(
+        p.now - sent < Duration::from_millis(100),
+        "took {:?}",
+        p.now - sent
+    );
 }
 
 #[test]
@@ -333,7 +359,9 @@ fn duplicated_datagrams_deliver_exactly_once() {
     let mut p = pair_with(Config::default(), dup.clone(), dup, 9);
     assert!(p.connect(Duration::from_secs(10)));
     p.client_events.clear();
-    let up: Vec<Bytes> = (0..300).map(|i| msg(i, 1 + (i as usize * 37) % 4000)).collect();
+    let up: Vec<Bytes> = (0..300)
+        .map(|i| msg(i, 1 + (i as usize * 37) % 4000))
+        .collect();
     let down: Vec<Bytes> = (0..300).map(|i| msg(i, 8)).collect();
     let (s, c) = transfer(&mut p, up.clone(), down.clone(), Duration::from_secs(30));
     assert_in_order(&s, &up, "up");
@@ -353,7 +381,9 @@ fn reordering_delivers_in_order() {
         let mut p = pair_with(Config::default(), shuffle.clone(), shuffle.clone(), seed);
         assert!(p.connect(Duration::from_secs(10)));
         p.client_events.clear();
-        let up: Vec<Bytes> = (0..200).map(|i| msg(i, 1 + (i as usize * 97) % 5000)).collect();
+        let up: Vec<Bytes> = (0..200)
+            .map(|i| msg(i, 1 + (i as usize * 97) % 5000))
+            .collect();
         let down: Vec<Bytes> = (0..200).map(|i| msg(i, 30)).collect();
         let (s, c) = transfer(&mut p, up.clone(), down.clone(), Duration::from_secs(60));
         assert_in_order(&s, &up, "up");
@@ -364,8 +394,8 @@ fn reordering_delivers_in_order() {
 #[test]
 fn tiny_windows_still_carry_large_messages() {
     let cfg = Config {
-        recv_window: 1,    // clamped to two fragments
-        send_buffer: 1,    // clamped to max_message
+        recv_window: 1, // clamped to two fragments
+        send_buffer: 1, // clamped to max_message
         ..Config::default()
     };
     let mut p = pair_with(cfg, link(0.05), link(0.05), 10);
@@ -402,10 +432,17 @@ fn ordered_exactly_once_under_0_to_30_percent_loss_many_seeds() {
     for loss in [0.0, 0.1, 0.2, 0.3] {
         for seed in 1..=8 {
             let mut p = pair_with(Config::default(), link(loss), link(loss), seed);
-            assert!(p.connect(Duration::from_secs(30)), "loss {loss} seed {seed}");
+            assert!(
+                p.connect(Duration::from_secs(30)),
+                "loss {loss} seed {seed}"
+            );
             p.client_events.clear();
-            let up: Vec<Bytes> = (0..100).map(|i| msg(i, 4 + (i as usize * 131) % 3000)).collect();
-            let down: Vec<Bytes> = (0..100).map(|i| msg(i, 4 + (i as usize * 17) % 300)).collect();
+            let up: Vec<Bytes> = (0..100)
+                .map(|i| msg(i, 4 + (i as usize * 131) % 3000))
+                .collect();
+            let down: Vec<Bytes> = (0..100)
+                .map(|i| msg(i, 4 + (i as usize * 17) % 300))
+                .collect();
             let (s, c) = transfer(&mut p, up.clone(), down.clone(), Duration::from_secs(120));
             assert_in_order(&s, &up, &format!("up, loss {loss} seed {seed}"));
             assert_in_order(&c, &down, &format!("down, loss {loss} seed {seed}"));
@@ -488,7 +525,9 @@ fn close_marker_loss_is_repaired() {
     p.client.close();
     let ok = p.run_until_cond(Duration::from_secs(10), |p| {
         p.client_events.contains(&Event::Closed(CloseReason::Local))
-            && p.server_events.iter().any(|(_, e)| *e == Event::Closed(CloseReason::Peer))
+            && p.server_events
+                .iter()
+                .any(|(_, e)| *e == Event::Closed(CloseReason::Peer))
     });
     assert!(ok);
 }
@@ -549,7 +588,14 @@ fn spoofed_and_stray_datagrams_are_dropped_and_counted() {
     p.server.handle_datagram(now, other, &forged(server_cid));
     assert_eq!(p.server.stats().wrong_address, 1);
     // Garbage and truncated headers.
-    for g in [&b""[..], b"\x04\x00", b"\x01", b"\x99garbage", b"\x02short", b"\x03\x00"] {
+    for g in [
+        &b""[..],
+        b"\x04\x00",
+        b"\x01",
+        b"\x99garbage",
+        b"\x02short",
+        b"\x03\x00",
+    ] {
         p.server.handle_datagram(now, client_addr, g);
     }
     assert!(p.server.stats().malformed >= 5, "{:?}", p.server.stats());
@@ -564,7 +610,12 @@ fn spoofed_and_stray_datagrams_are_dropped_and_counted() {
     assert!(p.server_events.is_empty(), "{:?}", p.server_events);
     assert!(p.client_events.is_empty(), "{:?}", p.client_events);
     // The real connection is unharmed.
-    let (s, c) = transfer(&mut p, vec![msg(1, 50)], vec![msg(2, 50)], Duration::from_secs(2));
+    let (s, c) = transfer(
+        &mut p,
+        vec![msg(1, 50)],
+        vec![msg(2, 50)],
+        Duration::from_secs(2),
+    );
     assert_eq!((s, c), (vec![msg(1, 50)], vec![msg(2, 50)]));
     assert_eq!(p.server.peer(h), Some(client_addr));
 }
@@ -583,7 +634,10 @@ fn cookies_bind_address_id_and_time() {
     ep.handle_datagram(t0, a, &init);
     let tr = ep.poll_transmit(t0, &mut buf).unwrap();
     assert_eq!(tr.destination, a);
-    assert!(tr.size <= init.len(), "the answer is never larger than the request");
+    assert!(
+        tr.size <= init.len(),
+        "the answer is never larger than the request"
+    );
     let Ok(Packet::Retry { cid: 1234, token }) = packet::parse(&buf[..tr.size]) else {
         panic!("no retry")
     };
@@ -598,11 +652,16 @@ fn cookies_bind_address_id_and_time() {
     let mut forged = with(1234);
     forged[12] ^= 1;
     assert!(ep.handle_datagram(t0, a, &forged).is_none());
-    assert!(ep.handle_datagram(t0 + 2 * period, a, &with(1234)).is_none());
+    assert!(
+        ep.handle_datagram(t0 + 2 * period, a, &with(1234))
+            .is_none()
+    );
     assert_eq!(ep.stats().invalid_tokens, 4);
     assert_eq!(ep.len(), 0);
     // Still valid in the next bucket; a repeat does not make a second connection.
-    let h = ep.handle_datagram(t0 + period, a, &with(1234)).expect("accepted");
+    let h = ep
+        .handle_datagram(t0 + period, a, &with(1234))
+        .expect("accepted");
     assert!(ep.handle_datagram(t0 + period, a, &with(1234)).is_none());
     assert_eq!(ep.len(), 1);
     assert_eq!(ep.connection(h).unwrap().remote_cid(), 1234);
@@ -618,7 +677,8 @@ fn spoofed_handshake_flood_keeps_no_state() {
     for i in 0..200_000u32 {
         init.clear();
         packet::write_initial(&mut init, u64::from(i) + 1, None);
-        let addr = std::net::SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 4000));
+        let addr =
+            std::net::SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 4000));
         ep.handle_datagram(t0, addr, &init);
         // A forged cookie from a spoofed source.
         init.clear();
@@ -648,7 +708,10 @@ fn connection_limit_is_enforced() {
     let mut clients: Vec<(std::net::SocketAddr, Connection)> = (0..5u16)
         .map(|i| {
             let addr = std::net::SocketAddr::from(([192, 0, 2, 1], 6000 + i));
-            (addr, Connection::connect(Config::default(), t0, u64::from(i) + 100))
+            (
+                addr,
+                Connection::connect(Config::default(), t0, u64::from(i) + 100),
+            )
         })
         .collect();
     let mut buf = Vec::new();
@@ -691,7 +754,10 @@ fn bulk_over_a_bottleneck_backs_off_and_completes() {
     let took = p.now - start;
     // 8 MiB at 1 MB/s is 8.4 s at best; a sane controller stays within 2x of it.
     assert!(took < Duration::from_secs(17), "took {took:?}");
-    assert!(p.link.stats(Dir::Up).queue_drops > 0, "never filled the queue");
+    assert!(
+        p.link.stats(Dir::Up).queue_drops > 0,
+        "never filled the queue"
+    );
     assert!(p.client.stats().fast_losses > 0);
     assert!(p.client.cwnd() < 200_000, "cwnd {}", p.client.cwnd());
 }

@@ -767,7 +767,8 @@ impl Connection {
         if self.state == State::Handshake {
             if now >= self.hs_next {
                 self.hs_send_pending = true;
-                self.hs_interval = (self.hs_interval * 2).min(self.cfg.max_rto.max(self.cfg.initial_rtt));
+                self.hs_interval =
+                    (self.hs_interval * 2).min(self.cfg.max_rto.max(self.cfg.initial_rtt));
                 self.hs_next = now + self.hs_interval;
             }
             return;
@@ -947,8 +948,8 @@ impl Connection {
             return Some(self.sent_datagram(now, buf.len()));
         }
         let draining = matches!(self.state, State::Draining { .. });
-        let ack_due = self.ack_pending
-            && (self.ack_immediate || self.ack_deadline.is_none_or(|d| d <= now));
+        let ack_due =
+            self.ack_pending && (self.ack_immediate || self.ack_deadline.is_none_or(|d| d <= now));
         if !draining {
             self.prune_lost_queue();
         }

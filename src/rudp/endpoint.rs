@@ -338,9 +338,7 @@ impl Endpoint {
     }
 
     fn has_events(&self, cid: u64) -> bool {
-        self.conns
-            .get(&cid)
-            .is_some_and(|e| e.conn.has_events())
+        self.conns.get(&cid).is_some_and(|e| e.conn.has_events())
     }
 
     /// The next event of any connection. A connection whose `Closed` event was returned and
@@ -392,6 +390,9 @@ impl Endpoint {
 
     /// The earliest timer of any connection (or `None` with nothing pending).
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.conns.values().filter_map(|e| e.conn.poll_timeout()).min()
+        self.conns
+            .values()
+            .filter_map(|e| e.conn.poll_timeout())
+            .min()
     }
 }

@@ -585,7 +585,10 @@ mod tests {
         let all: Vec<Frame> = frames(f).collect();
         assert_eq!(all.len(), 6);
         let Frame::Ack(a) = all[0] else { panic!() };
-        assert_eq!((a.cumulative, a.echo_ts, a.delay_ms, a.window), (100, 7, 3, 64));
+        assert_eq!(
+            (a.cumulative, a.echo_ts, a.delay_ms, a.window),
+            (100, 7, 3, 64)
+        );
         assert_eq!(a.ranges().collect::<Vec<_>>(), vec![(102, 104), (110, 111)]);
         assert_eq!(
             all[1],
@@ -616,7 +619,11 @@ mod tests {
         // A cut inside a frame is rejected (never a partial parse); at a frame boundary the
         // shorter datagram is simply valid.
         for cut in DATA_HEADER_LEN..b.len() {
-            assert_eq!(parse(&b[..cut]).is_ok(), bounds.contains(&cut), "cut at {cut}");
+            assert_eq!(
+                parse(&b[..cut]).is_ok(),
+                bounds.contains(&cut),
+                "cut at {cut}"
+            );
         }
     }
 

@@ -190,7 +190,9 @@ impl Link {
 
     /// When the next datagram arrives in `dir`.
     pub fn next_arrival(&self, dir: Dir) -> Option<Instant> {
-        self.queues[dir as usize].peek().map(|Reverse((t, _, _))| *t)
+        self.queues[dir as usize]
+            .peek()
+            .map(|Reverse((t, _, _))| *t)
     }
 
     /// When the next datagram arrives in either direction.
@@ -301,13 +303,21 @@ impl Pair {
     pub fn flush(&mut self) {
         let now = self.now;
         while let Some(n) = self.client.poll_transmit(now, &mut self.buf) {
-            if !self.filter.as_mut().is_some_and(|f| f(Dir::Up, &self.buf[..n])) {
+            if !self
+                .filter
+                .as_mut()
+                .is_some_and(|f| f(Dir::Up, &self.buf[..n]))
+            {
                 self.link.send(now, Dir::Up, &self.buf[..n]);
             }
         }
         while let Some(t) = self.server.poll_transmit(now, &mut self.buf) {
             if t.destination == self.client_addr {
-                if !self.filter.as_mut().is_some_and(|f| f(Dir::Down, &self.buf[..t.size])) {
+                if !self
+                    .filter
+                    .as_mut()
+                    .is_some_and(|f| f(Dir::Down, &self.buf[..t.size]))
+                {
                     self.link.send(now, Dir::Down, &self.buf[..t.size]);
                 }
             } else {
@@ -391,7 +401,11 @@ impl Pair {
 
     /// Runs event by event until `done` returns true or `max` of virtual time passed; returns
     /// whether `done` became true.
-    pub fn run_until_cond(&mut self, max: Duration, mut done: impl FnMut(&mut Pair) -> bool) -> bool {
+    pub fn run_until_cond(
+        &mut self,
+        max: Duration,
+        mut done: impl FnMut(&mut Pair) -> bool,
+    ) -> bool {
         let end = self.now + max;
         let mut same = 0u32;
         loop {
