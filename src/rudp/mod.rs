@@ -24,8 +24,7 @@
 //! use sockit::rudp::{Config, Connection, Endpoint, EndpointConfig, Event};
 //!
 //! let t0 = Instant::now(); // a driver's clock; here just a starting point
-//! let server_addr = "127.0.0.1:9000".parse().unwrap();
-//! let client_addr = "127.0.0.1:5000".parse().unwrap();
+//! let client_addr: std::net::SocketAddr = "127.0.0.1:5000".parse().unwrap();
 //! let mut server = Endpoint::new(EndpointConfig::default(), [7; 32], t0);
 //! let mut client = Connection::connect(Config::default(), t0, 42);
 //! client.send(bytes::Bytes::from_static(b"hello")).unwrap();
