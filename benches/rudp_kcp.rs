@@ -9,7 +9,7 @@
 //! `cargo bench --bench rudp_kcp` prints the table at 5% loss, a loss sweep 0–30%, and the
 //! summary line `sockit/kcp-fast avg_rtt_ratio=X max_rtt_ratio=Y wire_bytes_ratio=Z`.
 //! Options (after `--`): `--seeds N` (default 20), `--sweep-seeds N` (default 10),
-//! `--no-sweep`.
+//! `--no-sweep`, `--arq` (adds a row for sockit without redundancy).
 
 use std::cell::RefCell;
 use std::io::Write;
@@ -31,6 +31,8 @@ enum Proto {
     KcpNormal,
     KcpFast,
     Sockit,
+    /// sockit with redundancy (copies and tail copy) switched off: pure ARQ.
+    SockitArq,
 }
 
 impl Proto {
@@ -39,6 +41,7 @@ impl Proto {
             Proto::KcpNormal => "kcp-normal",
             Proto::KcpFast => "kcp-fast",
             Proto::Sockit => "sockit",
+            Proto::SockitArq => "sockit-arq",
         }
     }
 }
@@ -141,9 +144,17 @@ fn run_kcp(fast: bool, link_cfg: &LinkConfig, seed: u64) -> Run {
 }
 
 /// rudp driven event by event over the same link model.
-fn run_sockit(link_cfg: &LinkConfig, seed: u64) -> Run {
+fn run_sockit(redundancy: bool, link_cfg: &LinkConfig, seed: u64) -> Run {
+    let cfg = if redundancy {
+        Config::default()
+    } else {
+        Config {
+            redundancy_bytes: 0,
+            ..Config::default()
+        }
+    };
     let mut p = Pair::new(
-        Config::default(),
+        cfg,
         EndpointConfig::default(),
         link_cfg.clone(),
         link_cfg.clone(),
@@ -205,7 +216,8 @@ fn run(proto: Proto, link: &LinkConfig, seed: u64) -> Run {
     match proto {
         Proto::KcpNormal => run_kcp(false, link, seed),
         Proto::KcpFast => run_kcp(true, link, seed),
-        Proto::Sockit => run_sockit(link, seed),
+        Proto::Sockit => run_sockit(true, link, seed),
+        Proto::SockitArq => run_sockit(false, link, seed),
     }
 }
 
@@ -266,7 +278,12 @@ fn main() {
         "protocol", "avg_rtt_ms", "p99_rtt_ms", "max_rtt_ms", "wire_bytes", "missing"
     );
     let mut results = Vec::new();
-    for proto in [Proto::KcpNormal, Proto::KcpFast, Proto::Sockit] {
+    let arq = std::env::args().any(|a| a == "--arq");
+    let mut protos = vec![Proto::KcpNormal, Proto::KcpFast, Proto::Sockit];
+    if arq {
+        protos.push(Proto::SockitArq);
+    }
+    for proto in protos {
         let a = aggregate(proto, &link, seeds);
         println!(
             "{:<11} {:>12.1} {:>12.1} {:>12.1} {:>12.0} {:>8}",
