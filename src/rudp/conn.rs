@@ -585,8 +585,10 @@ impl Connection {
             self.ooo.clear();
             self.ooo_bytes = 0;
             self.state = State::Draining {
-                until: now + 3 * self.rto(),
+                until: now + (3 * self.rto()).max(Duration::from_secs(1)),
             };
+            // Acknowledge the marker at once: the closer is waiting for exactly this.
+            self.ack_immediate = true;
             return;
         }
         self.partial_len += data.len();
@@ -839,8 +841,8 @@ impl Connection {
         match self.state {
             State::Closed => None,
             State::Handshake => Some(idle.min(self.hs_next)),
-            State::Draining { until } => Some(until),
-            State::Established => {
+            State::Draining { until } if !self.ack_pending => Some(until),
+            State::Draining { .. } | State::Established => {
                 let mut t = idle;
                 if self.ack_pending {
                     let d = if self.ack_immediate {
@@ -1174,5 +1176,23 @@ mod tests {
             )))
         );
         assert!(c.is_drained() && s.is_drained());
+    }
+
+    #[test]
+    fn the_close_marker_is_acknowledged_at_once() {
+        let (mut c, mut s, t) = pair(Config::default());
+        s.accept_pending = false;
+        c.close();
+        pump(&mut c, &mut s, t);
+        assert_eq!(s.poll_event(), Some(Event::Closed(CloseReason::Peer)));
+        // Draining, but the ACK is due now, not at the end of draining.
+        assert!(s.poll_timeout().is_some_and(|x| x <= t));
+        pump(&mut s, &mut c, t);
+        assert_eq!(c.poll_event(), Some(Event::Closed(CloseReason::Local)));
+        assert!(c.is_drained());
+        assert!(
+            s.poll_timeout()
+                .is_some_and(|x| x >= t + Duration::from_secs(1))
+        );
     }
 }

@@ -82,7 +82,10 @@ struct Entry {
     conn: Connection,
     peer: SocketAddr,
     client_cid: u64,
-    dirty: bool,
+    /// Queued in `dirty` (may have datagrams to send).
+    in_tx: bool,
+    /// Queued in `ev_ready` (may have events).
+    in_ev: bool,
 }
 
 /// The server side of rudp over one socket: answers handshakes statelessly, creates
@@ -96,6 +99,7 @@ pub struct Endpoint {
     conns: HashMap<u64, Entry>,
     by_client: HashMap<(SocketAddr, u64), u64>,
     dirty: VecDeque<u64>,
+    ev_ready: VecDeque<u64>,
     answers: VecDeque<(SocketAddr, [u8; packet::RETRY_LEN])>,
     stats: EndpointStats,
 }
@@ -117,6 +121,7 @@ impl Endpoint {
             conns: HashMap::new(),
             by_client: HashMap::new(),
             dirty: VecDeque::new(),
+            ev_ready: VecDeque::new(),
             answers: VecDeque::new(),
             stats: EndpointStats::default(),
         }
@@ -149,12 +154,8 @@ impl Endpoint {
 
     /// A connection, to act on (marked for `poll_transmit`/`poll_event`).
     pub fn connection_mut(&mut self, h: ConnectionHandle) -> Option<&mut Connection> {
-        let e = self.conns.get_mut(&h.0)?;
-        if !e.dirty {
-            e.dirty = true;
-            self.dirty.push_back(h.0);
-        }
-        Some(&mut e.conn)
+        self.mark(h.0);
+        self.conns.get_mut(&h.0).map(|e| &mut e.conn)
     }
 
     /// The peer address of a connection.
@@ -202,9 +203,13 @@ impl Endpoint {
 
     fn mark(&mut self, cid: u64) {
         if let Some(e) = self.conns.get_mut(&cid) {
-            if !e.dirty {
-                e.dirty = true;
+            if !e.in_tx {
+                e.in_tx = true;
                 self.dirty.push_back(cid);
+            }
+            if !e.in_ev {
+                e.in_ev = true;
+                self.ev_ready.push_back(cid);
             }
         }
     }
@@ -289,7 +294,8 @@ impl Endpoint {
                         conn,
                         peer,
                         client_cid: cid,
-                        dirty: false,
+                        in_tx: false,
+                        in_ev: false,
                     },
                 );
                 self.by_client.insert((peer, cid), local);
@@ -325,35 +331,49 @@ impl Endpoint {
                     size,
                 });
             }
-            // Nothing more to send; it stays dirty only while it has events to deliver.
             self.dirty.pop_front();
-            e.dirty = false;
-            if self.has_events(cid) {
-                self.mark(cid);
-                // Events stay reachable through poll_event; stop here to avoid cycling.
-                break;
-            }
+            e.in_tx = false;
         }
         None
-    }
-
-    fn has_events(&self, cid: u64) -> bool {
-        self.conns.get(&cid).is_some_and(|e| e.conn.has_events())
     }
 
     /// The next event of any connection. A connection whose `Closed` event was returned and
     /// that has nothing left to send is removed.
     pub fn poll_event(&mut self) -> Option<(ConnectionHandle, Event)> {
-        let cids: Vec<u64> = self.dirty.iter().copied().collect();
-        for cid in cids {
+        self.poll_event_where(|_| true)
+    }
+
+    /// The next event of a connection for which `ready` says yes; the others keep their events
+    /// (a driver uses this to stop taking messages for a reader that is behind, so the
+    /// connection's receive window closes). Call [`Endpoint::connection_mut`] on a connection
+    /// to have it looked at again.
+    pub fn poll_event_where(
+        &mut self,
+        mut ready: impl FnMut(ConnectionHandle) -> bool,
+    ) -> Option<(ConnectionHandle, Event)> {
+        let mut i = 0;
+        while i < self.ev_ready.len() {
+            let cid = self.ev_ready[i];
             let Some(e) = self.conns.get_mut(&cid) else {
+                self.ev_ready.remove(i);
                 continue;
             };
-            if let Some(ev) = e.conn.poll_event() {
-                if matches!(ev, Event::Closed(_)) && e.conn.is_drained() {
-                    self.remove(cid);
+            if !ready(ConnectionHandle(cid)) {
+                i += 1;
+                continue;
+            }
+            match e.conn.poll_event() {
+                Some(ev) => {
+                    if matches!(ev, Event::Closed(_)) && e.conn.is_drained() {
+                        self.ev_ready.remove(i);
+                        self.remove(cid);
+                    }
+                    return Some((ConnectionHandle(cid), ev));
                 }
-                return Some((ConnectionHandle(cid), ev));
+                None => {
+                    e.in_ev = false;
+                    self.ev_ready.remove(i);
+                }
             }
         }
         None

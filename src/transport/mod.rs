@@ -3,6 +3,8 @@
 //! - [`framed`]: a byte stream plus a codec, with buffers that exist only while there is data.
 //! - [`tcp`]: runs one session over one framed stream (replies, pushes, timeouts, shutdown).
 //! - [`udp`]: runs one session per peer address over a single UDP socket.
+//! - [`rudp`](mod@rudp): reliable UDP connections (the [`crate::rudp`] core) on a UDP socket:
+//!   a server serving many connections on one socket, and a client.
 //!
 //! Adding a stream transport (TLS, say): implement [`Stream`] for its stream type and hand it to
 //! [`tcp::serve_connection`]; the session code and the codecs are reused unchanged.
@@ -10,6 +12,7 @@
 use tokio::io::{AsyncRead, AsyncWrite};
 
 pub mod framed;
+pub mod rudp;
 pub mod tcp;
 pub mod udp;
 
