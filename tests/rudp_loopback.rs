@@ -171,3 +171,66 @@ async fn server_shutdown_closes_its_connections() {
     let stats = server.await.unwrap();
     assert_eq!(stats.accepted, 1);
 }
+
+/// A UDP relay between one client and `server` that drops `loss` of the datagrams in each
+/// direction and delays each survivor by 0–`jitter_ms` ms independently (so they reorder).
+async fn lossy_relay(server: SocketAddr, loss: f64, jitter_ms: u64, seed: u64) -> SocketAddr {
+    use std::sync::Arc;
+    let sock = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let addr = sock.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut rng = sockit::rudp::rng::Rng::new(seed);
+        let mut client: Option<SocketAddr> = None;
+        let mut buf = vec![0u8; 65_536];
+        while let Ok((n, from)) = sock.recv_from(&mut buf).await {
+            let to = if from == server {
+                match client {
+                    Some(c) => c,
+                    None => continue,
+                }
+            } else {
+                client = Some(from);
+                server
+            };
+            if rng.chance(loss) {
+                continue;
+            }
+            let delay = Duration::from_millis(rng.range_u64(0, jitter_ms));
+            let data = buf[..n].to_vec();
+            let s = sock.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let _ = s.send_to(&data, to).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_a_relay_dropping_10_percent_and_reordering_every_message_arrives_once_in_order() {
+    let shutdown = CancellationToken::new();
+    let (addr, server) = echo_server(shutdown.clone()).await;
+    let relay = lossy_relay(addr, 0.10, 15, 7).await;
+    let mut c = connect(relay, Config::default())
+        .await
+        .expect("connect through the relay");
+    let sent: Vec<Bytes> = (0..200u32)
+        .map(|i| msg(9, i, 8 + (i as usize * 97) % 3000))
+        .collect();
+    for m in &sent {
+        c.send(m.clone()).await.unwrap();
+    }
+    for (i, want) in sent.iter().enumerate() {
+        let got = tokio::time::timeout(Duration::from_secs(30), c.recv())
+            .await
+            .unwrap_or_else(|_| panic!("echo {i} in time"))
+            .expect("open");
+        assert!(&got == want, "echo {i} out of order or corrupted");
+    }
+    c.close();
+    let end = tokio::time::timeout(Duration::from_secs(20), c.recv()).await;
+    assert_eq!(end.expect("closed in time"), None);
+    shutdown.cancel();
+    server.await.unwrap();
+}

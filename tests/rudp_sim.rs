@@ -761,3 +761,27 @@ fn bulk_over_a_bottleneck_backs_off_and_completes() {
     assert!(p.client.stats().fast_losses > 0);
     assert!(p.client.cwnd() < 200_000, "cwnd {}", p.client.cwnd());
 }
+
+#[test]
+fn datagrams_never_exceed_the_configured_mtu() {
+    for mtu in [128usize, 576, 1200, 9000, 65000] {
+        let cfg = Config {
+            mtu,
+            ..Config::default()
+        };
+        // The link drops anything larger than the MTU: a single oversized datagram would
+        // show up in `too_big` (and likely stall the transfer).
+        let l = LinkConfig { mtu, ..link(0.1) };
+        let mut p = pair_with(cfg, l.clone(), l, mtu as u64);
+        assert!(p.connect(Duration::from_secs(20)), "mtu {mtu}");
+        let up: Vec<Bytes> = (0..30)
+            .map(|i| msg(i, 1 + (i as usize * 4999) % (40 * mtu)))
+            .collect();
+        let down: Vec<Bytes> = (0..30).map(|i| msg(i, 8 + i as usize)).collect();
+        let (s, c) = transfer(&mut p, up.clone(), down.clone(), Duration::from_secs(300));
+        assert_in_order(&s, &up, &format!("up, mtu {mtu}"));
+        assert_in_order(&c, &down, &format!("down, mtu {mtu}"));
+        assert_eq!(p.link.stats(Dir::Up).too_big, 0, "mtu {mtu}");
+        assert_eq!(p.link.stats(Dir::Down).too_big, 0, "mtu {mtu}");
+    }
+}
