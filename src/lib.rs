@@ -28,6 +28,8 @@
 //! - [`net`]: the address grammar (`HOST:PORT`, `udp:`, `unix:`, …), [`PeerAddr`], name
 //!   resolution, the lookups behind `sockit resolve`, the service table behind `sockit port`.
 //! - [`ping`]: `sockit ping`, connect-time ping over TCP or UDP.
+//! - [`rudp`]: reliable UDP, sans-IO: connection state machine, stateless-cookie endpoint,
+//!   wire format, and a deterministic network simulator.
 //! - [`error`]: the library's error enums.
 //! - [`logging`]: a log sink that never blocks or crashes the process on a closed stderr.
 //!
@@ -44,6 +46,7 @@ pub mod logging;
 pub mod message;
 pub mod net;
 pub mod ping;
+pub mod rudp;
 pub mod scan;
 pub mod server;
 pub mod service;

@@ -4,6 +4,8 @@
 //! - [`tcp`]: runs one session over one framed stream (replies, pushes, timeouts, shutdown).
 //! - [`udp`]: runs one session per peer address over a single UDP socket.
 //! - [`messages`]: runs one session over a connection that carries whole messages (rudp).
+//! - [`rudp`](mod@rudp): reliable UDP connections (the [`crate::rudp`] core) on a UDP socket:
+//!   a server serving many connections on one socket, and a client.
 //!
 //! Adding a stream transport (TLS, say): implement [`Stream`] for its stream type and hand it to
 //! [`tcp::serve_connection`]; the session code and the codecs are reused unchanged.
@@ -12,6 +14,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 pub mod framed;
 pub mod messages;
+pub mod rudp;
 pub mod tcp;
 pub mod udp;
 

@@ -1,0 +1,532 @@
+//! Tokio driver for [`rudp`](crate::rudp): runs the sans-IO core on a real UDP socket.
+//!
+//! - [`RudpServer`]: one socket serving many connections through an [`Endpoint`] (stateless
+//!   cookie handshake, demultiplexing by connection id); [`RudpServer::accept`] yields each new
+//!   connection.
+//! - [`connect`]: a client connection on a socket of its own.
+//! - [`RudpConnection`]: whole messages in and out (`send`, `recv`, `close`).
+//!
+//! Memory is bounded per connection: `send` waits while more than `2 × max_message` bytes wait
+//! for the core's send buffer (itself bounded), and messages are taken from the core only while
+//! fewer than [`INBOX_LIMIT`] bytes wait for `recv`, so a slow reader closes the rudp receive
+//! window instead of growing a queue.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::net::UdpSocket;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::rudp::{
+    CloseReason, Config, Connection, ConnectionHandle, Endpoint, EndpointConfig, EndpointStats,
+    Event, SendError,
+};
+
+/// Bytes of received messages waiting for `recv` before the driver stops taking more from
+/// the connection (its receive window then closes and the peer waits).
+pub const INBOX_LIMIT: usize = 2 << 20;
+/// Datagrams handled per wake-up before timers and sends get a turn.
+const RECV_BATCH: usize = 64;
+/// New connections waiting for `accept`; beyond it they are closed.
+const ACCEPT_BACKLOG: usize = 4096;
+/// How long a shutting-down server lets its connections close gracefully.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+enum Cmd {
+    Send(u64, Bytes, OwnedSemaphorePermit),
+    Close(u64),
+    Resume(u64),
+}
+
+/// State shared by a connection's handle and the driver.
+struct Shared {
+    inbox_bytes: AtomicUsize,
+    closed: Mutex<Option<CloseReason>>,
+    send_room: Arc<Semaphore>,
+    send_cap: usize,
+}
+
+impl Shared {
+    fn new(max_message: usize) -> Arc<Self> {
+        let cap = (2 * max_message).min(Semaphore::MAX_PERMITS);
+        Arc::new(Shared {
+            inbox_bytes: AtomicUsize::new(0),
+            closed: Mutex::new(None),
+            send_room: Arc::new(Semaphore::new(cap)),
+            send_cap: cap,
+        })
+    }
+
+    fn set_closed(&self, r: CloseReason) {
+        if let Ok(mut g) = self.closed.lock() {
+            g.get_or_insert(r);
+        }
+        self.send_room.close();
+    }
+}
+
+/// One rudp connection: reliable, ordered whole messages.
+pub struct RudpConnection {
+    id: u64,
+    peer: SocketAddr,
+    max_message: usize,
+    inbox: mpsc::UnboundedReceiver<Bytes>,
+    cmds: mpsc::UnboundedSender<Cmd>,
+    shared: Arc<Shared>,
+    /// The client's driver task (servers share one task, owned by `RudpServer`).
+    task: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for RudpConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RudpConnection")
+            .field("peer", &self.peer)
+            .field("closed", &self.close_reason())
+            .finish()
+    }
+}
+
+impl RudpConnection {
+    /// The peer's address.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// Queues a message, waiting while the connection's send buffer is full.
+    pub async fn send(&self, msg: Bytes) -> Result<(), SendError> {
+        if msg.len() > self.max_message {
+            return Err(SendError::TooLarge(msg.len()));
+        }
+        let n = msg.len().clamp(1, self.shared.send_cap) as u32;
+        let permit = self
+            .shared
+            .send_room
+            .clone()
+            .acquire_many_owned(n)
+            .await
+            .map_err(|_| SendError::Closed)?;
+        self.cmds
+            .send(Cmd::Send(self.id, msg, permit))
+            .map_err(|_| SendError::Closed)
+    }
+
+    /// The next message, or `None` once the connection ended (see
+    /// [`close_reason`](Self::close_reason)).
+    pub async fn recv(&mut self) -> Option<Bytes> {
+        let m = self.inbox.recv().await?;
+        let before = self.shared.inbox_bytes.fetch_sub(m.len(), Ordering::AcqRel);
+        if before >= INBOX_LIMIT && before - m.len() < INBOX_LIMIT {
+            let _ = self.cmds.send(Cmd::Resume(self.id));
+        }
+        Some(m)
+    }
+
+    /// Closes gracefully: messages already sent are delivered first. `recv` returns `None`
+    /// once the close completed.
+    pub fn close(&self) {
+        let _ = self.cmds.send(Cmd::Close(self.id));
+    }
+
+    /// Why the connection ended, once it has.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.shared.closed.lock().ok().and_then(|g| *g)
+    }
+
+    /// Waits for the client's driver task to finish (after the connection closed).
+    pub async fn finished(mut self) {
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for RudpConnection {
+    fn drop(&mut self) {
+        if self.close_reason().is_none() {
+            let _ = self.cmds.send(Cmd::Close(self.id));
+        }
+    }
+}
+
+/// The driver's side of one connection.
+struct Side {
+    inbox: mpsc::UnboundedSender<Bytes>,
+    shared: Arc<Shared>,
+    pending: VecDeque<(Bytes, OwnedSemaphorePermit)>,
+}
+
+impl Side {
+    fn new(shared: Arc<Shared>) -> (Side, mpsc::UnboundedReceiver<Bytes>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (
+            Side {
+                inbox: tx,
+                shared,
+                pending: VecDeque::new(),
+            },
+            rx,
+        )
+    }
+
+    fn ready(&self) -> bool {
+        self.shared.inbox_bytes.load(Ordering::Acquire) < INBOX_LIMIT
+    }
+
+    /// Handles one event; returns true when the connection is over.
+    fn deliver(&mut self, ev: Event) -> bool {
+        match ev {
+            Event::Connected => false,
+            Event::Message(m) => {
+                self.shared.inbox_bytes.fetch_add(m.len(), Ordering::AcqRel);
+                let _ = self.inbox.send(m);
+                false
+            }
+            Event::Closed(r) => {
+                self.shared.set_closed(r);
+                self.pending.clear();
+                true
+            }
+        }
+    }
+
+    /// Moves waiting messages into the core while it has room; true if some still wait.
+    fn flush_pending(&mut self, conn: &mut Connection) -> bool {
+        while let Some((m, _)) = self.pending.front() {
+            match conn.send(m.clone()) {
+                Ok(()) => {
+                    self.pending.pop_front();
+                }
+                Err(SendError::Blocked) => return true,
+                Err(_) => {
+                    self.pending.clear();
+                    return false;
+                }
+            }
+        }
+        false
+    }
+}
+
+fn random_seed() -> [u8; 32] {
+    let mut s = [0u8; 32];
+    if getrandom::fill(&mut s).is_err() {
+        // No OS randomness: fall back to the clock and the address of a stack value, which
+        // still varies per process (connection ids only need to be unpredictable to an
+        // off-path attacker; the cookie key is then weaker, not absent).
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let v = &s as *const _ as usize;
+        let k = blake3::hash(format!("{t}:{v}:{}", std::process::id()).as_bytes());
+        s.copy_from_slice(k.as_bytes());
+    }
+    s
+}
+
+async fn sleep_until(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A rudp server on one UDP socket.
+pub struct RudpServer {
+    local_addr: SocketAddr,
+    incoming: mpsc::Receiver<RudpConnection>,
+    task: JoinHandle<EndpointStats>,
+}
+
+impl RudpServer {
+    /// Binds `addr` and starts serving; `shutdown` closes every connection gracefully (for up
+    /// to 2 s) and stops the server.
+    pub async fn bind(
+        addr: SocketAddr,
+        cfg: EndpointConfig,
+        shutdown: CancellationToken,
+    ) -> io::Result<RudpServer> {
+        let socket = UdpSocket::bind(addr).await?;
+        Self::from_socket(socket, cfg, shutdown)
+    }
+
+    /// Serves on an already bound socket.
+    pub fn from_socket(
+        socket: UdpSocket,
+        cfg: EndpointConfig,
+        shutdown: CancellationToken,
+    ) -> io::Result<RudpServer> {
+        let local_addr = socket.local_addr()?;
+        let (accept_tx, incoming) = mpsc::channel(ACCEPT_BACKLOG);
+        let endpoint = Endpoint::new(cfg.clone(), random_seed(), Instant::now());
+        let task = tokio::spawn(run_server(socket, endpoint, cfg, accept_tx, shutdown));
+        Ok(RudpServer {
+            local_addr,
+            incoming,
+            task,
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The next new connection (`None` once the server stopped).
+    pub async fn accept(&mut self) -> Option<RudpConnection> {
+        self.incoming.recv().await
+    }
+
+    /// Waits for the server to stop (cancel its shutdown token first) and returns its
+    /// endpoint's counters.
+    pub async fn finish(self) -> EndpointStats {
+        drop(self.incoming);
+        self.task.await.unwrap_or_default()
+    }
+}
+
+async fn run_server(
+    socket: UdpSocket,
+    mut ep: Endpoint,
+    cfg: EndpointConfig,
+    accept_tx: mpsc::Sender<RudpConnection>,
+    shutdown: CancellationToken,
+) -> EndpointStats {
+    let (cmd_tx, mut cmd_rx) = mpsc::unbounded_channel::<Cmd>();
+    let mut sides: HashMap<u64, Side> = HashMap::new();
+    let mut blocked: HashSet<u64> = HashSet::new();
+    let mut rbuf = vec![0u8; 65_536];
+    let mut tbuf = Vec::with_capacity(65_536);
+    let mut stop_at: Option<Instant> = None;
+    let max_message = cfg.connection.clone().normalized().max_message;
+    loop {
+        let now = Instant::now();
+        // Messages waiting for room in their connection's send buffer.
+        blocked.retain(|&id| {
+            let (Some(side), Some(conn)) =
+                (sides.get_mut(&id), ep.connection_mut(ConnectionHandle(id)))
+            else {
+                return false;
+            };
+            side.flush_pending(conn)
+        });
+        // Events, for readers that keep up.
+        while let Some((h, ev)) = ep.poll_event_where(|h| sides.get(&h.0).is_none_or(Side::ready)) {
+            if let Some(side) = sides.get_mut(&h.0) {
+                if side.deliver(ev) {
+                    sides.remove(&h.0);
+                    blocked.remove(&h.0);
+                }
+            }
+        }
+        while let Some(t) = ep.poll_transmit(now, &mut tbuf) {
+            let _ = socket.send_to(&tbuf[..t.size], t.destination).await;
+        }
+        if let Some(deadline) = stop_at {
+            if ep.is_empty() || now >= deadline {
+                for side in sides.values() {
+                    side.shared.set_closed(CloseReason::Local);
+                }
+                return ep.stats().clone();
+            }
+        }
+        let wake = match (ep.poll_timeout(), stop_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        tokio::select! {
+            _ = shutdown.cancelled(), if stop_at.is_none() => {
+                stop_at = Some(Instant::now() + SHUTDOWN_GRACE);
+                for h in ep.handles() {
+                    ep.close(h);
+                }
+            }
+            r = socket.recv_from(&mut rbuf) => {
+                let now = Instant::now();
+                if let Ok((n, peer)) = r {
+                    accept_new(&mut ep, now, peer, &rbuf[..n], &mut sides, &cmd_tx, &accept_tx, max_message);
+                }
+                for _ in 1..RECV_BATCH {
+                    match socket.try_recv_from(&mut rbuf) {
+                        Ok((n, peer)) => accept_new(&mut ep, now, peer, &rbuf[..n], &mut sides, &cmd_tx, &accept_tx, max_message),
+                        Err(_) => break,
+                    }
+                }
+            }
+            Some(cmd) = cmd_rx.recv() => {
+                let mut next = Some(cmd);
+                while let Some(cmd) = next {
+                    match cmd {
+                        Cmd::Send(id, msg, permit) => {
+                            if let Some(side) = sides.get_mut(&id) {
+                                side.pending.push_back((msg, permit));
+                                blocked.insert(id);
+                            }
+                        }
+                        Cmd::Close(id) => ep.close(ConnectionHandle(id)),
+                        Cmd::Resume(id) => {
+                            ep.connection_mut(ConnectionHandle(id));
+                        }
+                    }
+                    next = cmd_rx.try_recv().ok();
+                }
+            }
+            _ = sleep_until(wake) => {
+                ep.handle_timeout(Instant::now());
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn accept_new(
+    ep: &mut Endpoint,
+    now: Instant,
+    peer: SocketAddr,
+    datagram: &[u8],
+    sides: &mut HashMap<u64, Side>,
+    cmds: &mpsc::UnboundedSender<Cmd>,
+    accept_tx: &mpsc::Sender<RudpConnection>,
+    max_message: usize,
+) {
+    let Some(h) = ep.handle_datagram(now, peer, datagram) else {
+        return;
+    };
+    let shared = Shared::new(max_message);
+    let (side, inbox) = Side::new(shared.clone());
+    let conn = RudpConnection {
+        id: h.0,
+        peer,
+        max_message,
+        inbox,
+        cmds: cmds.clone(),
+        shared,
+        task: None,
+    };
+    match accept_tx.try_send(conn) {
+        Ok(()) => {
+            sides.insert(h.0, side);
+        }
+        Err(_) => {
+            // Nobody is accepting (or the backlog is full): refuse by closing at once.
+            ep.close(h);
+        }
+    }
+}
+
+/// Connects to a rudp server, waiting up to the idle timeout (30 s by default) for the
+/// handshake.
+pub async fn connect(server: SocketAddr, cfg: Config) -> io::Result<RudpConnection> {
+    let bind: SocketAddr = if server.is_ipv4() {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = UdpSocket::bind(bind).await?;
+    socket.connect(server).await?;
+    let cfg = cfg.normalized();
+    let max_message = cfg.max_message;
+    let seed = u64::from_le_bytes(random_seed()[..8].try_into().unwrap_or([7; 8]));
+    let conn = Connection::connect(cfg, Instant::now(), seed);
+    let shared = Shared::new(max_message);
+    let (side, inbox) = Side::new(shared.clone());
+    let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+    let (ready_tx, ready_rx) = oneshot::channel();
+    let task = tokio::spawn(run_client(socket, conn, side, cmd_rx, ready_tx));
+    match ready_rx.await {
+        Ok(Ok(())) => Ok(RudpConnection {
+            id: 0,
+            peer: server,
+            max_message,
+            inbox,
+            cmds: cmd_tx,
+            shared,
+            task: Some(task),
+        }),
+        Ok(Err(reason)) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("rudp handshake with {server}: {reason}"),
+        )),
+        Err(_) => Err(io::Error::other("rudp driver stopped")),
+    }
+}
+
+async fn run_client(
+    socket: UdpSocket,
+    mut conn: Connection,
+    mut side: Side,
+    mut cmd_rx: mpsc::UnboundedReceiver<Cmd>,
+    ready: oneshot::Sender<Result<(), CloseReason>>,
+) {
+    let mut ready = Some(ready);
+    let mut rbuf = vec![0u8; 65_536];
+    let mut tbuf = Vec::with_capacity(65_536);
+    let mut cmds_open = true;
+    loop {
+        let now = Instant::now();
+        side.flush_pending(&mut conn);
+        while side.ready() {
+            let Some(ev) = conn.poll_event() else { break };
+            match ev {
+                Event::Connected => {
+                    if let Some(r) = ready.take() {
+                        let _ = r.send(Ok(()));
+                    }
+                }
+                Event::Closed(r) => {
+                    if let Some(tx) = ready.take() {
+                        let _ = tx.send(Err(r));
+                    }
+                    side.deliver(Event::Closed(r));
+                }
+                ev => {
+                    side.deliver(ev);
+                }
+            }
+        }
+        while let Some(n) = conn.poll_transmit(now, &mut tbuf) {
+            let _ = socket.send(&tbuf[..n]).await;
+        }
+        if conn.is_drained() && (!conn.has_events() || side.inbox.is_closed()) {
+            if let Some(r) = side.shared.closed.lock().ok().and_then(|g| *g) {
+                side.shared.set_closed(r);
+            }
+            return;
+        }
+        tokio::select! {
+            r = socket.recv(&mut rbuf) => {
+                let now = Instant::now();
+                if let Ok(n) = r {
+                    conn.handle_datagram(now, &rbuf[..n]);
+                }
+                for _ in 1..RECV_BATCH {
+                    match socket.try_recv(&mut rbuf) {
+                        Ok(n) => conn.handle_datagram(now, &rbuf[..n]),
+                        Err(_) => break,
+                    }
+                }
+            }
+            cmd = cmd_rx.recv(), if cmds_open => {
+                match cmd {
+                    Some(Cmd::Send(_, msg, permit)) => side.pending.push_back((msg, permit)),
+                    Some(Cmd::Close(_)) => conn.close(),
+                    Some(Cmd::Resume(_)) => {}
+                    None => {
+                        cmds_open = false;
+                        conn.close();
+                    }
+                }
+            }
+            _ = sleep_until(conn.poll_timeout()) => {
+                conn.handle_timeout(Instant::now());
+            }
+        }
+    }
+}
