@@ -70,6 +70,8 @@ pub struct ClientConfig {
     /// After the end of the input, wait at most this long for the server to close (`nc -q`);
     /// `None` waits until it does.
     pub quit_after: Option<Duration>,
+    /// rudp: the connection's settings (MTU, windows, timers).
+    pub rudp: crate::rudp::Config,
 }
 
 impl Default for ClientConfig {
@@ -81,6 +83,7 @@ impl Default for ClientConfig {
             timeout: Duration::from_secs(2),
             retries: 2,
             quit_after: None,
+            rudp: crate::rudp::Config::default(),
         }
     }
 }
@@ -446,10 +449,10 @@ where
 {
     let input = InputSource::start(input, config.limits.max_frame, config.framing);
     match config.transport {
-        Transport::Tcp if input.mode == LineMode::Stream => {
+        Transport::Tcp | Transport::Rudp if input.mode == LineMode::Stream => {
             run_stream(addrs, config, input, output).await
         }
-        Transport::Tcp => run_lockstep(addrs, config, input, output).await,
+        Transport::Tcp | Transport::Rudp => run_lockstep(addrs, config, input, output).await,
         Transport::Udp => run_udp(addrs, config, input, output).await,
     }
 }
@@ -780,23 +783,154 @@ fn notice_error(notice: &[u8]) -> ClientError {
     }
 }
 
+/// Where a connection's messages go: a TCP stream through the framing, or a rudp connection
+/// (its own task) one message per message.
+enum Writer {
+    Tcp(FramedWrite<tokio::net::tcp::OwnedWriteHalf, FrameCodec>),
+    Rudp(tokio_util::sync::PollSender<Bytes>),
+}
+
+impl<'a> futures_util::Sink<&'a Message> for Writer {
+    type Error = CodecError;
+
+    fn poll_ready(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), CodecError>> {
+        match self.get_mut() {
+            Writer::Tcp(w) => std::pin::Pin::new(w).poll_ready(cx),
+            Writer::Rudp(tx) => tx.poll_reserve(cx).map_err(|_| closed_error()),
+        }
+    }
+
+    fn start_send(self: std::pin::Pin<&mut Self>, msg: &'a Message) -> Result<(), CodecError> {
+        match self.get_mut() {
+            Writer::Tcp(w) => std::pin::Pin::new(w).start_send(msg),
+            Writer::Rudp(tx) => tx.send_item(msg.body().clone()).map_err(|_| closed_error()),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), CodecError>> {
+        match self.get_mut() {
+            Writer::Tcp(w) => std::pin::Pin::new(w).poll_flush(cx),
+            Writer::Rudp(_) => std::task::Poll::Ready(Ok(())),
+        }
+    }
+
+    fn poll_close(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), CodecError>> {
+        match self.get_mut() {
+            Writer::Tcp(w) => std::pin::Pin::new(w).poll_close(cx),
+            Writer::Rudp(tx) => {
+                tx.close();
+                std::task::Poll::Ready(Ok(()))
+            }
+        }
+    }
+}
+
+fn closed_error() -> CodecError {
+    CodecError::Io(io::Error::new(
+        io::ErrorKind::BrokenPipe,
+        "the connection closed",
+    ))
+}
+
+/// Connects over rudp; a task owns the connection, taking messages to send from the returned
+/// writer and handing what arrives to the printer. Closing the writer closes the connection
+/// gracefully; the printer's stream ends when the server has closed too.
+async fn connect_rudp<W>(
+    addrs: &[SocketAddr],
+    config: &ClientConfig,
+    output: W,
+    flush_each: bool,
+) -> Result<(Writer, Printer, SocketAddr), ClientError>
+where
+    W: AsyncWrite + Send + Unpin + 'static,
+{
+    let addr = addrs.first().copied().ok_or_else(|| {
+        ClientError::Io(io::Error::new(io::ErrorKind::InvalidInput, "no address"))
+    })?;
+    debug!("connecting to rudp {addr}");
+    let connecting = crate::transport::rudp::connect(addr, config.rudp.clone());
+    let mut conn = match tokio::time::timeout(config.timeout, connecting).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(error)) => return Err(ClientError::Connect { addr, error }),
+        Err(_) => {
+            return Err(ClientError::ConnectTimeout {
+                addr,
+                secs: config.timeout.as_secs_f64(),
+            });
+        }
+    };
+    info!("connected to rudp {addr}");
+    let (out_tx, mut out_rx) = mpsc::channel::<Bytes>(LINE_QUEUE);
+    let (in_tx, in_rx) = mpsc::channel::<Result<Message, ClientError>>(LINE_QUEUE);
+    tokio::spawn(async move {
+        let mut sending = true;
+        loop {
+            tokio::select! {
+                next = out_rx.recv(), if sending => match next {
+                    Some(msg) => {
+                        if conn.send(msg).await.is_err() {
+                            break;
+                        }
+                    }
+                    None => {
+                        conn.close();
+                        sending = false;
+                    }
+                },
+                got = conn.recv() => match got {
+                    Some(body) => {
+                        if in_tx.send(Ok(Message::new(body))).await.is_err() {
+                            break;
+                        }
+                    }
+                    None => {
+                        use crate::rudp::CloseReason;
+                        match conn.close_reason() {
+                            Some(CloseReason::Local | CloseReason::Peer) | None => {}
+                            Some(other) => {
+                                let e = io::Error::other(format!("rudp connection {other}"));
+                                let _ = in_tx.send(Err(ClientError::Io(e))).await;
+                            }
+                        }
+                        break;
+                    }
+                },
+            }
+        }
+    });
+    let messages = futures_util::stream::unfold(in_rx, |mut rx| async move {
+        rx.recv().await.map(|m| (m, rx))
+    });
+    let printer = Printer::spawn(output, Box::pin(messages), flush_each);
+    Ok((
+        Writer::Rudp(tokio_util::sync::PollSender::new(out_tx)),
+        printer,
+        addr,
+    ))
+}
+
 /// Connects and splits the stream into a frame writer and a printer of frames.
 async fn connect_framed<W>(
     addrs: &[SocketAddr],
     config: &ClientConfig,
     output: W,
     flush_each: bool,
-) -> Result<
-    (
-        FramedWrite<tokio::net::tcp::OwnedWriteHalf, FrameCodec>,
-        Printer,
-        SocketAddr,
-    ),
-    ClientError,
->
+) -> Result<(Writer, Printer, SocketAddr), ClientError>
 where
     W: AsyncWrite + Send + Unpin + 'static,
 {
+    if config.transport == Transport::Rudp {
+        return connect_rudp(addrs, config, output, flush_each).await;
+    }
     let (stream, addr) = connect_tcp(addrs, config.timeout).await?;
     let _ = stream.set_nodelay(true);
     let (rd, wr) = stream.into_split();
@@ -807,7 +941,7 @@ where
         reader.map(|r| r.map_err(ClientError::from)),
         flush_each,
     );
-    Ok((writer, printer, addr))
+    Ok((Writer::Tcp(writer), printer, addr))
 }
 
 /// One message at a time: `-m`, `--wait-reply` and terminal sessions.
@@ -967,6 +1101,25 @@ where
         summary.sent += 1;
         if msg.is_quit_word() {
             break;
+        }
+    }
+    if !server_gone && config.transport == Transport::Rudp {
+        // rudp has no half-close: closing ends both directions, so the replies still on
+        // their way are waited for first: each within the timeout while fewer messages than
+        // were sent have come back, then until the server is quiet for a moment (a greeting
+        // counts among the messages printed).
+        let _ = writer.flush().await;
+        loop {
+            let before = printer.printed();
+            let limit = if before < summary.sent {
+                config.timeout
+            } else {
+                NOTICE_GRACE
+            };
+            match printer.wait_past(before, limit).await {
+                Wait::Replied => continue,
+                _ => break,
+            }
         }
     }
     if !server_gone {

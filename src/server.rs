@@ -30,6 +30,9 @@ use crate::net::PeerAddr;
 use crate::service::{PeerInfo, Service, StreamContext, Transport};
 use crate::shutdown::ShutdownSignal;
 use crate::transport::FramedStream;
+use crate::rudp::EndpointConfig;
+use crate::transport::messages::serve_messages;
+use crate::transport::rudp::RudpServer;
 use crate::transport::tcp::{ConnReport, ConnSettings, DEFAULT_MIN_RATE, serve_connection};
 use crate::transport::udp::{DEFAULT_PEER_IDLE, UdpReport, UdpSettings, serve_udp};
 
@@ -77,6 +80,8 @@ pub struct ServerConfig {
     pub udp_rate: Option<u32>,
     /// How long connections get to finish after shutdown starts.
     pub shutdown_grace: Duration,
+    /// rudp: the settings of every connection (MTU, windows, timers).
+    pub rudp: crate::rudp::Config,
 }
 
 impl Default for ServerConfig {
@@ -94,6 +99,7 @@ impl Default for ServerConfig {
             budget: None,
             udp_rate: None,
             shutdown_grace: Duration::from_secs(4),
+            rudp: crate::rudp::Config::default(),
         }
     }
 }
@@ -115,6 +121,8 @@ pub struct ServerReport {
 enum Listener {
     Tcp(TcpListener),
     Udp(UdpSocket),
+    /// The rudp server and the token that stops its socket task.
+    Rudp(RudpServer, CancellationToken),
 }
 
 /// A bound server, ready to [`Server::run`].
@@ -141,10 +149,20 @@ impl<S: Service> Server<S> {
                 Listener::Tcp(socket.listen(LISTEN_BACKLOG)?)
             }
             Transport::Udp => Listener::Udp(UdpSocket::bind(addr).await?),
+            Transport::Rudp => {
+                let stop = CancellationToken::new();
+                let endpoint = EndpointConfig {
+                    connection: config.rudp.clone(),
+                    max_connections: config.max_conns,
+                    ..EndpointConfig::default()
+                };
+                Listener::Rudp(RudpServer::bind(addr, endpoint, stop.clone()).await?, stop)
+            }
         };
         let local = match &listener {
             Listener::Tcp(l) => l.local_addr()?,
             Listener::Udp(s) => s.local_addr()?,
+            Listener::Rudp(s, _) => s.local_addr(),
         };
         Ok(Server {
             listener,
@@ -175,6 +193,9 @@ impl<S: Service> Server<S> {
         self.service.start();
         match self.listener {
             Listener::Tcp(listener) => run_tcp(listener, self.service, self.config, shutdown).await,
+            Listener::Rudp(server, stop) => {
+                run_rudp(server, stop, self.service, self.config, shutdown).await
+            }
             Listener::Udp(socket) => {
                 let settings = UdpSettings {
                     quit_words: self.service.quit_words(),
@@ -358,6 +379,61 @@ async fn run_tcp<S: Service>(
             report.abandoned, config.shutdown_grace
         );
     }
+    report
+}
+
+/// Serves rudp connections: each accepted connection runs one session, over the message
+/// driver (the transport keeps message boundaries, so there is no framing).
+async fn run_rudp<S: Service>(
+    mut server: RudpServer,
+    stop: CancellationToken,
+    service: Arc<S>,
+    config: ServerConfig,
+    shutdown: CancellationToken,
+) -> ServerReport {
+    let settings = Arc::new(ConnSettings {
+        quit_words: service.quit_words(),
+        idle_timeout: config.idle_timeout,
+        ..ConnSettings::default()
+    });
+    let tracker = TaskTracker::new();
+    let closing = ShutdownSignal::new();
+    let mut report = ServerReport::default();
+    loop {
+        let conn = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            conn = server.accept() => match conn {
+                Some(conn) => conn,
+                None => break,
+            },
+        };
+        report.connections += 1;
+        let id = report.connections;
+        let addr = conn.peer_addr();
+        info!("connect from rudp {addr} (#{id})");
+        let peer = PeerInfo {
+            id,
+            addr: PeerAddr::Inet(addr),
+            transport: Transport::Rudp,
+            user: None,
+        };
+        let session = service.open(&peer);
+        let task = serve_messages(conn, session, peer.addr, settings.clone(), closing.listen())
+            .map(move |report| log_disconnect(addr, id, &report));
+        tracker.spawn(task);
+    }
+    closing.trigger();
+    tracker.close();
+    if tokio::time::timeout(config.shutdown_grace, tracker.wait())
+        .await
+        .is_err()
+    {
+        report.abandoned = tracker.len() as u64;
+    }
+    stop.cancel();
+    let stats = server.finish().await;
+    debug!("rudp endpoint: {stats:?}");
     report
 }
 

@@ -66,6 +66,8 @@ pub struct BenchConfig {
     /// Open-loop load: messages per second per client, sent on a fixed schedule whatever the
     /// replies do (see [`rate`]); `None` is ping-pong.
     pub rate: Option<f64>,
+    /// rudp: the connections' settings (MTU, windows, timers).
+    pub rudp: crate::rudp::Config,
 }
 
 /// Latency percentiles, in microseconds.
@@ -208,6 +210,12 @@ pub enum SizeError {
         /// The size asked for.
         size: usize,
     },
+    /// Over what one rudp message carries.
+    #[error("{size} bytes is over the largest rudp message ({} bytes)", crate::rudp::DEFAULT_MAX_MESSAGE)]
+    TooBigForRudp {
+        /// The size asked for.
+        size: usize,
+    },
     /// Too small to carry the open-loop stamp.
     #[error(
         "{size} bytes cannot carry the sequence number and send time of --rate (at least {min})"
@@ -251,6 +259,10 @@ pub fn check_size(transport: Transport, framing: Framing, size: usize) -> Result
     match (transport, framing) {
         (Transport::Udp, _) if size > MAX_DATAGRAM => Err(SizeError::TooBigForDatagram { size }),
         (Transport::Udp, _) => Ok(()),
+        (Transport::Rudp, _) if size > crate::rudp::DEFAULT_MAX_MESSAGE => {
+            Err(SizeError::TooBigForRudp { size })
+        }
+        (Transport::Rudp, _) => Ok(()),
         (Transport::Tcp, Framing::Raw | Framing::Line) if size == 0 => {
             Err(SizeError::Empty { framing })
         }
@@ -449,6 +461,7 @@ impl Totals {
 enum Socket {
     Tcp(TcpStream),
     Udp(UdpSocket),
+    Rudp(crate::transport::rudp::RudpConnection),
 }
 
 async fn connect(config: &BenchConfig) -> io::Result<Socket> {
@@ -470,6 +483,10 @@ async fn connect(config: &BenchConfig) -> io::Result<Socket> {
                 socket.connect(config.addr).await?;
                 Ok(Socket::Udp(socket))
             }
+            Transport::Rudp => {
+                let conn = crate::transport::rudp::connect(config.addr, config.rudp.clone()).await?;
+                Ok(Socket::Rudp(conn))
+            }
         }
     };
     match tokio::time::timeout(config.timeout, attempt).await {
@@ -479,6 +496,62 @@ async fn connect(config: &BenchConfig) -> io::Result<Socket> {
             "connection timed out",
         )),
     }
+}
+
+/// The rudp ping-pong client: one message, its reply (whole, as the transport keeps message
+/// boundaries), the next.
+async fn rudp_client(
+    mut conn: crate::transport::rudp::RudpConnection,
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+) -> Tally {
+    let payload = bytes::Bytes::from(vec![reply::FILL; shared.size]);
+    let mut tally = Tally::default();
+    loop {
+        let t0 = Instant::now();
+        if shared.done(tally.counts.sent, t0) {
+            break;
+        }
+        tally.counts.sent += 1;
+        if conn.send(payload.clone()).await.is_err() {
+            tally.counts.lost += 1;
+            tally.fail("the rudp connection closed");
+            break;
+        }
+        let got = tokio::select! {
+            biased;
+            () = cancel.cancelled() => break,
+            got = tokio::time::timeout(shared.timeout, conn.recv()) => got,
+        };
+        match got {
+            Ok(Some(reply)) if reply == payload => tally.record(t0, &shared),
+            Ok(Some(reply)) => {
+                tally.counts.mismatches += 1;
+                let preview = String::from_utf8_lossy(&reply[..reply.len().min(80)]).into_owned();
+                let what = format!("server replied {preview:?} ({} bytes)", reply.len());
+                tally.first_mismatch.get_or_insert_with(|| what.clone());
+                tally.last_mismatch = Some(what);
+            }
+            Ok(None) => {
+                tally.counts.lost += 1;
+                let why = match conn.close_reason() {
+                    Some(r) => format!("the rudp connection ended: {r}"),
+                    None => "the rudp connection ended".to_owned(),
+                };
+                tally.fail(why);
+                break;
+            }
+            Err(_) => {
+                tally.counts.timeouts += 1;
+                tally.counts.lost += 1;
+                tally.fail(format!("no reply within {:?}", shared.timeout));
+                break;
+            }
+        }
+    }
+    conn.close();
+    tally.flush(&shared);
+    tally
 }
 
 /// Runs the benchmark described by `config` until its duration or count is reached, or until
@@ -563,11 +636,15 @@ pub async fn run(
                 return match socket {
                     Socket::Tcp(s) => tokio::spawn(rate::tcp_client(s, shared, schedule, cancel)),
                     Socket::Udp(s) => tokio::spawn(rate::udp_client(s, shared, schedule, cancel)),
+                    Socket::Rudp(c) => {
+                        tokio::spawn(rate::rudp_client(c, shared, schedule, cancel))
+                    }
                 };
             }
             match socket {
                 Socket::Tcp(s) => tokio::spawn(tcp::client(s, shared, request.clone(), cancel)),
                 Socket::Udp(s) => tokio::spawn(udp::client(s, shared, cancel)),
+                Socket::Rudp(c) => tokio::spawn(rudp_client(c, shared, cancel)),
             }
         })
         .collect();

@@ -316,6 +316,68 @@ pub(super) async fn udp_client(
     tally
 }
 
+/// An open-loop client over rudp: one message per message, in order.
+pub(super) async fn rudp_client(
+    mut conn: crate::transport::rudp::RudpConnection,
+    shared: Arc<Shared>,
+    schedule: Schedule,
+    cancel: CancellationToken,
+) -> Tally {
+    let mut tally = Tally::default();
+    let mut rx = Receiver {
+        shared: &shared,
+        schedule,
+        text: false,
+        seen: Seen::default(),
+        next: 0,
+        ordered: true,
+    };
+    let mut out = BytesMut::new();
+    let mut sent = 0u64;
+    let mut sending = true;
+    let mut last_send = Instant::now();
+    loop {
+        let answered = tally.counts.messages + tally.counts.mismatches;
+        if !sending && answered >= sent {
+            break;
+        }
+        let wait_until = if sending {
+            schedule.due(sent)
+        } else {
+            last_send + drain_time(&shared)
+        };
+        tokio::select! {
+            biased;
+            () = cancel.cancelled() => break,
+            got = conn.recv() => match got {
+                Some(msg) => rx.reply(&msg, sent, &mut tally),
+                None => { tally.fail("the rudp connection ended"); break; }
+            },
+            () = tokio::time::sleep_until(wait_until.into()) => {
+                if !sending {
+                    tally.counts.timeouts += sent.saturating_sub(answered);
+                    break;
+                }
+                stamp(sent as u32, schedule.stamp_us(sent), shared.size, false, &mut out);
+                if conn.send(out.split().freeze()).await.is_err() {
+                    tally.fail("the rudp connection closed");
+                    break;
+                }
+                sent += 1;
+                last_send = Instant::now();
+                if is_done(&shared, &schedule, sent) {
+                    sending = false;
+                }
+            }
+        }
+    }
+    conn.close();
+    tally.counts.sent = sent;
+    tally.counts.lost = sent.saturating_sub(tally.counts.messages);
+    tally.flush(&shared);
+    tally
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

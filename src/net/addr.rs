@@ -24,11 +24,13 @@ pub enum Scheme {
     Tls,
     /// A unix-domain stream socket (`unix:`).
     Unix,
+    /// Reliable UDP (`rudp:`, `--rudp`): sockit's own ARQ protocol over UDP.
+    Rudp,
 }
 
 impl Scheme {
     /// Every scheme's prefix, without the colon.
-    pub const NAMES: &'static [&'static str] = &["tcp", "udp", "tls", "unix"];
+    pub const NAMES: &'static [&'static str] = &["tcp", "udp", "rudp", "tls", "unix"];
 
     fn from_prefix(prefix: &str) -> Option<Scheme> {
         Some(match prefix.to_ascii_lowercase().as_str() {
@@ -36,6 +38,7 @@ impl Scheme {
             "udp" => Scheme::Udp,
             "tls" => Scheme::Tls,
             "unix" => Scheme::Unix,
+            "rudp" => Scheme::Rudp,
             _ => return None,
         })
     }
@@ -48,6 +51,7 @@ impl fmt::Display for Scheme {
             Scheme::Udp => "udp",
             Scheme::Tls => "tls",
             Scheme::Unix => "unix",
+            Scheme::Rudp => "rudp",
         })
     }
 }

@@ -9,7 +9,7 @@
 //!   address, the client's connection id and a coarse time bucket), then demultiplexing by
 //!   connection id with a peer-address check; bad datagrams are dropped and counted in
 //!   [`EndpointStats`].
-//! - [`packet`]: the wire format (docs/PROTOCOL.md, section 5).
+//! - [`packet`]: the wire format (docs/PROTOCOL.md, section 6).
 //! - [`sim`]: a deterministic in-memory link with a virtual clock, for tests and benchmarks.
 //!
 //! How it keeps latency low: selective acknowledgements, a fragment is retransmitted as soon

@@ -1,4 +1,4 @@
-//! The rudp wire format: parsing and emitting datagrams (see docs/PROTOCOL.md, section 5).
+//! The rudp wire format: parsing and emitting datagrams (see docs/PROTOCOL.md, section 6).
 //!
 //! Every length, count and sequence field is checked against the bytes actually present before
 //! it is used; a datagram that fails any check is rejected whole ([`ParseError`]), so a

@@ -159,7 +159,7 @@ impl ConsoleSession {
 
 impl Session for ConsoleSession {
     async fn on_open(&mut self, out: &mut Outbox) {
-        if self.transport == Transport::Tcp {
+        if self.transport.is_connection() {
             self.join(out);
         }
     }
@@ -349,7 +349,7 @@ impl Shared {
             .iter()
             .filter(|r| is_quit_word(word, r.transport))
             .collect();
-        let stream = recipients.iter().any(|r| r.transport == Transport::Tcp);
+        let stream = recipients.iter().any(|r| r.transport.is_connection());
         if stream {
             pacer.wait().await;
         }
@@ -512,7 +512,9 @@ impl Registry {
                     None => "the last address heard from (nobody yet)".to_owned(),
                 }
             }
-            (Target::Default, Some(Transport::Tcp)) => "every client".to_owned(),
+            (Target::Default, Some(Transport::Tcp | Transport::Rudp)) => {
+                "every client".to_owned()
+            }
             (Target::Default, None) => {
                 "every client (over UDP: the last address heard from)".to_owned()
             }

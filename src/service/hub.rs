@@ -17,7 +17,7 @@ use crate::service::ack::receipt;
 use crate::service::chat::{Chat, ChatSession};
 use crate::service::login::{FlowStep, LoginFlow, Users};
 use crate::service::lookup::Knowledge;
-use crate::service::{Lang, Outbox, PeerInfo, Service, Session, Transport};
+use crate::service::{Lang, Outbox, PeerInfo, Service, Session};
 
 /// The hub service: the other services behind one set of line commands.
 #[derive(Clone)]
@@ -119,12 +119,12 @@ impl HubSession {
             "lookup" if rest.is_empty() => "usage: lookup WORD".to_owned(),
             "lookup" => self.hub.knowledge.answer(rest, self.hub.lang),
             "login" => match &self.hub.users {
-                Some(users) if self.peer.transport == Transport::Tcp => {
+                Some(users) if self.peer.transport.is_connection() => {
                     let flow = LoginFlow::start(users.clone(), self.hub.lang, out);
                     self.mode = Mode::Login(Box::new(flow));
                     return;
                 }
-                Some(_) => "error: login needs a connection (use TCP)".to_owned(),
+                Some(_) => "error: login needs a connection (use TCP or rudp)".to_owned(),
                 None => "error: login is not available: this server has no users file \
                          (serve --users FILE)"
                     .to_owned(),
@@ -145,7 +145,7 @@ impl HubSession {
 
 impl Session for HubSession {
     async fn on_open(&mut self, out: &mut Outbox) {
-        if self.peer.transport == Transport::Tcp {
+        if self.peer.transport.is_connection() {
             out.send(Message::text(self.hub.help()));
         }
     }

@@ -51,6 +51,16 @@ pub enum Transport {
     Tcp,
     /// UDP datagrams from one peer address.
     Udp,
+    /// A reliable-UDP connection: whole messages, in order, with a handshake and a close.
+    Rudp,
+}
+
+impl Transport {
+    /// Whether the peer holds a connection (TCP, rudp) rather than sending loose datagrams:
+    /// what chat rooms, logins and greetings need.
+    pub fn is_connection(self) -> bool {
+        matches!(self, Transport::Tcp | Transport::Rudp)
+    }
 }
 
 impl fmt::Display for Transport {
@@ -58,6 +68,7 @@ impl fmt::Display for Transport {
         f.write_str(match self {
             Transport::Tcp => "tcp",
             Transport::Udp => "udp",
+            Transport::Rudp => "rudp",
         })
     }
 }

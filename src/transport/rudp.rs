@@ -160,6 +160,8 @@ struct Side {
     inbox: mpsc::UnboundedSender<Bytes>,
     shared: Arc<Shared>,
     pending: VecDeque<(Bytes, OwnedSemaphorePermit)>,
+    /// A close asked for while messages still waited here: it follows them.
+    close_when_flushed: bool,
 }
 
 impl Side {
@@ -170,6 +172,7 @@ impl Side {
                 inbox: tx,
                 shared,
                 pending: VecDeque::new(),
+                close_when_flushed: false,
             },
             rx,
         )
@@ -210,7 +213,16 @@ impl Side {
                 }
             }
         }
+        if std::mem::take(&mut self.close_when_flushed) {
+            conn.close();
+        }
         false
+    }
+
+    /// Closes after the messages still waiting here (a close must not overtake them).
+    fn close(&mut self, conn: &mut Connection) {
+        self.close_when_flushed = true;
+        self.flush_pending(conn);
     }
 }
 
@@ -370,7 +382,17 @@ async fn run_server(
                                 blocked.insert(id);
                             }
                         }
-                        Cmd::Close(id) => ep.close(ConnectionHandle(id)),
+                        Cmd::Close(id) => {
+                            match (sides.get_mut(&id), ep.connection_mut(ConnectionHandle(id))) {
+                                (Some(side), Some(conn)) => {
+                                    side.close(conn);
+                                    if !side.pending.is_empty() {
+                                        blocked.insert(id);
+                                    }
+                                }
+                                _ => ep.close(ConnectionHandle(id)),
+                            }
+                        }
                         Cmd::Resume(id) => {
                             ep.connection_mut(ConnectionHandle(id));
                         }
@@ -516,11 +538,11 @@ async fn run_client(
             cmd = cmd_rx.recv(), if cmds_open => {
                 match cmd {
                     Some(Cmd::Send(_, msg, permit)) => side.pending.push_back((msg, permit)),
-                    Some(Cmd::Close(_)) => conn.close(),
+                    Some(Cmd::Close(_)) => side.close(&mut conn),
                     Some(Cmd::Resume(_)) => {}
                     None => {
                         cmds_open = false;
-                        conn.close();
+                        side.close(&mut conn);
                     }
                 }
             }
@@ -528,5 +550,37 @@ async fn run_client(
                 conn.handle_timeout(Instant::now());
             }
         }
+    }
+}
+
+impl crate::transport::messages::MessageConn for RudpConnection {
+    async fn recv(&mut self) -> Option<Bytes> {
+        RudpConnection::recv(self).await
+    }
+
+    async fn send(&mut self, msg: Bytes) -> io::Result<()> {
+        RudpConnection::send(self, msg).await.map_err(|e| match e {
+            SendError::Closed => io::Error::new(io::ErrorKind::BrokenPipe, "the connection closed"),
+            other => io::Error::other(other.to_string()),
+        })
+    }
+
+    fn close(&mut self) {
+        RudpConnection::close(self);
+    }
+
+    fn failure(&self) -> Option<String> {
+        match self.close_reason()? {
+            CloseReason::Local | CloseReason::Peer => None,
+            other => Some(format!("rudp connection {other}")),
+        }
+    }
+}
+
+impl std::fmt::Debug for RudpServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RudpServer")
+            .field("local_addr", &self.local_addr)
+            .finish()
     }
 }

@@ -420,6 +420,13 @@ pub struct ServeArgs {
     /// Serve UDP instead of TCP (every datagram is a message)
     #[arg(long)]
     pub udp: bool,
+    /// Serve reliable UDP (sockit's rudp: whole messages, in order, over one UDP socket); the
+    /// same as a rudp: address
+    #[arg(long, conflicts_with = "udp")]
+    pub rudp: bool,
+    /// rudp: the largest datagram sent, 128-65000 bytes (loopback allows 65000) [default: 1200]
+    #[arg(long, value_name = "BYTES", value_parser = parse_mtu)]
+    pub mtu: Option<usize>,
     /// What to run: hub (line commands reaching all the others), echo (the message back),
     /// ack (a timestamped receipt), lookup (keyword lookup), chat (chat rooms), console
     /// (chat with the operator's terminal), files (uploads and downloads of --dir, for
@@ -518,6 +525,12 @@ pub struct Target {
     /// Use UDP (every message is one datagram); the same as a udp: address
     #[arg(long)]
     pub udp: bool,
+    /// Use reliable UDP (sockit's rudp: whole messages, in order); the same as a rudp: address
+    #[arg(long, conflicts_with = "udp")]
+    pub rudp: bool,
+    /// rudp: the largest datagram sent, 128-65000 bytes [default: 1200]
+    #[arg(long, value_name = "BYTES", value_parser = parse_mtu)]
+    pub mtu: Option<usize>,
     /// How messages are delimited on TCP (see `sockit serve --help`) [default: line]
     #[arg(long, value_name = "FRAMING", value_parser = parse_framing)]
     pub framing: Option<Framing>,
@@ -529,8 +542,12 @@ impl Target {
     pub fn address(&self) -> Result<Address, String> {
         let mut address = parse_address(&self.addr, self.port.as_deref(), None)?;
         check_scheme(&address, &self.addr, self.udp)?;
+        check_rudp(&address, &self.addr, self.rudp)?;
         if self.udp {
             address.scheme = Scheme::Udp;
+        }
+        if self.rudp {
+            address.scheme = Scheme::Rudp;
         }
         if address.inet().is_some_and(|(_, port)| port == 0) {
             return Err("port 0 cannot be connected to (ports are 1-65535)".into());
@@ -543,14 +560,29 @@ impl Target {
         self.udp || self.address().is_ok_and(|a| a.scheme == Scheme::Udp)
     }
 
-    /// TCP or UDP.
-    pub fn transport(&self) -> Transport {
-        transport(self.is_udp())
+    /// rudp, by flag or by scheme.
+    pub fn is_rudp(&self) -> bool {
+        self.rudp || self.address().is_ok_and(|a| a.scheme == Scheme::Rudp)
     }
 
-    /// The framing given, or the default for the transport.
+    /// TCP, UDP or rudp.
+    pub fn transport(&self) -> Transport {
+        if self.is_rudp() {
+            Transport::Rudp
+        } else {
+            transport(self.is_udp())
+        }
+    }
+
+    /// The framing given, or the default for the transport (`raw` where the transport keeps
+    /// message boundaries itself).
     pub fn framing(&self) -> Framing {
-        framing_or_default(self.framing, self.is_udp())
+        framing_or_default(self.framing, self.is_udp() || self.is_rudp())
+    }
+
+    /// The rudp connection settings.
+    pub fn rudp_config(&self) -> sockit::rudp::Config {
+        rudp_config(self.mtu)
     }
 }
 
@@ -571,6 +603,37 @@ fn parse_address(
     }
 }
 
+/// The rudp settings for `--mtu`.
+pub fn rudp_config(mtu: Option<usize>) -> sockit::rudp::Config {
+    let mut config = sockit::rudp::Config::default();
+    if let Some(mtu) = mtu {
+        config.mtu = mtu;
+    }
+    config
+}
+
+/// Refuses a scheme that contradicts `--rudp`.
+fn check_rudp(address: &Address, raw: &str, rudp: bool) -> Result<(), String> {
+    let lower = raw.to_ascii_lowercase();
+    if rudp && (address.scheme == Scheme::Udp || lower.starts_with("tcp:")) {
+        return Err(format!("'{raw}' says {} but --rudp says rudp", address.scheme));
+    }
+    Ok(())
+}
+
+fn parse_mtu(s: &str) -> Result<usize, String> {
+    let n = parse_size(s)?;
+    if (sockit::rudp::MIN_MTU..=sockit::rudp::MAX_MTU).contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!(
+            "the MTU must be between {} and {} bytes",
+            sockit::rudp::MIN_MTU,
+            sockit::rudp::MAX_MTU
+        ))
+    }
+}
+
 /// Refuses what the address grammar can say but this version cannot do yet, and a scheme that
 /// contradicts `--udp`.
 fn check_scheme(address: &Address, raw: &str, udp: bool) -> Result<(), String> {
@@ -584,6 +647,7 @@ fn check_scheme(address: &Address, raw: &str, udp: bool) -> Result<(), String> {
         Scheme::Tcp if udp && raw.to_ascii_lowercase().starts_with("tcp:") => {
             Err(format!("'{raw}' says tcp: but --udp says UDP"))
         }
+        Scheme::Rudp if udp => Err(format!("'{raw}' says rudp: but --udp says UDP")),
         _ => Ok(()),
     }
 }
@@ -721,6 +785,19 @@ pub struct Listen {
     pub port: u16,
     /// UDP, by `--udp` or by a `udp:` address.
     pub udp: bool,
+    /// rudp, by `--rudp` or by a `rudp:` address.
+    pub rudp: bool,
+}
+
+impl Listen {
+    /// TCP, UDP or rudp.
+    pub fn transport(&self) -> Transport {
+        if self.rudp {
+            Transport::Rudp
+        } else {
+            transport(self.udp)
+        }
+    }
 }
 
 /// Parses the process arguments; on error prints it with the usage line and exits 2.
@@ -757,17 +834,24 @@ fn validate(cli: &Cli) -> Result<(), (&'static str, String)> {
     let (sub, udp, framing) = match &cli.command {
         Command::Serve(a) => {
             let listen = listen_addr(a).map_err(|e| ("serve", e))?;
-            validate_serve(a, listen.udp).map_err(|e| ("serve", e))?;
+            validate_serve(a, &listen).map_err(|e| ("serve", e))?;
+            if listen.rudp {
+                check_rudp_framing(a.framing).map_err(|e| ("serve", e))?;
+            } else if a.mtu.is_some() {
+                return Err(("serve", "--mtu applies to rudp only (--rudp)".into()));
+            }
             ("serve", listen.udp, a.framing)
         }
         Command::Connect(a) => {
             a.target.address().map_err(|e| ("connect", e))?;
             validate_connect(a).map_err(|e| ("connect", e))?;
+            check_target_rudp(&a.target).map_err(|e| ("connect", e))?;
             ("connect", a.target.is_udp(), a.target.framing)
         }
         Command::Bench(a) => {
             a.target.address().map_err(|e| ("bench", e))?;
             validate_bench(a).map_err(|e| ("bench", e))?;
+            check_target_rudp(&a.target).map_err(|e| ("bench", e))?;
             ("bench", a.target.is_udp(), a.target.framing)
         }
         Command::User(_) | Command::Port(_) => return Ok(()),
@@ -791,6 +875,25 @@ fn validate(cli: &Cli) -> Result<(), (&'static str, String)> {
     Ok(())
 }
 
+/// rudp carries whole messages: there is nothing for a framing to delimit.
+fn check_rudp_framing(framing: Option<Framing>) -> Result<(), String> {
+    match framing {
+        Some(_) => Err("--framing applies to TCP only: rudp carries whole messages".into()),
+        None => Ok(()),
+    }
+}
+
+/// `--rudp` refuses `--framing`; `--mtu` needs `--rudp`.
+fn check_target_rudp(target: &Target) -> Result<(), String> {
+    if target.is_rudp() {
+        check_rudp_framing(target.framing)
+    } else if target.mtu.is_some() {
+        Err("--mtu applies to rudp only (--rudp)".into())
+    } else {
+        Ok(())
+    }
+}
+
 /// The ports `scan` probes: PORTS, or the `--top N` list; exactly one of them.
 pub fn scan_ports(args: &ScanArgs) -> Result<PortList, String> {
     match (&args.ports, args.top) {
@@ -808,8 +911,8 @@ pub fn validate_bench(args: &BenchArgs) -> Result<(), String> {
     let target = &args.target;
     if args.chat {
         use sockit::bench::chat::{MAX_COUNT, MAX_MEMBERS};
-        if target.is_udp() {
-            return Err("--chat loads a TCP chat service: it cannot be used with UDP".into());
+        if target.is_udp() || target.is_rudp() {
+            return Err("--chat loads a TCP chat service: it cannot be used with UDP or rudp".into());
         }
         if target.framing() != Framing::Line {
             return Err("--chat members use line framing: leave --framing out".into());
@@ -856,6 +959,7 @@ pub fn listen_addr(args: &ServeArgs) -> Result<Listen, String> {
         (Some(addr), port) => {
             let address = parse_address(addr, port.as_deref(), Some(DEFAULT_PORT))?;
             check_scheme(&address, addr, args.udp)?;
+            check_rudp(&address, addr, args.rudp)?;
             match address.endpoint {
                 Endpoint::Inet { host, port } => (host, port, address.scheme),
                 Endpoint::Unix(_) => return Err("unix sockets are not supported yet".into()),
@@ -866,14 +970,16 @@ pub fn listen_addr(args: &ServeArgs) -> Result<Listen, String> {
         host,
         port,
         udp: args.udp || scheme == Scheme::Udp,
+        rudp: args.rudp || scheme == Scheme::Rudp,
     })
 }
 
 /// Refuses `serve` options that do not apply to the transport.
-fn validate_serve(args: &ServeArgs, udp: bool) -> Result<(), String> {
+fn validate_serve(args: &ServeArgs, listen: &Listen) -> Result<(), String> {
+    let udp = listen.udp;
     let files = args.service == ServiceKind::Files;
     if files {
-        if udp {
+        if udp || listen.rudp {
             return Err("the files service runs over TCP only".into());
         }
         if args.login.is_some() {
@@ -902,6 +1008,9 @@ fn validate_serve(args: &ServeArgs, udp: bool) -> Result<(), String> {
             ));
         }
     }
+    if listen.rudp && args.udp_rate.is_some() {
+        return Err("--udp-rate applies to plain UDP only (--udp)".into());
+    }
     if udp && args.login.is_some() {
         return Err("--login needs a connection: it applies to TCP only".into());
     }
@@ -927,17 +1036,21 @@ fn validate_serve(args: &ServeArgs, udp: bool) -> Result<(), String> {
     if args.users.is_some() && args.service != ServiceKind::Hub {
         return Err("--users applies to the hub (for other services use --login)".into());
     }
-    if udp {
+    if udp || listen.rudp {
         let tcp_only = [
             ("--max-line", args.max_line.is_some()),
             ("--max-frame", args.max_frame.is_some()),
             ("--max-conns-per-ip", args.max_conns_per_ip.is_some()),
         ];
         if let Some((flag, _)) = tcp_only.iter().find(|(_, given)| *given) {
-            return Err(format!(
-                "{flag} applies to TCP only: with --udp every datagram is one message of at \
-                 most 65507 bytes"
-            ));
+            return Err(if listen.rudp {
+                format!("{flag} applies to TCP only: rudp carries whole messages of up to 1 MiB")
+            } else {
+                format!(
+                    "{flag} applies to TCP only: with --udp every datagram is one message of at \
+                     most 65507 bytes"
+                )
+            });
         }
     } else if args.udp_rate.is_some() {
         return Err("--udp-rate applies to UDP only (--udp)".into());

@@ -141,13 +141,13 @@ async fn serve(args: ServeArgs) -> Result<()> {
         Err(e) => warn!("cannot raise the open file limit: {e}"),
     }
     let addr = resolve_all(&listen.host, listen.port).await?[0];
-    let transport = cli::transport(listen.udp);
+    let transport = listen.transport();
     let optional = |d: Duration| (!d.is_zero()).then_some(d);
     // One budget for the connections' buffers and the services' own memory (chat room logs).
     let budget = MemoryBudget::new(args.max_memory);
     let config = ServerConfig {
         transport,
-        framing: cli::framing_or_default(args.framing, listen.udp),
+        framing: cli::framing_or_default(args.framing, listen.udp || listen.rudp),
         limits: cli::limits(
             args.max_frame.unwrap_or(sockit::codec::DEFAULT_MAX_FRAME),
             args.max_line.unwrap_or(sockit::codec::DEFAULT_MAX_LINE),
@@ -160,6 +160,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         max_memory: args.max_memory,
         budget: Some(budget.clone()),
         udp_rate: args.udp_rate.map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
+        rudp: cli::rudp_config(args.mtu),
         ..ServerConfig::default()
     };
     // Checked before binding: a malformed users file is an error naming its line, exit 1.
@@ -421,10 +422,11 @@ fn print_banner(
     let port = local.port();
     let (udp_flag, nc_flag) = match transport {
         Transport::Udp => (" --udp", " -u"),
+        Transport::Rudp => (" --rudp", ""),
         Transport::Tcp => ("", ""),
     };
     let framing_flag = match (transport, framing) {
-        (Transport::Tcp, Framing::Line) | (Transport::Udp, _) => String::new(),
+        (Transport::Tcp, Framing::Line) | (Transport::Udp | Transport::Rudp, _) => String::new(),
         (Transport::Tcp, f) => format!(" --framing {f}"),
     };
     let mut out = std::io::stdout().lock();
@@ -433,6 +435,8 @@ fn print_banner(
         "sockit: {kind} service listening on {transport} {local} ({})",
         if transport == Transport::Udp {
             "datagrams".to_owned()
+        } else if transport == Transport::Rudp {
+            "whole messages".to_owned()
         } else {
             format!("{framing} framing")
         }
@@ -445,7 +449,9 @@ fn print_banner(
         out.flush()?;
         return Ok(());
     }
-    let nc = if matches!(framing, Framing::Line | Framing::Raw) || transport == Transport::Udp {
+    let nc = if transport == Transport::Rudp {
+        String::new()
+    } else if matches!(framing, Framing::Line | Framing::Raw) || transport == Transport::Udp {
         format!("  or:  nc{nc_flag} {reach} {port}")
     } else {
         String::new()
@@ -518,6 +524,7 @@ async fn connect(args: ConnectArgs) -> Result<()> {
         timeout: args.timeout,
         retries: args.retries.unwrap_or(cli::DEFAULT_RETRIES),
         quit_after: args.quit_after,
+        rudp: target.rudp_config(),
     };
     let stdin = std::io::stdin();
     let input = if !args.messages.is_empty() {
@@ -531,6 +538,12 @@ async fn connect(args: ConnectArgs) -> Result<()> {
         Input::Lines {
             reader: Box::new(BufReader::new(stdin)),
             mode: LineMode::Interactive,
+        }
+    } else if config.transport == Transport::Rudp && !args.wait_reply {
+        // rudp keeps message boundaries: every line is one message, replies as they come.
+        Input::Lines {
+            reader: Box::new(BufReader::with_capacity(64 * 1024, stdin)),
+            mode: LineMode::Stream,
         }
     } else if args.wait_reply || config.transport == Transport::Udp {
         Input::Lines {
@@ -592,6 +605,7 @@ async fn bench(args: BenchArgs) -> Result<()> {
         framing: target.framing(),
         timeout: args.timeout,
         rate: args.rate,
+        rudp: target.rudp_config(),
     };
     let report = bench::run(&config, interrupt_token()?).await?;
     finish_bench(

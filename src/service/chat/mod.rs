@@ -178,13 +178,13 @@ impl Default for Chat {
 impl Service for Chat {
     type Session = ChatSession;
 
-    /// Over TCP the member joins the lobby at once; over UDP an address becomes a member only
-    /// when it sends `/join`.
+    /// Over a connection (TCP, rudp) the member joins the lobby at once; over UDP an address
+    /// becomes a member only when it sends `/join`.
     fn open(&self, peer: &PeerInfo) -> ChatSession {
-        let room = match peer.transport {
-            crate::service::Transport::Tcp => Some(DEFAULT_ROOM.to_owned()),
-            crate::service::Transport::Udp => None,
-        };
+        let room = peer
+            .transport
+            .is_connection()
+            .then(|| DEFAULT_ROOM.to_owned());
         ChatSession::new(self.shared.clone(), peer, room)
     }
 
