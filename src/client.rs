@@ -907,9 +907,11 @@ where
             }
         }
     });
-    let messages = futures_util::stream::unfold(in_rx, |mut rx| async move {
-        rx.recv().await.map(|m| (m, rx))
-    });
+    let messages =
+        futures_util::stream::unfold(
+            in_rx,
+            |mut rx| async move { rx.recv().await.map(|m| (m, rx)) },
+        );
     let printer = Printer::spawn(output, Box::pin(messages), flush_each);
     Ok((
         Writer::Rudp(tokio_util::sync::PollSender::new(out_tx)),

@@ -211,7 +211,10 @@ pub enum SizeError {
         size: usize,
     },
     /// Over what one rudp message carries.
-    #[error("{size} bytes is over the largest rudp message ({} bytes)", crate::rudp::DEFAULT_MAX_MESSAGE)]
+    #[error(
+        "{size} bytes is over the largest rudp message ({} bytes)",
+        crate::rudp::DEFAULT_MAX_MESSAGE
+    )]
     TooBigForRudp {
         /// The size asked for.
         size: usize,
@@ -484,7 +487,8 @@ async fn connect(config: &BenchConfig) -> io::Result<Socket> {
                 Ok(Socket::Udp(socket))
             }
             Transport::Rudp => {
-                let conn = crate::transport::rudp::connect(config.addr, config.rudp.clone()).await?;
+                let conn =
+                    crate::transport::rudp::connect(config.addr, config.rudp.clone()).await?;
                 Ok(Socket::Rudp(conn))
             }
         }
@@ -636,9 +640,7 @@ pub async fn run(
                 return match socket {
                     Socket::Tcp(s) => tokio::spawn(rate::tcp_client(s, shared, schedule, cancel)),
                     Socket::Udp(s) => tokio::spawn(rate::udp_client(s, shared, schedule, cancel)),
-                    Socket::Rudp(c) => {
-                        tokio::spawn(rate::rudp_client(c, shared, schedule, cancel))
-                    }
+                    Socket::Rudp(c) => tokio::spawn(rate::rudp_client(c, shared, schedule, cancel)),
                 };
             }
             match socket {

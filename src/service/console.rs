@@ -512,9 +512,7 @@ impl Registry {
                     None => "the last address heard from (nobody yet)".to_owned(),
                 }
             }
-            (Target::Default, Some(Transport::Tcp | Transport::Rudp)) => {
-                "every client".to_owned()
-            }
+            (Target::Default, Some(Transport::Tcp | Transport::Rudp)) => "every client".to_owned(),
             (Target::Default, None) => {
                 "every client (over UDP: the last address heard from)".to_owned()
             }

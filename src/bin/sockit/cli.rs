@@ -616,7 +616,10 @@ pub fn rudp_config(mtu: Option<usize>) -> sockit::rudp::Config {
 fn check_rudp(address: &Address, raw: &str, rudp: bool) -> Result<(), String> {
     let lower = raw.to_ascii_lowercase();
     if rudp && (address.scheme == Scheme::Udp || lower.starts_with("tcp:")) {
-        return Err(format!("'{raw}' says {} but --rudp says rudp", address.scheme));
+        return Err(format!(
+            "'{raw}' says {} but --rudp says rudp",
+            address.scheme
+        ));
     }
     Ok(())
 }
@@ -912,7 +915,9 @@ pub fn validate_bench(args: &BenchArgs) -> Result<(), String> {
     if args.chat {
         use sockit::bench::chat::{MAX_COUNT, MAX_MEMBERS};
         if target.is_udp() || target.is_rudp() {
-            return Err("--chat loads a TCP chat service: it cannot be used with UDP or rudp".into());
+            return Err(
+                "--chat loads a TCP chat service: it cannot be used with UDP or rudp".into(),
+            );
         }
         if target.framing() != Framing::Line {
             return Err("--chat members use line framing: leave --framing out".into());
