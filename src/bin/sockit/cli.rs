@@ -1250,6 +1250,7 @@ mod tests {
             host: local.clone(),
             port,
             udp,
+            rudp: false,
         };
         assert_eq!(serve(&[]).unwrap(), listen(9000, false));
         assert_eq!(serve(&["9001"]).unwrap(), listen(9001, false));
