@@ -74,6 +74,8 @@ struct SentFrag {
     acked: bool,
     lost: bool,
     in_flight: bool,
+    /// Retransmitted because it was judged lost.
+    retransmitted: bool,
 }
 
 /// Bytes a fragment counts for in flight (payload plus a nominal per-fragment overhead).
@@ -143,6 +145,9 @@ pub struct Connection {
     recovery_start: Option<Instant>,
     srtt: Option<Duration>,
     rttvar: Duration,
+    min_rtt: Option<Duration>,
+    /// Reordering window in quarters of the minimum RTT; grows on spurious retransmissions.
+    reo_quarters: u32,
     pto_count: u32,
     // Receiving.
     rcv_nxt: u64,
@@ -219,6 +224,8 @@ impl Connection {
             recovery_start: None,
             srtt: None,
             rttvar: Duration::ZERO,
+            min_rtt: None,
+            reo_quarters: 1,
             pto_count: 0,
             rcv_nxt: 0,
             ooo: BTreeMap::new(),
@@ -401,6 +408,7 @@ impl Connection {
     }
 
     fn rtt_sample(&mut self, s: Duration) {
+        self.min_rtt = Some(self.min_rtt.map_or(s, |m| m.min(s)));
         match self.srtt {
             None => {
                 self.srtt = Some(s);
@@ -644,7 +652,7 @@ impl Connection {
             if !f.acked {
                 newly += 1;
                 newest = newest.max(Some(f.first_sent));
-                self.on_acked_frag(&f);
+                self.on_acked_frag(&f, now);
             }
         }
         self.snd_una = self.snd_una.max(cum);
@@ -653,9 +661,15 @@ impl Connection {
         for (s32, e32) in a.ranges() {
             let s = expand(self.snd_una, s32);
             let e = expand(self.snd_una, e32);
-            if s >= e || s < prev_end || e > self.snd_nxt {
+            if s >= e || e > self.snd_nxt {
                 self.stats.invalid_acks += 1;
                 break;
+            }
+            // Ranges must ascend; below the cumulative point they are merely stale (an ACK
+            // overtaken by a newer one).
+            let s = s.max(prev_end);
+            if s >= e {
+                continue;
             }
             for seq in s..e {
                 let i = (seq - self.snd_una) as usize;
@@ -663,11 +677,12 @@ impl Connection {
                     self.sent[i].acked = true;
                     newly += 1;
                     newest = newest.max(Some(self.sent[i].first_sent));
-                    let (len, in_flight, sent_at) = {
+                    let (len, in_flight, sent_at, retx) = {
                         let f = &self.sent[i];
-                        (f.data.len(), f.in_flight, f.last_sent)
+                        (f.data.len(), f.in_flight, f.last_sent, f.retransmitted)
                     };
                     self.sent[i].in_flight = false;
+                    self.check_spurious(retx, sent_at, now);
                     self.account_acked(len, in_flight, sent_at);
                 }
             }
@@ -683,7 +698,7 @@ impl Connection {
         }
         if let (true, Some(newest)) = (sacked, newest) {
             // Anything sent (last) before a fragment that already got through is lost.
-            let reo = (self.srtt.unwrap_or(self.cfg.initial_rtt) / 8).max(Duration::from_millis(1));
+            let reo = self.reorder_window();
             for i in 0..self.sent.len() {
                 let f = &self.sent[i];
                 if !f.acked && !f.lost && f.last_sent + reo < newest {
@@ -697,7 +712,31 @@ impl Connection {
         }
     }
 
-    fn on_acked_frag(&mut self, f: &SentFrag) {
+    /// How much later than a delivered fragment another may still arrive before it counts as
+    /// lost: a quarter of the minimum RTT at first (RACK), widened each time a retransmission
+    /// turns out to have been unnecessary, never more than the smoothed RTT.
+    fn reorder_window(&self) -> Duration {
+        let srtt = self.srtt.unwrap_or(self.cfg.initial_rtt);
+        let base = self.min_rtt.unwrap_or(srtt) / 4;
+        (base * self.reo_quarters)
+            .min(srtt)
+            .max(Duration::from_millis(1))
+    }
+
+    /// A retransmitted fragment acknowledged sooner than any round trip could have taken:
+    /// the original got through, it was only reordered.
+    fn check_spurious(&mut self, retransmitted: bool, last_sent: Instant, now: Instant) {
+        if retransmitted
+            && self
+                .min_rtt
+                .is_some_and(|m| now.saturating_duration_since(last_sent) < m / 2)
+        {
+            self.reo_quarters = (self.reo_quarters + 1).min(16);
+        }
+    }
+
+    fn on_acked_frag(&mut self, f: &SentFrag, now: Instant) {
+        self.check_spurious(f.retransmitted, f.last_sent, now);
         self.account_acked(f.data.len(), f.in_flight, f.last_sent);
     }
 
@@ -1007,6 +1046,7 @@ impl Connection {
                 let f = &mut self.sent[i];
                 runs.push(buf, seq as u32, f.flags, &f.data);
                 f.lost = false;
+                f.retransmitted = true;
                 f.in_flight = true;
                 f.last_sent = now;
                 f.sends += 1;
@@ -1040,6 +1080,7 @@ impl Connection {
                     acked: false,
                     lost: false,
                     in_flight: true,
+                    retransmitted: false,
                 });
                 self.snd_nxt += 1;
                 self.unacked += 1;
