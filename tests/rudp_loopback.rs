@@ -226,7 +226,7 @@ async fn through_a_relay_dropping_10_percent_and_reordering_every_message_arrive
             .await
             .unwrap_or_else(|_| panic!("echo {i} in time"))
             .expect("open");
-        assert!(&got == want, "echo {i} out of order or corrupted");
+        assert!(got == want, "echo {i} out of order or corrupted");
     }
     c.close();
     let end = tokio::time::timeout(Duration::from_secs(20), c.recv()).await;
