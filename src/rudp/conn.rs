@@ -158,6 +158,8 @@ pub struct Connection {
     events_bytes: usize,
     ack_pending: bool,
     ack_immediate: bool,
+    /// The window in the last ACK sent.
+    advertised: u64,
     ack_deadline: Option<Instant>,
     unacked_eliciting: u32,
     echo: Option<(u16, Instant)>,
@@ -235,6 +237,7 @@ impl Connection {
             events_bytes: 0,
             ack_pending: false,
             ack_immediate: false,
+            advertised: u64::MAX,
             ack_deadline: None,
             unacked_eliciting: 0,
             echo: None,
@@ -360,11 +363,10 @@ impl Connection {
     pub fn poll_event(&mut self) -> Option<Event> {
         let ev = self.events.pop_front()?;
         if let Event::Message(m) = &ev {
-            let before = self.available_window();
             self.events_bytes -= m.len();
             let after = self.available_window();
             let full = self.window_frags();
-            if before < full / 4 && after >= full / 2 && self.state == State::Established {
+            if self.advertised < full / 4 && after >= full / 2 && self.state == State::Established {
                 // The window reopened: tell the sender now rather than on its next probe.
                 self.ack_pending = true;
                 self.ack_immediate = true;
@@ -1023,6 +1025,7 @@ impl Connection {
                 None => (0, u8::MAX),
             };
             let window = self.available_window().min(u64::from(u16::MAX)) as u16;
+            self.advertised = u64::from(window);
             packet::write_ack(buf, self.rcv_nxt as u32, echo_ts, delay, window, &ranges);
             self.ack_pending = false;
             self.ack_immediate = false;
@@ -1235,5 +1238,56 @@ mod tests {
             s.poll_timeout()
                 .is_some_and(|x| x >= t + Duration::from_secs(1))
         );
+    }
+
+    #[test]
+    fn a_slow_reader_closes_the_window_and_reopens_it() {
+        let small = Config {
+            recv_window: 10 * 1137,
+            ..Config::default()
+        };
+        let (mut c, _, t) = pair(Config::default());
+        let mut s = Connection::new(small, Side::Server, t, 22, 11);
+        s.accept_pending = false;
+        let msgs: Vec<Bytes> = (0..60u8).map(|i| Bytes::from(vec![i; 1000])).collect();
+        for m in &msgs {
+            c.send(m.clone()).unwrap();
+        }
+        let mut got = Vec::new();
+        let mut now = t;
+        let mut max_held = 0;
+        let mut reopened = 0;
+        for round in 0..2000 {
+            now += Duration::from_millis(5);
+            c.handle_timeout(now);
+            s.handle_timeout(now);
+            pump(&mut c, &mut s, now);
+            pump(&mut s, &mut c, now);
+            max_held = max_held.max(s.events.len());
+            // The application reads only every 20th round.
+            if round % 20 == 19 {
+                let was_closed = s.advertised < s.window_frags() / 4;
+                while let Some(ev) = s.poll_event() {
+                    if let Event::Message(m) = ev {
+                        got.push(m);
+                    }
+                }
+                // The reopened window is announced at once, not on the sender's next probe.
+                let sent = pump(&mut s, &mut c, now);
+                if was_closed {
+                    reopened += 1;
+                    assert!(sent >= 1, "window update not sent in round {round}");
+                }
+            }
+            if got.len() == msgs.len() {
+                break;
+            }
+        }
+        assert_eq!(got, msgs);
+        // Never more held than the window allows.
+        assert!(max_held <= 12, "held {max_held}");
+        // ... and the window was really filled (the slow reader held the sender back).
+        assert!(max_held >= 8, "held {max_held}");
+        assert!(reopened >= 2, "the window closed only {reopened} times");
     }
 }
