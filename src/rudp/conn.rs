@@ -74,6 +74,8 @@ struct SentFrag {
     acked: bool,
     lost: bool,
     in_flight: bool,
+    /// Retransmitted because it was judged lost.
+    retransmitted: bool,
 }
 
 /// Bytes a fragment counts for in flight (payload plus a nominal per-fragment overhead).
@@ -143,6 +145,9 @@ pub struct Connection {
     recovery_start: Option<Instant>,
     srtt: Option<Duration>,
     rttvar: Duration,
+    min_rtt: Option<Duration>,
+    /// Reordering window in quarters of the minimum RTT; grows on spurious retransmissions.
+    reo_quarters: u32,
     pto_count: u32,
     // Receiving.
     rcv_nxt: u64,
@@ -153,6 +158,8 @@ pub struct Connection {
     events_bytes: usize,
     ack_pending: bool,
     ack_immediate: bool,
+    /// The window in the last ACK sent.
+    advertised: u64,
     ack_deadline: Option<Instant>,
     unacked_eliciting: u32,
     echo: Option<(u16, Instant)>,
@@ -219,6 +226,8 @@ impl Connection {
             recovery_start: None,
             srtt: None,
             rttvar: Duration::ZERO,
+            min_rtt: None,
+            reo_quarters: 1,
             pto_count: 0,
             rcv_nxt: 0,
             ooo: BTreeMap::new(),
@@ -228,6 +237,7 @@ impl Connection {
             events_bytes: 0,
             ack_pending: false,
             ack_immediate: false,
+            advertised: u64::MAX,
             ack_deadline: None,
             unacked_eliciting: 0,
             echo: None,
@@ -353,11 +363,10 @@ impl Connection {
     pub fn poll_event(&mut self) -> Option<Event> {
         let ev = self.events.pop_front()?;
         if let Event::Message(m) = &ev {
-            let before = self.available_window();
             self.events_bytes -= m.len();
             let after = self.available_window();
             let full = self.window_frags();
-            if before < full / 4 && after >= full / 2 && self.state == State::Established {
+            if self.advertised < full / 4 && after >= full / 2 && self.state == State::Established {
                 // The window reopened: tell the sender now rather than on its next probe.
                 self.ack_pending = true;
                 self.ack_immediate = true;
@@ -401,6 +410,7 @@ impl Connection {
     }
 
     fn rtt_sample(&mut self, s: Duration) {
+        self.min_rtt = Some(self.min_rtt.map_or(s, |m| m.min(s)));
         match self.srtt {
             None => {
                 self.srtt = Some(s);
@@ -644,7 +654,7 @@ impl Connection {
             if !f.acked {
                 newly += 1;
                 newest = newest.max(Some(f.first_sent));
-                self.on_acked_frag(&f);
+                self.on_acked_frag(&f, now);
             }
         }
         self.snd_una = self.snd_una.max(cum);
@@ -653,9 +663,15 @@ impl Connection {
         for (s32, e32) in a.ranges() {
             let s = expand(self.snd_una, s32);
             let e = expand(self.snd_una, e32);
-            if s >= e || s < prev_end || e > self.snd_nxt {
+            if s >= e || e > self.snd_nxt {
                 self.stats.invalid_acks += 1;
                 break;
+            }
+            // Ranges must ascend; below the cumulative point they are merely stale (an ACK
+            // overtaken by a newer one).
+            let s = s.max(prev_end);
+            if s >= e {
+                continue;
             }
             for seq in s..e {
                 let i = (seq - self.snd_una) as usize;
@@ -663,11 +679,12 @@ impl Connection {
                     self.sent[i].acked = true;
                     newly += 1;
                     newest = newest.max(Some(self.sent[i].first_sent));
-                    let (len, in_flight, sent_at) = {
+                    let (len, in_flight, sent_at, retx) = {
                         let f = &self.sent[i];
-                        (f.data.len(), f.in_flight, f.last_sent)
+                        (f.data.len(), f.in_flight, f.last_sent, f.retransmitted)
                     };
                     self.sent[i].in_flight = false;
+                    self.check_spurious(retx, sent_at, now);
                     self.account_acked(len, in_flight, sent_at);
                 }
             }
@@ -683,7 +700,7 @@ impl Connection {
         }
         if let (true, Some(newest)) = (sacked, newest) {
             // Anything sent (last) before a fragment that already got through is lost.
-            let reo = (self.srtt.unwrap_or(self.cfg.initial_rtt) / 8).max(Duration::from_millis(1));
+            let reo = self.reorder_window();
             for i in 0..self.sent.len() {
                 let f = &self.sent[i];
                 if !f.acked && !f.lost && f.last_sent + reo < newest {
@@ -697,7 +714,31 @@ impl Connection {
         }
     }
 
-    fn on_acked_frag(&mut self, f: &SentFrag) {
+    /// How much later than a delivered fragment another may still arrive before it counts as
+    /// lost: a quarter of the minimum RTT at first (RACK), widened each time a retransmission
+    /// turns out to have been unnecessary, never more than the smoothed RTT.
+    fn reorder_window(&self) -> Duration {
+        let srtt = self.srtt.unwrap_or(self.cfg.initial_rtt);
+        let base = self.min_rtt.unwrap_or(srtt) / 4;
+        (base * self.reo_quarters)
+            .min(srtt)
+            .max(Duration::from_millis(1))
+    }
+
+    /// A retransmitted fragment acknowledged sooner than any round trip could have taken:
+    /// the original got through, it was only reordered.
+    fn check_spurious(&mut self, retransmitted: bool, last_sent: Instant, now: Instant) {
+        if retransmitted
+            && self
+                .min_rtt
+                .is_some_and(|m| now.saturating_duration_since(last_sent) < m / 2)
+        {
+            self.reo_quarters = (self.reo_quarters + 1).min(16);
+        }
+    }
+
+    fn on_acked_frag(&mut self, f: &SentFrag, now: Instant) {
+        self.check_spurious(f.retransmitted, f.last_sent, now);
         self.account_acked(f.data.len(), f.in_flight, f.last_sent);
     }
 
@@ -984,6 +1025,7 @@ impl Connection {
                 None => (0, u8::MAX),
             };
             let window = self.available_window().min(u64::from(u16::MAX)) as u16;
+            self.advertised = u64::from(window);
             packet::write_ack(buf, self.rcv_nxt as u32, echo_ts, delay, window, &ranges);
             self.ack_pending = false;
             self.ack_immediate = false;
@@ -1007,6 +1049,7 @@ impl Connection {
                 let f = &mut self.sent[i];
                 runs.push(buf, seq as u32, f.flags, &f.data);
                 f.lost = false;
+                f.retransmitted = true;
                 f.in_flight = true;
                 f.last_sent = now;
                 f.sends += 1;
@@ -1040,6 +1083,7 @@ impl Connection {
                     acked: false,
                     lost: false,
                     in_flight: true,
+                    retransmitted: false,
                 });
                 self.snd_nxt += 1;
                 self.unacked += 1;
@@ -1194,5 +1238,56 @@ mod tests {
             s.poll_timeout()
                 .is_some_and(|x| x >= t + Duration::from_secs(1))
         );
+    }
+
+    #[test]
+    fn a_slow_reader_closes_the_window_and_reopens_it() {
+        let small = Config {
+            recv_window: 10 * 1137,
+            ..Config::default()
+        };
+        let (mut c, _, t) = pair(Config::default());
+        let mut s = Connection::new(small, Side::Server, t, 22, 11);
+        s.accept_pending = false;
+        let msgs: Vec<Bytes> = (0..60u8).map(|i| Bytes::from(vec![i; 1000])).collect();
+        for m in &msgs {
+            c.send(m.clone()).unwrap();
+        }
+        let mut got = Vec::new();
+        let mut now = t;
+        let mut max_held = 0;
+        let mut reopened = 0;
+        for round in 0..2000 {
+            now += Duration::from_millis(5);
+            c.handle_timeout(now);
+            s.handle_timeout(now);
+            pump(&mut c, &mut s, now);
+            pump(&mut s, &mut c, now);
+            max_held = max_held.max(s.events.len());
+            // The application reads only every 20th round.
+            if round % 20 == 19 {
+                let was_closed = s.advertised < s.window_frags() / 4;
+                while let Some(ev) = s.poll_event() {
+                    if let Event::Message(m) = ev {
+                        got.push(m);
+                    }
+                }
+                // The reopened window is announced at once, not on the sender's next probe.
+                let sent = pump(&mut s, &mut c, now);
+                if was_closed {
+                    reopened += 1;
+                    assert!(sent >= 1, "window update not sent in round {round}");
+                }
+            }
+            if got.len() == msgs.len() {
+                break;
+            }
+        }
+        assert_eq!(got, msgs);
+        // Never more held than the window allows.
+        assert!(max_held <= 12, "held {max_held}");
+        // ... and the window was really filled (the slow reader held the sender back).
+        assert!(max_held >= 8, "held {max_held}");
+        assert!(reopened >= 2, "the window closed only {reopened} times");
     }
 }

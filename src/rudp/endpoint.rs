@@ -1,6 +1,7 @@
 //! The server side: a stateless cookie handshake and demultiplexing by connection id.
 
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -86,6 +87,8 @@ struct Entry {
     in_tx: bool,
     /// Queued in `ev_ready` (may have events).
     in_ev: bool,
+    /// The time of this connection's live entry in `timers`, if any.
+    scheduled: Option<Instant>,
 }
 
 /// The server side of rudp over one socket: answers handshakes statelessly, creates
@@ -100,6 +103,9 @@ pub struct Endpoint {
     by_client: HashMap<(SocketAddr, u64), u64>,
     dirty: VecDeque<u64>,
     ev_ready: VecDeque<u64>,
+    /// Timer wheel in a heap: at most one live entry per connection, never later than the
+    /// connection's own `poll_timeout` (an earlier one just wakes it early).
+    timers: BinaryHeap<Reverse<(Instant, u64)>>,
     answers: VecDeque<(SocketAddr, [u8; packet::RETRY_LEN])>,
     stats: EndpointStats,
 }
@@ -122,6 +128,7 @@ impl Endpoint {
             by_client: HashMap::new(),
             dirty: VecDeque::new(),
             ev_ready: VecDeque::new(),
+            timers: BinaryHeap::new(),
             answers: VecDeque::new(),
             stats: EndpointStats::default(),
         }
@@ -234,6 +241,7 @@ impl Endpoint {
             }
             e.conn.handle_datagram(now, buf);
             self.mark(dst);
+            self.schedule(dst);
             return None;
         }
         match packet::parse(buf) {
@@ -296,10 +304,12 @@ impl Endpoint {
                         client_cid: cid,
                         in_tx: false,
                         in_ev: false,
+                        scheduled: None,
                     },
                 );
                 self.by_client.insert((peer, cid), local);
                 self.mark(local);
+                self.schedule(local);
                 self.stats.accepted += 1;
                 Some(ConnectionHandle(local))
             }
@@ -333,8 +343,26 @@ impl Endpoint {
             }
             self.dirty.pop_front();
             e.in_tx = false;
+            if e.conn.is_drained() && !e.conn.has_events() {
+                self.remove(cid);
+            } else {
+                self.schedule(cid);
+            }
         }
         None
+    }
+
+    /// Makes sure the timer heap wakes `cid` no later than its `poll_timeout`.
+    fn schedule(&mut self, cid: u64) {
+        let Some(e) = self.conns.get_mut(&cid) else {
+            return;
+        };
+        if let Some(t) = e.conn.poll_timeout() {
+            if e.scheduled.is_none_or(|s| t < s) {
+                e.scheduled = Some(t);
+                self.timers.push(Reverse((t, cid)));
+            }
+        }
     }
 
     /// The next event of any connection. A connection whose `Closed` event was returned and
@@ -367,6 +395,9 @@ impl Endpoint {
                     if matches!(ev, Event::Closed(_)) && e.conn.is_drained() {
                         self.ev_ready.remove(i);
                         self.remove(cid);
+                    } else {
+                        // Taking a message can reopen the window (an ACK due now).
+                        self.schedule(cid);
                     }
                     return Some((ConnectionHandle(cid), ev));
                 }
@@ -386,33 +417,40 @@ impl Endpoint {
         }
     }
 
-    /// Runs every connection's due timers (and drops drained connections whose events were
-    /// all taken).
+    /// Runs the due timers of the connections (and drops drained connections whose events
+    /// were all taken).
     pub fn handle_timeout(&mut self, now: Instant) {
         let mut due = Vec::new();
-        let mut gone = Vec::new();
-        for (&cid, e) in self.conns.iter_mut() {
-            if e.conn.poll_timeout().is_some_and(|t| t <= now) {
-                e.conn.handle_timeout(now);
-                due.push(cid);
+        while let Some(&Reverse((t, cid))) = self.timers.peek() {
+            if t > now {
+                break;
             }
-            if e.conn.is_drained() && !e.conn.has_events() {
-                gone.push(cid);
+            self.timers.pop();
+            if let Some(e) = self.conns.get_mut(&cid) {
+                if e.scheduled == Some(t) {
+                    e.scheduled = None;
+                    due.push(cid);
+                }
             }
         }
         for cid in due {
+            let Some(e) = self.conns.get_mut(&cid) else {
+                continue;
+            };
+            if e.conn.poll_timeout().is_some_and(|t| t <= now) {
+                e.conn.handle_timeout(now);
+            }
+            if e.conn.is_drained() && !e.conn.has_events() {
+                self.remove(cid);
+                continue;
+            }
             self.mark(cid);
-        }
-        for cid in gone {
-            self.remove(cid);
+            self.schedule(cid);
         }
     }
 
     /// The earliest timer of any connection (or `None` with nothing pending).
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.conns
-            .values()
-            .filter_map(|e| e.conn.poll_timeout())
-            .min()
+        self.timers.peek().map(|Reverse((t, _))| *t)
     }
 }

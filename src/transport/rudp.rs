@@ -243,6 +243,36 @@ fn random_seed() -> [u8; 32] {
     s
 }
 
+/// Asks for larger kernel socket buffers (best effort; the kernel caps them at its
+/// `rmem_max`/`wmem_max`): a burst of handshakes or a window of datagrams then waits in the
+/// buffer instead of being dropped.
+fn grow_buffers(socket: &UdpSocket, bytes: usize) {
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsRawFd;
+        let v: libc::c_int = bytes.min(libc::c_int::MAX as usize) as libc::c_int;
+        for opt in [libc::SO_RCVBUF, libc::SO_SNDBUF] {
+            // SAFETY: a valid socket descriptor, a pointer to a c_int and its exact size.
+            unsafe {
+                libc::setsockopt(
+                    socket.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    opt,
+                    (&v as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                );
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (socket, bytes);
+}
+
+/// Kernel buffer requested for a server socket.
+const SERVER_SOCKET_BUFFER: usize = 4 << 20;
+/// Kernel buffer requested for a client socket.
+const CLIENT_SOCKET_BUFFER: usize = 1 << 20;
+
 async fn sleep_until(t: Option<Instant>) {
     match t {
         Some(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await,
@@ -276,6 +306,7 @@ impl RudpServer {
         shutdown: CancellationToken,
     ) -> io::Result<RudpServer> {
         let local_addr = socket.local_addr()?;
+        grow_buffers(&socket, SERVER_SOCKET_BUFFER);
         let (accept_tx, incoming) = mpsc::channel(ACCEPT_BACKLOG);
         let endpoint = Endpoint::new(cfg.clone(), random_seed(), Instant::now());
         let task = tokio::spawn(run_server(socket, endpoint, cfg, accept_tx, shutdown));
@@ -453,6 +484,7 @@ pub async fn connect(server: SocketAddr, cfg: Config) -> io::Result<RudpConnecti
     };
     let socket = UdpSocket::bind(bind).await?;
     socket.connect(server).await?;
+    grow_buffers(&socket, CLIENT_SOCKET_BUFFER);
     let cfg = cfg.normalized();
     let max_message = cfg.max_message;
     let seed = u64::from_le_bytes(random_seed()[..8].try_into().unwrap_or([7; 8]));
