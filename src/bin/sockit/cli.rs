@@ -307,6 +307,14 @@ pub struct ServeArgs {
     /// [default: 4M]
     #[arg(long, value_name = "BYTES", value_parser = parse_size)]
     pub chat_retention: Option<usize>,
+    /// chat and hub: share the chat rooms with every server connected to this NATS server
+    /// (nats://HOST:PORT, with JetStream: nats-server -js)
+    #[arg(long, value_name = "URL", value_parser = parse_cluster_url)]
+    pub cluster: Option<String>,
+    /// With --cluster: this server's name in the cluster, unique (letters, digits, - and _, at
+    /// most 32) [default: HOSTNAME-PID]
+    #[arg(long, value_name = "NAME", requires = "cluster", value_parser = parse_node)]
+    pub node: Option<String>,
     /// hub: the users file behind its `login` command, when login is not required up front
     #[arg(long, value_name = "FILE", conflicts_with = "login")]
     pub users: Option<std::path::PathBuf>,
@@ -698,6 +706,32 @@ pub fn listen_addr(args: &ServeArgs) -> Result<Listen, String> {
     })
 }
 
+/// `--cluster`: a `nats://HOST:PORT` URL (the scheme may be left out).
+fn parse_cluster_url(s: &str) -> Result<String, String> {
+    let rest = s.strip_prefix("nats://").unwrap_or(s);
+    let valid = !rest.is_empty()
+        && !rest.contains('/')
+        && rest
+            .rsplit_once(':')
+            .is_none_or(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+    if valid {
+        Ok(format!("nats://{rest}"))
+    } else {
+        Err(format!("'{s}' is not a NATS address (expected nats://HOST:PORT)"))
+    }
+}
+
+/// `--node`: a name other servers can tell apart.
+fn parse_node(s: &str) -> Result<String, String> {
+    if sockit::cluster::wire::valid_node(s) {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "'{s}' is not a node name (1 to 32 letters, digits, - and _)"
+        ))
+    }
+}
+
 /// Refuses `serve` options that do not apply to the transport.
 fn validate_serve(args: &ServeArgs, udp: bool) -> Result<(), String> {
     if udp && args.login.is_some() {
@@ -708,6 +742,14 @@ fn validate_serve(args: &ServeArgs, udp: bool) -> Result<(), String> {
             "--kb applies to the lookup and hub services, not {}",
             args.service
         ));
+    }
+    if args.cluster.is_some() {
+        if !matches!(args.service, ServiceKind::Chat | ServiceKind::Hub) {
+            return Err(format!(
+                "--cluster applies to the chat and hub services, not {}",
+                args.service
+            ));
+        }
     }
     if let Some(bytes) = args.chat_retention {
         if !matches!(args.service, ServiceKind::Chat | ServiceKind::Hub) {

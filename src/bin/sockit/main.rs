@@ -21,6 +21,7 @@ use sockit::client::{self, ClientConfig, Input, LineMode};
 use sockit::logging::{LogSink, stderr_line};
 use sockit::net::{Host, resolve};
 use sockit::server::raise_fd_limit;
+use sockit::cluster::{Cluster, ClusterConfig};
 use sockit::service::chat::DEFAULT_RETENTION;
 use sockit::service::{Lang, Login, Users};
 use sockit::users;
@@ -178,11 +179,18 @@ async fn serve(args: ServeArgs) -> Result<()> {
         }
         None => None,
     };
+    let cluster = args.cluster.as_ref().map(|url| {
+        Cluster::new(ClusterConfig {
+            url: url.clone(),
+            node: args.node.clone().unwrap_or_else(sockit::cluster::default_node),
+        })
+    });
     let chat = || {
         Chat::new(ChatConfig {
             budget: Some(budget.clone()),
             lang: args.lang,
             retention: args.chat_retention.unwrap_or(DEFAULT_RETENTION),
+            cluster: cluster.clone(),
             ..ChatConfig::default()
         })
     };
@@ -195,7 +203,11 @@ async fn serve(args: ServeArgs) -> Result<()> {
             let lookup = Lookup::new(knowledge, args.lang);
             serve_maybe_login(addr, config, lookup, kind, login).await
         }
-        ServiceKind::Chat => serve_maybe_login(addr, config, chat(), kind, login).await,
+        ServiceKind::Chat => {
+            let chat = chat();
+            start_cluster(cluster.as_ref()).await?;
+            serve_maybe_login(addr, config, chat, kind, login).await
+        }
         ServiceKind::Console => {
             serve_maybe_login(addr, config, Console::new(args.lang), kind, login).await
         }
@@ -217,9 +229,40 @@ async fn serve(args: ServeArgs) -> Result<()> {
                 (None, None) => None,
             };
             let hub = Hub::new(knowledge, chat(), users, args.lang);
+            start_cluster(cluster.as_ref()).await?;
             serve_maybe_login(addr, config, hub, kind, login).await
         }
     }
+}
+
+/// The serve banner's cluster line, once the cluster link has started.
+static CLUSTER_BANNER: OnceLock<String> = OnceLock::new();
+
+/// Starts the link to the chat cluster (`--cluster`), waiting a moment for the first
+/// connection; without one the server still starts, and keeps trying in the background.
+async fn start_cluster(cluster: Option<&Cluster>) -> Result<()> {
+    let Some(cluster) = cluster else {
+        return Ok(());
+    };
+    let up = cluster
+        .start(Duration::from_secs(3))
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let status = cluster.status();
+    let state = if up {
+        "connected".to_owned()
+    } else {
+        warn!(
+            "cluster: cannot reach NATS at {} yet: chat is local until it can",
+            status.url
+        );
+        "not connected yet (retrying in the background)".to_owned()
+    };
+    let _ = CLUSTER_BANNER.set(format!(
+        "cluster: node {} on {}: {state}",
+        status.node, status.url
+    ));
+    Ok(())
 }
 
 /// Loads a users file off the async threads (hash checks of the file's format are quick, but it
@@ -411,6 +454,9 @@ fn print_banner(
         out,
         "connect with: sockit connect{udp_flag}{framing_flag} {reach} {port}{nc}"
     )?;
+    if let Some(line) = CLUSTER_BANNER.get() {
+        writeln!(out, "{line}")?;
+    }
     out.flush()?;
     Ok(())
 }
