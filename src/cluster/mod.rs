@@ -350,17 +350,7 @@ impl Cluster {
         let js = async_nats::jetstream::new(client.clone());
         let store = match js.get_key_value(NICK_BUCKET).await {
             Ok(store) => Ok(store),
-            Err(_) => {
-                js.create_key_value(kv::Config {
-                    bucket: NICK_BUCKET.into(),
-                    description: "sockit chat: nick claims".into(),
-                    history: 1,
-                    storage: async_nats::jetstream::stream::StorageType::File,
-                    max_value_size: 1024,
-                    ..Default::default()
-                })
-                .await
-            }
+            Err(_) => create_bucket(&js).await,
         };
         match store {
             Ok(store) => *lock(&self.inner.kv) = Some(store),
@@ -908,6 +898,34 @@ impl Cluster {
             }
         }
     }
+}
+
+/// Creates the nick bucket. The stream is made by hand, with the settings of a key-value
+/// bucket (one value per key, rollups, direct gets): the client's own `create_key_value` first
+/// reads the account information, which it cannot parse from nats-server 2.9.
+async fn create_bucket(js: &async_nats::jetstream::Context) -> Result<kv::Store, String> {
+    use async_nats::jetstream::stream;
+    let config = stream::Config {
+        name: format!("KV_{NICK_BUCKET}"),
+        description: Some("sockit chat: nick claims".into()),
+        subjects: vec![format!("$KV.{NICK_BUCKET}.>")],
+        max_messages_per_subject: 1,
+        max_message_size: 1024,
+        storage: stream::StorageType::File,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        num_replicas: 1,
+        discard: stream::DiscardPolicy::New,
+        ..Default::default()
+    };
+    if let Err(e) = js.create_stream(config).await {
+        // Another server may have created it just now.
+        debug!("cluster: creating the nick bucket: {e}");
+    }
+    js.get_key_value(NICK_BUCKET)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// Something to tell the local members, produced under the nodes lock.
