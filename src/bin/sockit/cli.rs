@@ -562,6 +562,50 @@ pub struct BenchArgs {
     /// Log more (-v each client's failure)
     #[arg(short, long, action = ArgAction::Count)]
     pub verbose: u8,
+    /// --chat: more servers (of one cluster), HOST:PORT each; members are spread over all the
+    /// addresses round-robin
+    #[arg(value_name = "MORE")]
+    pub more: Vec<String>,
+}
+
+/// The servers `bench --chat` loads: ADDR [PORT], then every further address (a second
+/// argument that is not a port number is an address too).
+pub fn chat_targets(args: &BenchArgs) -> Result<Vec<Address>, String> {
+    let target = &args.target;
+    let port_is_address = target
+        .port
+        .as_deref()
+        .is_some_and(|p| !p.bytes().all(|b| b.is_ascii_digit()));
+    let mut addresses = Vec::new();
+    let first_port = if port_is_address {
+        None
+    } else {
+        target.port.as_deref()
+    };
+    addresses.push(parse_address(&target.addr, first_port, None)?);
+    let rest = target
+        .port
+        .iter()
+        .filter(|_| port_is_address)
+        .chain(args.more.iter());
+    for more in rest {
+        let address = Address::parse(more, None)
+            .map_err(|e| format!("invalid value '{more}' for [MORE]: {e}"))?;
+        addresses.push(address);
+    }
+    for address in &addresses {
+        if address.scheme == Scheme::Udp {
+            return Err("--chat loads a TCP chat service: it cannot be used with UDP".into());
+        }
+        match address.inet() {
+            Some((_, 0)) => {
+                return Err("port 0 cannot be connected to (ports are 1-65535)".into());
+            }
+            Some(_) => {}
+            None => return Err(format!("{address}: not an internet address")),
+        }
+    }
+    Ok(addresses)
 }
 
 /// A validated `serve` address.
@@ -618,7 +662,16 @@ fn validate(cli: &Cli) -> Result<(), (&'static str, String)> {
             ("connect", a.target.is_udp(), a.target.framing)
         }
         Command::Bench(a) => {
-            a.target.address().map_err(|e| ("bench", e))?;
+            if a.chat {
+                chat_targets(a).map_err(|e| ("bench", e))?;
+            } else if !a.more.is_empty() {
+                return Err((
+                    "bench",
+                    "several addresses apply to --chat only (one server per ping-pong run)".into(),
+                ));
+            } else {
+                a.target.address().map_err(|e| ("bench", e))?;
+            }
             validate_bench(a).map_err(|e| ("bench", e))?;
             ("bench", a.target.is_udp(), a.target.framing)
         }

@@ -100,7 +100,15 @@ fn init_logging(quiet: bool, verbose: u8) {
         (false, 1) => "debug",
         (false, _) => "trace",
     };
-    let filter = EnvFilter::try_from_env("SOCKIT_LOG").unwrap_or_else(|_| EnvFilter::new(level));
+    // The NATS client (`--cluster`) reports every reconnect attempt: its warnings suffice
+    // below -vv (sockit logs the link's state and, with -v, the bus traffic itself).
+    let directives = if verbose >= 2 || quiet {
+        level.to_owned()
+    } else {
+        format!("{level},async_nats=warn")
+    };
+    let filter =
+        EnvFilter::try_from_env("SOCKIT_LOG").unwrap_or_else(|_| EnvFilter::new(directives));
     let ansi = std::io::stderr().is_terminal();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -581,10 +589,17 @@ async fn bench(args: BenchArgs) -> Result<()> {
         Err(e) => warn!("cannot raise the open file limit: {e}"),
     }
     let target = &args.target;
-    let addr = resolve_target(target).await?[0];
     if args.chat {
-        return bench_chat(&args, addr).await;
+        let mut addrs = Vec::new();
+        for address in cli::chat_targets(&args).map_err(anyhow::Error::msg)? {
+            let (host, port) = address
+                .inet()
+                .ok_or_else(|| anyhow::anyhow!("{address}: not an internet address"))?;
+            addrs.push(resolve_all(host, port).await?[0]);
+        }
+        return bench_chat(&args, addrs).await;
     }
+    let addr = resolve_target(target).await?[0];
     let config = BenchConfig {
         addr,
         transport: target.transport(),
@@ -622,9 +637,9 @@ fn interrupt_token() -> Result<CancellationToken> {
 }
 
 /// `sockit bench --chat`.
-async fn bench_chat(args: &BenchArgs, addr: SocketAddr) -> Result<()> {
+async fn bench_chat(args: &BenchArgs, addrs: Vec<SocketAddr>) -> Result<()> {
     let config = bench::chat::ChatBenchConfig {
-        addr,
+        addrs,
         conns: args.conns,
         count: args.count.map_or(bench::chat::DEFAULT_COUNT, |n| n as u64),
         timeout: args.timeout,
