@@ -558,16 +558,43 @@ impl Cluster {
         };
         let value = Bytes::from(serde_json::to_vec(&claim).unwrap_or_default());
         let kv_key = wire::nick_key(key);
+        // A claim that changes between reading it and replacing it (its owner released it,
+        // or a sweep deleted it) is read again: a few times, as each try is a change seen.
         let attempt = async {
-            if let Ok(rev) = store.update(&kv_key, value.clone(), 0).await {
-                return ClaimResult::Claimed(rev);
+            for _ in 0..3 {
+                match self.try_claim(&store, &kv_key, &value, &claim).await {
+                    Some(result) => return result,
+                    None => continue,
+                }
             }
-            let entry = match store.entry(kv_key.clone()).await {
+            ClaimResult::Taken
+        };
+        tokio::time::timeout(KV_TIMEOUT * 2, attempt)
+            .await
+            .unwrap_or(ClaimResult::Offline)
+    }
+
+    /// One try of [`Cluster::claim`]; `None` if the claim changed under it.
+    async fn try_claim(
+        &self,
+        store: &kv::Store,
+        kv_key: &str,
+        value: &Bytes,
+        claim: &Claim,
+    ) -> Option<ClaimResult> {
+        let nick = &claim.nick;
+        let id = claim.id;
+        {
+            if let Ok(rev) = store.update(kv_key, value.clone(), 0).await {
+                return Some(ClaimResult::Claimed(rev));
+            }
+            let entry = match store.entry(kv_key).await {
                 Ok(Some(entry)) => entry,
-                Ok(None) => return ClaimResult::Offline,
+                // Deleted between the two steps, or not readable yet.
+                Ok(None) => return None,
                 Err(e) => {
                     debug!("cluster: reading claim {kv_key}: {e}");
-                    return ClaimResult::Offline;
+                    return Some(ClaimResult::Offline);
                 }
             };
             let free = match entry.operation {
@@ -575,7 +602,7 @@ impl Cluster {
                 kv::Operation::Put => match serde_json::from_slice::<Claim>(&entry.value) {
                     Ok(owner) if owner.node == claim.node && owner.inst == claim.inst => {
                         if owner.id == id {
-                            return ClaimResult::Claimed(entry.revision);
+                            return Some(ClaimResult::Claimed(entry.revision));
                         }
                         false
                     }
@@ -584,19 +611,16 @@ impl Cluster {
                 },
             };
             if !free {
-                return ClaimResult::Taken;
+                return Some(ClaimResult::Taken);
             }
-            match store.update(&kv_key, value, entry.revision).await {
+            match store.update(kv_key, value.clone(), entry.revision).await {
                 Ok(rev) => {
                     debug!("cluster: took over the stale claim of {nick}");
-                    ClaimResult::Claimed(rev)
+                    Some(ClaimResult::Claimed(rev))
                 }
-                Err(_) => ClaimResult::Taken,
+                Err(_) => None,
             }
-        };
-        tokio::time::timeout(KV_TIMEOUT * 2, attempt)
-            .await
-            .unwrap_or(ClaimResult::Offline)
+        }
     }
 
     /// Releases the claim on the nick folded as `key`, made at `revision` (queued: departures
