@@ -98,7 +98,11 @@ impl Nats {
 
     /// Starts it again on the same port and store.
     fn restart(&mut self) {
-        assert!(self.run(), "nats-server did not come back on port {}", self.port);
+        assert!(
+            self.run(),
+            "nats-server did not come back on port {}",
+            self.port
+        );
     }
 }
 
@@ -247,9 +251,12 @@ async fn lines_presence_and_lists_cross_servers_once() {
     assert_eq!(amy.line().await, format!("<{}> after", bob.nick));
     // /who and /rooms list the members of every server.
     let who = bob.command("/who", &["* 3 members in lobby:"], 1).await;
-    let mut nicks = vec![ann.nick.clone(), amy.nick.clone(), bob.nick.clone()];
+    let mut nicks = [ann.nick.clone(), amy.nick.clone(), bob.nick.clone()];
     nicks.sort();
-    assert_eq!(who[0], format!("* 3 members in lobby: {}", nicks.join(", ")));
+    assert_eq!(
+        who[0],
+        format!("* 3 members in lobby: {}", nicks.join(", "))
+    );
     let rooms = ann.command("/join den", &["* you are"], 1).await;
     assert!(rooms[0].starts_with(&format!("* you are {} in den (1 member)", ann.nick)));
     bob.until(&format!("* {} left", ann.nick)).await;
@@ -272,7 +279,8 @@ async fn nicks_are_unique_across_servers_and_freed_on_leave() {
         ann.command("/nick zed", &["* you are"], 1).await,
         ["* you are now known as zed"]
     );
-    bob.until(&format!("* {} is now known as zed", ann.nick)).await;
+    bob.until(&format!("* {} is now known as zed", ann.nick))
+        .await;
     assert_eq!(
         bob.command("/nick ZED", &["error"], 1).await,
         ["error: nick 'ZED' is already taken"]
@@ -304,13 +312,18 @@ async fn private_messages_cross_servers() {
     let mut ann = Member::join(a.addr).await;
     let mut bob = Member::join(b.addr).await;
     ann.send("/join den").await;
-    ann.until(&format!("* you are {} in den (1 member); /help lists the commands", ann.nick))
-        .await;
+    ann.until(&format!(
+        "* you are {} in den (1 member); /help lists the commands",
+        ann.nick
+    ))
+    .await;
     // Known across the cluster (in another room, on another server).
     let deadline = Instant::now() + PATIENCE;
     let to = ann.nick.clone();
     loop {
-        let reply = bob.command(&format!("/msg {to} psst, over here"), REPLY, 1).await;
+        let reply = bob
+            .command(&format!("/msg {to} psst, over here"), REPLY, 1)
+            .await;
         if reply[0] == format!("[private to {to}] psst, over here") {
             break;
         }
@@ -377,7 +390,8 @@ async fn a_killed_server_s_members_are_gone_within_five_seconds() {
     let mut bob = Member::join(b.addr).await;
     meet(&bob, &mut ann).await;
     bob.send("/nick bobby").await;
-    ann.until(&format!("* {} is now known as bobby", bob.nick)).await;
+    ann.until(&format!("* {} is now known as bobby", bob.nick))
+        .await;
     bob.nick = "bobby".into();
     ann.said("still here?", &mut bob).await;
     b.child.kill().unwrap();
@@ -385,7 +399,10 @@ async fn a_killed_server_s_members_are_gone_within_five_seconds() {
     let killed = Instant::now();
     ann.until("* bobby left").await;
     let took = killed.elapsed();
-    assert!(took < Duration::from_secs(5), "bobby shown as left after {took:?}");
+    assert!(
+        took < Duration::from_secs(5),
+        "bobby shown as left after {took:?}"
+    );
     // Its nick is free again.
     assert_eq!(
         ann.command("/nick bobby", REPLY, 1).await,
@@ -398,7 +415,9 @@ async fn a_killed_server_s_members_are_gone_within_five_seconds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_stopped_and_restarted_mid_chat() {
-    let Some(mut nats) = Nats::start() else { return };
+    let Some(mut nats) = Nats::start() else {
+        return;
+    };
     let (a, b) = (node(&nats, "a"), node(&nats, "b"));
     let mut ann = Member::join(a.addr).await;
     let mut amy = Member::join(a.addr).await;
@@ -411,7 +430,8 @@ async fn nats_stopped_and_restarted_mid_chat() {
 
     nats.kill();
     for m in [&mut ann, &mut amy, &mut bob] {
-        m.until("* cluster link lost (chat on this server goes on)").await;
+        m.until("* cluster link lost (chat on this server goes on)")
+            .await;
     }
     // Local rooms keep working.
     ann.said("during", &mut amy).await;
@@ -469,7 +489,9 @@ fn a_hundred_members_over_three_servers_get_every_line_in_order() {
     let servers = [node(&nats, "a"), node(&nats, "b"), node(&nats, "c")];
     let addrs: Vec<String> = servers.iter().map(|s| s.addr.to_string()).collect();
     let out = Command::new(sockit_bin())
-        .args(["bench", "--chat", "--json", "--conns", "100", "--count", "20"])
+        .args([
+            "bench", "--chat", "--json", "--conns", "100", "--count", "20",
+        ])
         .args(&addrs)
         .output()
         .expect("run sockit bench");
@@ -492,13 +514,27 @@ fn a_hundred_members_over_three_servers_get_every_line_in_order() {
 #[test]
 fn cluster_flags_are_checked_and_the_banner_names_the_node() {
     let out = Command::new(sockit_bin())
-        .args(["serve", "--service", "echo", "--cluster", "nats://127.0.0.1:4222"])
+        .args([
+            "serve",
+            "--service",
+            "echo",
+            "--cluster",
+            "nats://127.0.0.1:4222",
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--cluster applies to the chat"));
     let out = Command::new(sockit_bin())
-        .args(["serve", "--service", "chat", "--cluster", "nats://h:1", "--node", "a.b"])
+        .args([
+            "serve",
+            "--service",
+            "chat",
+            "--cluster",
+            "nats://h:1",
+            "--node",
+            "a.b",
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
@@ -507,7 +543,15 @@ fn cluster_flags_are_checked_and_the_banner_names_the_node() {
     let url = nats.url();
     // The hub's chat joins the cluster too.
     let mut hub = Command::new(sockit_bin())
-        .args(["serve", "127.0.0.1", "0", "--service", "hub", "--cluster", &url])
+        .args([
+            "serve",
+            "127.0.0.1",
+            "0",
+            "--service",
+            "hub",
+            "--cluster",
+            &url,
+        ])
         .args(["--node", "hub-1"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -518,7 +562,10 @@ fn cluster_flags_are_checked_and_the_banner_names_the_node() {
         let mut lines = std::io::BufReader::new(hub.stdout.take().unwrap()).lines();
         (0..3).map(|_| lines.next().unwrap().unwrap()).collect()
     };
-    assert_eq!(banner[2], format!("cluster: node hub-1 on {url}: connected"));
+    assert_eq!(
+        banner[2],
+        format!("cluster: node hub-1 on {url}: connected")
+    );
     let hub_addr: SocketAddr = banner[0]
         .split_whitespace()
         .find_map(|w| w.parse().ok())
@@ -536,7 +583,11 @@ fn cluster_flags_are_checked_and_the_banner_names_the_node() {
         };
         visitor.send("chat").await;
         let welcome = visitor.until_prefix("* you are ").await;
-        let nick = welcome["* you are ".len()..].split(' ').next().unwrap().to_owned();
+        let nick = welcome["* you are ".len()..]
+            .split(' ')
+            .next()
+            .unwrap()
+            .to_owned();
         cat.until(&format!("* {nick} joined")).await;
         visitor.send("hi from the hub").await;
         cat.until(&format!("<{nick}> hi from the hub")).await;

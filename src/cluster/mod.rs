@@ -50,9 +50,9 @@ pub const HEARTBEAT: Duration = Duration::from_millis(1000);
 pub const NICK_BUCKET: &str = "sockit-chat-nicks";
 /// Bus messages waiting to be published, at most; a member publishing chat lines waits for
 /// room, so this is the only queue between the members and the NATS client.
-pub const OUT_QUEUE: usize = 4096;
+pub const OUT_QUEUE: usize = 1024;
 /// Messages the NATS client buffers for the subscription before dropping (a slow consumer).
-pub const SUB_CAPACITY: usize = 8192;
+pub const SUB_CAPACITY: usize = 4096;
 /// How long a key-value operation may take before the link counts as down for it.
 const KV_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long one publish may wait for the NATS client before the message is dropped.
@@ -328,7 +328,11 @@ impl Cluster {
     }
 
     /// Handles the NATS client's connection events.
-    async fn events(self, mut events: mpsc::Receiver<async_nats::Event>, client: async_nats::Client) {
+    async fn events(
+        self,
+        mut events: mpsc::Receiver<async_nats::Event>,
+        client: async_nats::Client,
+    ) {
         while let Some(event) = events.recv().await {
             match event {
                 async_nats::Event::Connected => self.connected(&client).await,
@@ -521,7 +525,10 @@ impl Cluster {
     /// The rooms with members on other servers, by folded name: (name, members).
     pub fn rooms(&self) -> HashMap<String, (String, usize)> {
         let mut rooms: HashMap<String, (String, usize)> = HashMap::new();
-        for member in lock(&self.inner.nodes).values().flat_map(|n| n.members.values()) {
+        for member in lock(&self.inner.nodes)
+            .values()
+            .flat_map(|n| n.members.values())
+        {
             if let Some(room) = &member.room {
                 rooms
                     .entry(fold(room))

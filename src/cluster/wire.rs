@@ -231,8 +231,7 @@ impl Bus {
                 bytes.len()
             ));
         }
-        let bus: Bus =
-            serde_json::from_slice(bytes).map_err(|e| format!("malformed: {e}"))?;
+        let bus: Bus = serde_json::from_slice(bytes).map_err(|e| format!("malformed: {e}"))?;
         bus.check()?;
         Ok(bus)
     }

@@ -770,7 +770,9 @@ fn parse_cluster_url(s: &str) -> Result<String, String> {
     if valid {
         Ok(format!("nats://{rest}"))
     } else {
-        Err(format!("'{s}' is not a NATS address (expected nats://HOST:PORT)"))
+        Err(format!(
+            "'{s}' is not a NATS address (expected nats://HOST:PORT)"
+        ))
     }
 }
 
@@ -796,13 +798,11 @@ fn validate_serve(args: &ServeArgs, udp: bool) -> Result<(), String> {
             args.service
         ));
     }
-    if args.cluster.is_some() {
-        if !matches!(args.service, ServiceKind::Chat | ServiceKind::Hub) {
-            return Err(format!(
-                "--cluster applies to the chat and hub services, not {}",
-                args.service
-            ));
-        }
+    if args.cluster.is_some() && !matches!(args.service, ServiceKind::Chat | ServiceKind::Hub) {
+        return Err(format!(
+            "--cluster applies to the chat and hub services, not {}",
+            args.service
+        ));
     }
     if let Some(bytes) = args.chat_retention {
         if !matches!(args.service, ServiceKind::Chat | ServiceKind::Hub) {

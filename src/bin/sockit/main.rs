@@ -18,10 +18,10 @@ use bytes::Bytes;
 use sockit::bench::{self, BenchConfig};
 use sockit::budget::MemoryBudget;
 use sockit::client::{self, ClientConfig, Input, LineMode};
+use sockit::cluster::{Cluster, ClusterConfig};
 use sockit::logging::{LogSink, stderr_line};
 use sockit::net::{Host, resolve};
 use sockit::server::raise_fd_limit;
-use sockit::cluster::{Cluster, ClusterConfig};
 use sockit::service::chat::DEFAULT_RETENTION;
 use sockit::service::{Lang, Login, Users};
 use sockit::users;
@@ -190,7 +190,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let cluster = args.cluster.as_ref().map(|url| {
         Cluster::new(ClusterConfig {
             url: url.clone(),
-            node: args.node.clone().unwrap_or_else(sockit::cluster::default_node),
+            node: args
+                .node
+                .clone()
+                .unwrap_or_else(sockit::cluster::default_node),
         })
     });
     let chat = || {

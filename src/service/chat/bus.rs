@@ -127,13 +127,16 @@ impl Shared {
 
     /// Records member `id`'s room.
     pub(super) fn set_room(&self, nick: &str, id: u64, room: Option<Arc<super::Room>>) {
-        if let Some(entry) = lock(&self.nicks).get_mut(&fold(nick)).filter(|r| r.id == id) {
+        if let Some(entry) = lock(&self.nicks)
+            .get_mut(&fold(nick))
+            .filter(|r| r.id == id)
+        {
             entry.room = room;
         }
     }
 
     /// Adds `lines` from the bus to room `room`'s log, or to its shadow history.
-    fn from_bus(&self, room: &str, lines: &[String], chat: bool) {
+    fn deliver_remote(&self, room: &str, lines: &[String], chat: bool) {
         let key = fold(room);
         let local = lock(&self.rooms).get(&key).cloned();
         match local {
@@ -171,7 +174,9 @@ impl Shared {
             }
         }
         if renamed > 0 {
-            info!("cluster: {renamed} member(s) renamed: their nicks were taken elsewhere during the outage");
+            info!(
+                "cluster: {renamed} member(s) renamed: their nicks were taken elsewhere during the outage"
+            );
         }
     }
 
@@ -183,8 +188,7 @@ impl Shared {
         for k in 2u64..1000 {
             let candidate = suffixed(nick, k);
             let new_key = fold(&candidate);
-            if lock(&self.nicks).contains_key(&new_key) || cluster.find_nick(&new_key).is_some()
-            {
+            if lock(&self.nicks).contains_key(&new_key) || cluster.find_nick(&new_key).is_some() {
                 continue;
             }
             let rev = match cluster.claim(&new_key, &candidate, id).await {
@@ -195,7 +199,7 @@ impl Shared {
             let new: Arc<str> = candidate.into();
             let moved = {
                 let mut nicks = lock(&self.nicks);
-                if nicks.contains_key(&new_key) || !nicks.get(key).is_some_and(|r| r.id == id) {
+                if nicks.contains_key(&new_key) || nicks.get(key).is_none_or(|r| r.id != id) {
                     None
                 } else {
                     nicks.remove(key).map(|old| {
@@ -252,25 +256,25 @@ impl Inbound for Shared {
             .filter(|l| !l.trim().is_empty())
             .collect();
         if !lines.is_empty() {
-            self.from_bus(room, &lines, true);
+            self.deliver_remote(room, &lines, true);
         }
     }
 
     fn joined(&self, room: &str, nick: &str) {
         let line = self.texts.joined(&sanitize(nick.as_bytes()));
-        self.from_bus(room, &[line], false);
+        self.deliver_remote(room, &[line], false);
     }
 
     fn left(&self, room: &str, nick: &str) {
         let line = self.texts.left(&sanitize(nick.as_bytes()));
-        self.from_bus(room, &[line], false);
+        self.deliver_remote(room, &[line], false);
     }
 
     fn renamed(&self, room: &str, old: &str, new: &str) {
         let line = self
             .texts
             .renamed(&sanitize(old.as_bytes()), &sanitize(new.as_bytes()));
-        self.from_bus(room, &[line], false);
+        self.deliver_remote(room, &[line], false);
     }
 
     fn private(&self, to: &str, from: &str, text: &str) {
@@ -331,7 +335,10 @@ mod tests {
         shadow.push("a", &lines[..1]);
         shadow.push("b", &lines[..1]);
         shadow.push("c", &lines[..1]);
-        assert!(shadow.take("a").is_none(), "least recently used room dropped");
+        assert!(
+            shadow.take("a").is_none(),
+            "least recently used room dropped"
+        );
         shadow.put("d", "D", vec!["x".repeat(SHADOW_BYTES + 1)]);
         assert_eq!(shadow.bytes, 0, "over the byte bound: dropped");
     }

@@ -152,21 +152,21 @@ impl Chat {
     /// A chat with no rooms yet.
     pub fn new(config: ChatConfig) -> Chat {
         let shared = Arc::new_cyclic(|me| Shared {
-                texts: Texts(config.lang),
-                settings: RoomSettings {
-                    retention: config.retention.max(MIN_RETENTION),
-                    history: config.history,
-                    max_members: config.max_members.max(1),
-                    budget: config.budget,
-                },
-                max_rooms: config.max_rooms.max(1),
-                max_message: config.max_message.max(1),
-                rooms: Mutex::new(HashMap::new()),
-                nicks: Mutex::new(HashMap::new()),
-                stats: Stats::default(),
-                shadow: Mutex::new(bus::Shadow::new(config.max_rooms.max(1))),
-                cluster: config.cluster.clone(),
-                me: me.clone(),
+            texts: Texts(config.lang),
+            settings: RoomSettings {
+                retention: config.retention.max(MIN_RETENTION),
+                history: config.history,
+                max_members: config.max_members.max(1),
+                budget: config.budget,
+            },
+            max_rooms: config.max_rooms.max(1),
+            max_message: config.max_message.max(1),
+            rooms: Mutex::new(HashMap::new()),
+            nicks: Mutex::new(HashMap::new()),
+            stats: Stats::default(),
+            shadow: Mutex::new(bus::Shadow::new(config.max_rooms.max(1))),
+            cluster: config.cluster.clone(),
+            me: me.clone(),
         });
         if let Some(cluster) = &config.cluster {
             cluster.attach(shared.clone());
