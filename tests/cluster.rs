@@ -595,3 +595,43 @@ fn cluster_flags_are_checked_and_the_banner_names_the_node() {
     let _ = hub.kill();
     let _ = hub.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_bus_messages_are_dropped_and_logged() {
+    let Some(nats) = Nats::start() else { return };
+    let (a, b) = (node(&nats, "a"), node(&nats, "b"));
+    let mut ann = Member::join(a.addr).await;
+    let mut bob = Member::join(b.addr).await;
+    meet(&bob, &mut ann).await;
+    // A stranger on the bus: an oversized message, then garbage, then a well-formed line
+    // whose text carries a terminal escape sequence.
+    let script = r#"
+import socket, sys, time
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+s.recv(4096)
+s.sendall(b'CONNECT {"verbose":false,"pedantic":false}\r\n')
+def pub(subject, payload):
+    s.sendall(b"PUB %s %d\r\n%s\r\n" % (subject.encode(), len(payload), payload))
+room = "sockit.chat.room." + b"lobby".hex()
+pub(room, b"{" + b" " * 300000 + b"}")
+pub(room, b"not json at all")
+pub(room, b'{"t":"lines","node":"x","inst":1,"room":"lobby","id":1,"lines":[]}')
+pub(room, b'{"t":"lines","node":"evil","inst":1,"room":"lobby","id":1,"lines":["<mallory> \\u001b[2Jhi"]}')
+s.sendall(b"PING\r\n")
+s.settimeout(5)
+while b"PONG" not in s.recv(4096):
+    pass
+"#;
+    let port = nats.url().rsplit(':').next().unwrap().to_owned();
+    common::python(script, &[&port]);
+    assert_eq!(ann.line().await, "<mallory> hi");
+    assert_eq!(bob.line().await, "<mallory> hi");
+    // Both servers go on.
+    ann.said("still fine", &mut bob).await;
+    let log = a.stop();
+    assert!(
+        log.contains("cluster: dropped 1 bus message(s); the last on sockit.chat.room."),
+        "{log}"
+    );
+    drop(b);
+}
