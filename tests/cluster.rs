@@ -615,8 +615,8 @@ def pub(subject, payload):
 room = "sockit.chat.room." + b"lobby".hex()
 pub(room, b"{" + b" " * 300000 + b"}")
 pub(room, b"not json at all")
-pub(room, b'{"t":"lines","node":"x","inst":1,"room":"lobby","id":1,"lines":[]}')
-pub(room, b'{"t":"lines","node":"evil","inst":1,"room":"lobby","id":1,"lines":["<mallory> \\u001b[2Jhi"]}')
+pub(room, b'{"t":"lines","node":"x","inst":1,"room":"lobby","lines":[]}')
+pub(room, b'{"t":"lines","node":"evil","inst":1,"room":"lobby","lines":["<mallory> \\u001b[2Jhi"]}')
 s.sendall(b"PING\r\n")
 s.settimeout(5)
 while b"PONG" not in s.recv(4096):

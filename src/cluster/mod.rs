@@ -130,8 +130,14 @@ pub struct Status {
 
 enum Out {
     Publish(String, Bytes),
+    /// Chat lines for a room, merged with the next ones for the same room when published.
+    Lines(String, Vec<String>),
     Release(String, u64),
 }
+
+/// Lines of consecutive [`Out::Lines`] for one room are merged into one bus message up to
+/// about this many bytes: a burst crosses the bus in few messages.
+const MERGE_BYTES: usize = 64 * 1024;
 
 /// Another server, as this one knows it.
 #[derive(Debug)]
@@ -442,9 +448,9 @@ impl Cluster {
         }
     }
 
-    /// Publishes chat lines of member `id` in `room`, waiting for room in the queue (the
-    /// member's back-pressure). Nothing is sent while the link is down.
-    pub async fn lines(&self, room: &str, id: u64, lines: &[String]) {
+    /// Publishes chat lines said in `room`, waiting for room in the queue (the speaker's
+    /// back-pressure). Nothing is sent while the link is down.
+    pub async fn lines(&self, room: &str, lines: &[String]) {
         if !self.is_up() || lines.is_empty() {
             return;
         }
@@ -457,14 +463,7 @@ impl Cluster {
                 bytes += lines[end].len() + 8;
                 end += 1;
             }
-            let bus = Bus::Lines {
-                node: self.inner.node.clone(),
-                inst: self.inner.inst,
-                room: room.to_owned(),
-                id,
-                lines: lines[start..end].to_vec(),
-            };
-            let out = Out::Publish(wire::room_subject(&fold(room)), Bytes::from(bus.encode()));
+            let out = Out::Lines(room.to_owned(), lines[start..end].to_vec());
             if self.inner.out.send(out).await.is_err() {
                 return;
             }
@@ -657,7 +656,42 @@ impl Cluster {
 
     /// Publishes the queued bus messages in order, while the link is up.
     async fn publisher(self, mut out: mpsc::Receiver<Out>, client: async_nats::Client) {
-        while let Some(item) = out.recv().await {
+        let mut next: Option<Out> = None;
+        loop {
+            let item = match next.take() {
+                Some(item) => item,
+                None => match out.recv().await {
+                    Some(item) => item,
+                    None => break,
+                },
+            };
+            let item = match item {
+                Out::Lines(room, mut lines) => {
+                    // Whatever else is already queued for the same room goes along.
+                    let mut bytes: usize = lines.iter().map(|l| l.len() + 8).sum();
+                    while bytes < MERGE_BYTES {
+                        match out.try_recv() {
+                            Ok(Out::Lines(same, more)) if same == room => {
+                                bytes += more.iter().map(|l| l.len() + 8).sum::<usize>();
+                                lines.extend(more);
+                            }
+                            Ok(other) => {
+                                next = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    let bus = Bus::Lines {
+                        node: self.inner.node.clone(),
+                        inst: self.inner.inst,
+                        room: room.clone(),
+                        lines,
+                    };
+                    Out::Publish(wire::room_subject(&fold(&room)), Bytes::from(bus.encode()))
+                }
+                other => other,
+            };
             match item {
                 Out::Publish(subject, bytes) => {
                     if !self.is_up() {
@@ -673,6 +707,7 @@ impl Cluster {
                         }
                     }
                 }
+                Out::Lines(..) => {}
                 Out::Release(key, revision) => {
                     let Some(store) = lock(&self.inner.kv).clone() else {
                         continue;

@@ -107,7 +107,8 @@ pub struct Claim {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "t", rename_all = "snake_case")]
 pub enum Bus {
-    /// Chat lines (already `<nick> text`) from member `id` to `room`.
+    /// Chat lines (already `<nick> text`) said in `room`, in the order they were said: one
+    /// member's or, merged by the publisher, several members' of the same room.
     Lines {
         /// Sending node.
         node: String,
@@ -115,8 +116,6 @@ pub enum Bus {
         inst: u64,
         /// The room as named.
         room: String,
-        /// The sending member.
-        id: u64,
         /// The lines, without line endings.
         lines: Vec<String>,
     },
@@ -286,7 +285,6 @@ mod tests {
             node: "a".into(),
             inst: 7,
             room: "lobby".into(),
-            id: 3,
             lines: vec!["<x> hi".into()],
         };
         assert_eq!(Bus::decode(&msg.encode()).unwrap(), msg);
@@ -296,7 +294,7 @@ mod tests {
         assert!(Bus::decode(&big).unwrap_err().starts_with("oversized"));
         let bad_node = br#"{"t":"heartbeat","node":"a.b","inst":1,"pv":0}"#;
         assert!(Bus::decode(bad_node).is_err());
-        let empty = br#"{"t":"lines","node":"a","inst":1,"room":"r","id":1,"lines":[]}"#;
+        let empty = br#"{"t":"lines","node":"a","inst":1,"room":"r","lines":[]}"#;
         assert!(Bus::decode(empty).is_err());
     }
 }

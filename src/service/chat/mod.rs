@@ -947,7 +947,7 @@ impl ChatSession {
             // room in the bus queue is this member's back-pressure.
             if let Some(cluster) = &self.shared.cluster {
                 let room = m.room.name().clone();
-                cluster.lines(&room, self.id, lines).await;
+                cluster.lines(&room, lines).await;
             }
         }
         lines.clear();
