@@ -414,6 +414,25 @@ async fn a_killed_server_s_members_are_gone_within_five_seconds() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_server_says_its_members_left_before_the_lease_ends() {
+    let Some(nats) = Nats::start() else { return };
+    let (a, b) = (node(&nats, "a"), node(&nats, "b"));
+    let mut ann = Member::join(a.addr).await;
+    let bob = Member::join(b.addr).await;
+    meet(&bob, &mut ann).await;
+    let stopping = Instant::now();
+    let log = b.stop();
+    ann.until(&format!("* {} left", bob.nick)).await;
+    // Sooner than the 3 s the heartbeats would take: the departure was published on the way out.
+    let took = stopping.elapsed();
+    assert!(
+        took < Duration::from_millis(2500),
+        "left after {took:?}: {log}"
+    );
+    drop(a);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_stopped_and_restarted_mid_chat() {
     let Some(mut nats) = Nats::start() else {
         return;

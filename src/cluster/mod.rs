@@ -448,6 +448,23 @@ impl Cluster {
         }
     }
 
+    /// Publishes what is queued (the departures and released nicks of a server shutting
+    /// down), waiting at most `limit`.
+    pub async fn flush(&self, limit: Duration) {
+        if !self.is_up() {
+            return;
+        }
+        let deadline = Instant::now() + limit;
+        while self.inner.out.capacity() < self.inner.out.max_capacity() && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if let Some(client) = self.inner.client.get() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let _ = tokio::time::timeout(left, client.flush()).await;
+        }
+    }
+
     /// Publishes chat lines said in `room`, waiting for room in the queue (the speaker's
     /// back-pressure). Nothing is sent while the link is down.
     pub async fn lines(&self, room: &str, lines: &[String]) {

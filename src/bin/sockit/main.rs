@@ -217,7 +217,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
         ServiceKind::Chat => {
             let chat = chat();
             start_cluster(cluster.as_ref()).await?;
-            serve_maybe_login(addr, config, chat, kind, login).await
+            let served = serve_maybe_login(addr, config, chat, kind, login).await;
+            stop_cluster(cluster.as_ref()).await;
+            served
         }
         ServiceKind::Console => {
             serve_maybe_login(addr, config, Console::new(args.lang), kind, login).await
@@ -241,7 +243,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
             };
             let hub = Hub::new(knowledge, chat(), users, args.lang);
             start_cluster(cluster.as_ref()).await?;
-            serve_maybe_login(addr, config, hub, kind, login).await
+            let served = serve_maybe_login(addr, config, hub, kind, login).await;
+            stop_cluster(cluster.as_ref()).await;
+            served
         }
     }
 }
@@ -274,6 +278,14 @@ async fn start_cluster(cluster: Option<&Cluster>) -> Result<()> {
         status.node, status.url
     ));
     Ok(())
+}
+
+/// After the server has stopped: tells the cluster its members have gone, rather than letting
+/// the other servers find out from the missing heartbeats.
+async fn stop_cluster(cluster: Option<&Cluster>) {
+    if let Some(cluster) = cluster {
+        cluster.flush(Duration::from_secs(2)).await;
+    }
 }
 
 /// Loads a users file off the async threads (hash checks of the file's format are quick, but it
