@@ -100,6 +100,9 @@ pub trait Inbound: Send + Sync + 'static {
     fn private(&self, to: &str, from: &str, text: &str);
     /// The link to NATS was lost (`false`) or restored after a loss (`true`).
     fn link(&self, up: bool);
+    /// The link is up (the first time, or again): claim every local nick in the cluster,
+    /// renaming the members whose nick someone else got meanwhile.
+    fn reclaim(&self);
     /// This server's members, for a snapshot.
     fn members(&self) -> Vec<Member>;
 }
@@ -389,10 +392,11 @@ impl Cluster {
             },
         );
         self.send_snapshot();
-        if !first && self.inner.told_lost.swap(false, Ordering::SeqCst) {
-            if let Some(inbound) = self.inner.inbound.get() {
+        if let Some(inbound) = self.inner.inbound.get() {
+            if !first && self.inner.told_lost.swap(false, Ordering::SeqCst) {
                 inbound.link(true);
             }
+            inbound.reclaim();
         }
     }
 

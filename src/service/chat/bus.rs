@@ -301,10 +301,16 @@ impl Inbound for Shared {
         for room in rooms {
             room.publish(REMOTE, &[line.to_owned()], false, None, &self.stats);
         }
-        if up {
-            if let Some(me) = self.me.upgrade() {
-                tokio::spawn(me.reconcile());
-            }
+    }
+
+    fn reclaim(&self) {
+        // Nothing to claim on a fresh start; otherwise members arrived while the link was
+        // down (or before it first came up) and hold provisional nicks.
+        if lock(&self.nicks).is_empty() {
+            return;
+        }
+        if let Some(me) = self.me.upgrade() {
+            tokio::spawn(me.reconcile());
         }
     }
 
