@@ -76,9 +76,8 @@ impl Shadow {
         self.trim();
     }
 
-    /// Keeps `lines` as the history of room `key` (named `name`), whose last member here left.
-    pub(super) fn put(&mut self, key: &str, name: &str, lines: Vec<String>) {
-        let _ = name;
+    /// Keeps `lines` as the history of room `key`, whose last member here left.
+    pub(super) fn put(&mut self, key: &str, lines: Vec<String>) {
         if lines.is_empty() || self.per_room == 0 {
             return;
         }
@@ -345,7 +344,7 @@ mod tests {
             shadow.take("a").is_none(),
             "least recently used room dropped"
         );
-        shadow.put("d", "D", vec!["x".repeat(SHADOW_BYTES + 1)]);
+        shadow.put("d", vec!["x".repeat(SHADOW_BYTES + 1)]);
         assert_eq!(shadow.bytes, 0, "over the byte bound: dropped");
     }
 }

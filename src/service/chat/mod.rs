@@ -15,6 +15,12 @@
 //! Over UDP (`--udp`) a member is an address that sent `/join [ROOM]`; room traffic goes from
 //! the room straight to the server socket, one datagram per message, and a member leaves with
 //! `/quit` or when the server forgets the silent peer.
+//!
+//! With a [`Cluster`] (`serve --cluster`), the rooms are shared with every other server on the
+//! same NATS server: members' lines, joins, departures and nick changes are published on the
+//! bus as well, and what other servers publish enters the local rooms' logs like a local
+//! member's traffic (see [`crate::cluster`] for the bus and the module `bus` here for the
+//! chat's side). Nicks are then claimed cluster-wide before they are given.
 
 mod bus;
 pub mod room;
@@ -808,7 +814,7 @@ fn leave_locked(
         if shared.cluster.is_some() {
             // Members elsewhere may go on talking in it: its history is kept for the next
             // member here.
-            lock(&shared.shadow).put(room.key(), room.name(), room.history());
+            lock(&shared.shadow).put(room.key(), room.history());
         }
         debug!("chat: room {} is empty and closed", room.name());
     }
