@@ -112,6 +112,14 @@ impl Drop for Nats {
     }
 }
 
+/// The most the kernel lets a socket's send buffer grow to.
+fn kernel_send_buffer_max() -> usize {
+    std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(2)?.parse().ok())
+        .unwrap_or(4 << 20)
+}
+
 /// A chat server of the cluster on `nats`, called `node`.
 fn node(nats: &Nats, node: &str) -> ServeProcess {
     let url = nats.url();
@@ -656,4 +664,83 @@ while b"PONG" not in s.recv(4096):
         "{log}"
     );
     drop(b);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_stops_reading_falls_behind_bus_traffic_alone() {
+    let Some(nats) = Nats::start() else { return };
+    let a = node(&nats, "a");
+    let url = nats.url();
+    let b = ServeProcess::start(&[
+        "--service",
+        "chat",
+        "--cluster",
+        &url,
+        "--node",
+        "b",
+        "--chat-retention",
+        "256K",
+    ]);
+    let mut ann = Member::join(a.addr).await;
+    let mut reader = Member::join(b.addr).await;
+    meet(&reader, &mut ann).await;
+    // A member with a small receive buffer that stops reading.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(16 * 1024).unwrap();
+    let stream = socket.connect(b.addr).await.unwrap();
+    let (r, w) = stream.into_split();
+    let mut idle = Member {
+        nick: "idle".into(),
+        reader: BufReader::new(r),
+        writer: w,
+    };
+    let welcome = idle.line().await;
+    idle.nick = welcome["* you are ".len()..]
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_owned();
+    ann.until(&format!("* {} joined", idle.nick)).await;
+    reader.until(&format!("* {} joined", idle.nick)).await;
+    // Far over the 256 KiB retention and what the kernel may buffer for the idle member, in
+    // steps of 100 lines of about 1 KB that the reader reads before the next is sent.
+    let lines = (2 * (kernel_send_buffer_max() + (1 << 20)) / 1000).max(24_000);
+    let filler = "x".repeat(1000);
+    for step in 0..lines / 100 {
+        let mut batch = String::new();
+        for n in step * 100..(step + 1) * 100 {
+            batch += &format!("{n} {filler}\n");
+        }
+        ann.writer.write_all(batch.as_bytes()).await.unwrap();
+        // A member that keeps reading gets everything, in order.
+        for n in step * 100..(step + 1) * 100 {
+            let line = reader.line().await;
+            let want = format!("<{}> {n} ", ann.nick);
+            assert!(
+                line.starts_with(&want),
+                "line {n}: {:?}",
+                &line[..40.min(line.len())]
+            );
+        }
+    }
+    // The idle member is cut off when it reads again, having missed what was not kept.
+    let mut got = 0;
+    let last = loop {
+        match idle.line_within(PATIENCE).await {
+            Some(line) if line.starts_with('<') => got += 1,
+            Some(line) if line.starts_with("* ") => {}
+            Some(line) => break line,
+            None => panic!("connection ended without a notice after {got} lines"),
+        }
+    };
+    assert_eq!(
+        last,
+        "error: you fell too far behind (over 256 KiB of room traffic unread); disconnecting"
+    );
+    assert!(got < lines, "got all {got} lines");
+    assert!(
+        idle.line_within(PATIENCE).await.is_none(),
+        "then disconnected"
+    );
+    drop((a, b));
 }

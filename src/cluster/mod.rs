@@ -57,6 +57,8 @@ pub const SUB_CAPACITY: usize = 4096;
 const KV_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long one publish may wait for the NATS client before the message is dropped.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
+/// Bytes of bus messages handled between two yields of the receiving task.
+const PACE_BYTES: usize = 64 * 1024;
 /// Most members kept for a server whose snapshot parts are still arriving.
 const MAX_PENDING: usize = 100 * wire::SNAPSHOT_PART;
 
@@ -748,12 +750,21 @@ impl Cluster {
     async fn receiver(self, mut subscriber: async_nats::Subscriber) {
         let private_prefix = wire::private_subject("");
         let mine = wire::private_subject(&self.inner.node);
+        let mut unyielded = 0usize;
         while let Some(message) = subscriber.next().await {
             let subject = message.subject.as_str();
             if subject.starts_with(&private_prefix) && subject != mine {
                 continue;
             }
             debug!("bus in: {subject} ({} bytes)", message.payload.len());
+            // Like a local member who talks a lot: after every 64 KiB put into the rooms, the
+            // members it woke get to run, so that a burst from the bus does not outrun members
+            // that keep reading.
+            unyielded += message.payload.len();
+            if unyielded >= PACE_BYTES {
+                unyielded = 0;
+                tokio::task::yield_now().await;
+            }
             match Bus::decode(&message.payload) {
                 Ok(bus) => self.handle(bus),
                 Err(why) => {
