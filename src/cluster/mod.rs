@@ -1047,9 +1047,16 @@ fn deliver(inbound: &dyn Inbound, notices: Vec<Notice>) {
 fn apply(node: &mut Node, change: Change, notices: &mut Vec<Notice>) {
     match change {
         Change::Join { member } => {
+            let same_room = |a: &Option<String>, b: &Option<String>| {
+                a.as_deref().map(fold) == b.as_deref().map(fold)
+            };
             if let Some(old) = node.members.get(&member.id) {
+                // Already known there (a snapshot taken just after the join said so).
+                if old.nick == member.nick && same_room(&old.room, &member.room) {
+                    return;
+                }
                 if let Some(room) = &old.room {
-                    if member.room.as_deref().is_none_or(|r| fold(r) != fold(room)) {
+                    if !same_room(&old.room, &member.room) {
                         notices.push(Notice::Left(room.clone(), old.nick.clone()));
                     }
                 }
@@ -1144,6 +1151,13 @@ mod tests {
             &mut node,
             Change::Join {
                 member: member(1, "ann", Some("lobby")),
+            },
+            &mut notices,
+        );
+        apply(
+            &mut node,
+            Change::Join {
+                member: member(1, "ann", Some("LOBBY")),
             },
             &mut notices,
         );
