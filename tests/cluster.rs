@@ -475,20 +475,30 @@ async fn nats_stopped_and_restarted_mid_chat() {
     for m in [&mut ann, &mut amy, &mut bob] {
         m.until("* cluster link restored").await;
     }
-    // The collision is resolved: exactly one of the two is renamed, and told so.
-    let renamed_notice = "* your nick twin was taken on another server while the cluster \
-                          link was down: you are now known as twin-2";
-    let mut renamed = 0;
-    for m in [&mut amy, &mut bob] {
-        while let Some(line) = m.line_within(Duration::from_secs(3)).await {
-            if line == renamed_notice {
-                renamed += 1;
-                m.nick = "twin-2".into();
-                break;
+    // The collision is resolved (once the leases of servers not heard from have run out):
+    // exactly one of the two is renamed, and told so.
+    let notice = "* your nick twin was taken on another server while the cluster link was \
+                  down: you are now known as twin-2";
+    let deadline = Instant::now() + PATIENCE;
+    let mut renamed = None;
+    'wait: while Instant::now() < deadline {
+        for (i, m) in [&mut amy, &mut bob].into_iter().enumerate() {
+            while let Some(line) = m.line_within(Duration::from_millis(100)).await {
+                if line == notice {
+                    renamed = Some(i);
+                    break 'wait;
+                }
             }
         }
     }
-    assert_eq!(renamed, 1, "one of the two twins renamed");
+    let (twin2, other) = match renamed.expect("one of the twins renamed") {
+        0 => (&mut amy, &mut bob),
+        _ => (&mut bob, &mut amy),
+    };
+    twin2.nick = "twin-2".into();
+    while let Some(line) = other.line_within(Duration::from_secs(1)).await {
+        assert_ne!(line, notice, "both twins renamed");
+    }
     // The cluster works again: lines cross both ways (the other server may reconnect a
     // moment later, so the first lines are retried).
     let deadline = Instant::now() + PATIENCE;

@@ -284,6 +284,12 @@ impl Cluster {
         }
     }
 
+    /// How long until a server not heard from since the link (last) came up counts as dead:
+    /// a claim such a server holds may be stale, but cannot be taken over before then.
+    pub fn settling(&self) -> Duration {
+        lock(&self.inner.grace_until).saturating_duration_since(Instant::now())
+    }
+
     /// Bus messages not published because the link was down, and bus messages received that
     /// were dropped as malformed or oversized.
     pub fn dropped(&self) -> (u64, u64) {

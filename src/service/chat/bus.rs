@@ -159,11 +159,29 @@ impl Shared {
             .iter()
             .map(|(key, r)| (key.clone(), r.nick.clone(), r.id))
             .collect();
-        let mut renamed = 0usize;
+        let mut taken = Vec::new();
         for (key, nick, id) in held {
             match cluster.claim(&key, &nick, id).await {
                 ClaimResult::Claimed(rev) => self.set_claim(&key, id, rev),
                 // The link went again: the next restore reconciles.
+                ClaimResult::Offline => return,
+                ClaimResult::Taken => taken.push((key, nick, id)),
+            }
+        }
+        if taken.is_empty() {
+            return;
+        }
+        // A holder may be a server that died while the link was down: its claims can be taken
+        // over once its lease has run out, so try once more then before renaming anyone.
+        tokio::time::sleep(cluster.settling() + crate::cluster::HEARTBEAT / 2).await;
+        let mut renamed = 0usize;
+        for (key, nick, id) in taken {
+            // Gone meanwhile, or renamed by its own hand.
+            if !lock(&self.nicks).get(&key).is_some_and(|r| r.id == id) {
+                continue;
+            }
+            match cluster.claim(&key, &nick, id).await {
+                ClaimResult::Claimed(rev) => self.set_claim(&key, id, rev),
                 ClaimResult::Offline => return,
                 ClaimResult::Taken => {
                     if self.replace_nick(&key, &nick, id).await {
