@@ -177,7 +177,7 @@ impl Shared {
         let mut renamed = 0usize;
         for (key, nick, id) in taken {
             // Gone meanwhile, or renamed by its own hand.
-            if !lock(&self.nicks).get(&key).is_some_and(|r| r.id == id) {
+            if lock(&self.nicks).get(&key).is_none_or(|r| r.id != id) {
                 continue;
             }
             match cluster.claim(&key, &nick, id).await {
