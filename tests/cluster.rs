@@ -390,6 +390,54 @@ async fn a_newcomer_on_another_server_gets_the_history() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_started_later_asks_for_the_history() {
+    let Some(nats) = Nats::start() else { return };
+    let a = node(&nats, "a");
+    let mut ann = Member::join(a.addr).await;
+    ann.send("/join den").await;
+    ann.until_prefix("* you are ").await;
+    for n in 0..25 {
+        ann.send(&format!("line {n}")).await;
+    }
+    // Said before the second server existed: it can only learn them by asking.
+    let marker = Member::join(a.addr).await;
+    drop(marker);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let b = node(&nats, "b");
+    let mut probe = Member::join(b.addr).await;
+    // The lobby is new to b and has no history anywhere.
+    assert!(
+        probe
+            .line_within(Duration::from_millis(300))
+            .await
+            .is_none()
+    );
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        // ann's presence reaches b with the snapshots exchanged when b connected.
+        let reply = probe.command("/join den", &["* you are", "error"], 1).await;
+        assert!(reply[0].starts_with("* you are "), "{reply:?}");
+        let mut history = Vec::new();
+        while let Some(line) = probe.line_within(Duration::from_millis(300)).await {
+            if line.starts_with("[history] ") {
+                history.push(line);
+            }
+        }
+        if !history.is_empty() {
+            let expected: Vec<String> = (5..25)
+                .map(|n| format!("[history] <{}> line {n}", ann.nick))
+                .collect();
+            assert_eq!(history, expected);
+            break;
+        }
+        assert!(Instant::now() < deadline, "b never learnt den's history");
+        probe.send("/join lobby").await;
+        probe.until_prefix("* you are ").await;
+    }
+    drop((a, b));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_server_s_members_are_gone_within_five_seconds() {
     let Some(nats) = Nats::start() else { return };
     let a = node(&nats, "a");

@@ -57,6 +57,8 @@ pub const SUB_CAPACITY: usize = 4096;
 const KV_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long one publish may wait for the NATS client before the message is dropped.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a newcomer's server waits for another server to tell it a room's history.
+const ASK_TIMEOUT: Duration = Duration::from_millis(500);
 /// Bytes of bus messages handled between two yields of the receiving task.
 const PACE_BYTES: usize = 64 * 1024;
 /// Most members kept for a server whose snapshot parts are still arriving.
@@ -107,6 +109,9 @@ pub trait Inbound: Send + Sync + 'static {
     fn reclaim(&self);
     /// This server's members, for a snapshot.
     fn members(&self) -> Vec<Member>;
+    /// The last chat lines of `room`, if this server knows the room (has members in it, or
+    /// kept its history); asked by a server whose newcomer enters a room it does not know.
+    fn history(&self, room: &str) -> Option<Vec<String>>;
 }
 
 /// The outcome of a nick claim.
@@ -540,6 +545,36 @@ impl Cluster {
         true
     }
 
+    /// Asks the other servers for the last chat lines of `room` (the first answer counts);
+    /// `None` if none answers within half a second or the link is down.
+    pub async fn history(&self, room: &str) -> Option<Vec<String>> {
+        if !self.is_up() {
+            return None;
+        }
+        let client = self.inner.client.get()?;
+        let ask = Bus::Ask {
+            node: self.inner.node.clone(),
+            inst: self.inner.inst,
+            room: room.to_owned(),
+        };
+        let subject = wire::ask_subject(&fold(room));
+        debug!("bus out: {subject} (asking for history)");
+        let request = client.request(subject, Bytes::from(ask.encode()));
+        let reply = tokio::time::timeout(ASK_TIMEOUT, request)
+            .await
+            .ok()?
+            .ok()?;
+        match Bus::decode(&reply.payload) {
+            Ok(Bus::History { lines, .. }) => Some(lines),
+            Ok(_) => None,
+            Err(why) => {
+                self.inner.bad_in.fetch_add(1, Ordering::Relaxed);
+                warn!("cluster: dropped an answer about {room}'s history: {why}");
+                None
+            }
+        }
+    }
+
     /// The nicks of the members of room `key` (folded) on the other servers.
     pub fn members_in(&self, key: &str) -> Vec<String> {
         lock(&self.inner.nodes)
@@ -772,6 +807,11 @@ impl Cluster {
                 tokio::task::yield_now().await;
             }
             match Bus::decode(&message.payload) {
+                Ok(Bus::Ask { room, .. }) => {
+                    if let Some(reply) = message.reply.as_ref() {
+                        self.answer(reply.to_string(), &room);
+                    }
+                }
                 Ok(bus) => self.handle(bus),
                 Err(why) => {
                     self.inner.bad_in.fetch_add(1, Ordering::Relaxed);
@@ -880,6 +920,8 @@ impl Cluster {
                         return;
                     }
                 }
+                // Answers travel to the asker's inbox, not here; asks are answered before.
+                Bus::Ask { .. } | Bus::History { .. } => {}
                 Bus::Private { to, from, text, .. } => {
                     drop(nodes);
                     inbound.private(&to, &from, &text);
@@ -892,6 +934,22 @@ impl Cluster {
         if want_sync {
             self.ask_sync(&node);
         }
+    }
+
+    /// Answers a request for `room`'s history, if this server knows the room.
+    fn answer(&self, reply: String, room: &str) {
+        let Some(lines) = self.inner.inbound.get().and_then(|i| i.history(room)) else {
+            return;
+        };
+        self.send(
+            reply,
+            &Bus::History {
+                node: self.inner.node.clone(),
+                inst: self.inner.inst,
+                room: room.to_owned(),
+                lines,
+            },
+        );
     }
 
     fn ask_sync(&self, node: &str) {

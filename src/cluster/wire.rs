@@ -33,6 +33,15 @@ pub fn presence_subject() -> String {
     format!("{PREFIX}.presence")
 }
 
+/// The subject of requests for room `key`'s last chat lines.
+pub fn ask_subject(key: &str) -> String {
+    let mut s = String::with_capacity(PREFIX.len() + 5 + key.len() * 2);
+    s.push_str(PREFIX);
+    s.push_str(".ask.");
+    push_hex(&mut s, key.as_bytes());
+    s
+}
+
 /// The subject heartbeats go to.
 pub fn heartbeat_subject() -> String {
     format!("{PREFIX}.hb")
@@ -163,6 +172,27 @@ pub enum Bus {
         /// The node asked, or every node.
         want: Option<String>,
     },
+    /// Who has the last chat lines of `room`? (A request: the answer goes to its reply
+    /// subject.)
+    Ask {
+        /// Sending node.
+        node: String,
+        /// Sending process.
+        inst: u64,
+        /// The room as named.
+        room: String,
+    },
+    /// The answer to [`Bus::Ask`]: the room's last chat lines, oldest first.
+    History {
+        /// Sending node.
+        node: String,
+        /// Sending process.
+        inst: u64,
+        /// The room as named.
+        room: String,
+        /// The lines, without line endings.
+        lines: Vec<String>,
+    },
     /// A private message for the member of the receiving node called `to`.
     Private {
         /// Sending node.
@@ -212,6 +242,8 @@ impl Bus {
             | Bus::Snapshot { node, inst, .. }
             | Bus::Heartbeat { node, inst, .. }
             | Bus::Sync { node, inst, .. }
+            | Bus::Ask { node, inst, .. }
+            | Bus::History { node, inst, .. }
             | Bus::Private { node, inst, .. } => (node, *inst),
         }
     }
@@ -256,6 +288,8 @@ impl Bus {
             }
             Bus::Heartbeat { .. } => true,
             Bus::Sync { want, .. } => want.as_deref().is_none_or(valid_node),
+            Bus::Ask { room, .. } => name(room),
+            Bus::History { room, lines, .. } => name(room) && lines.len() <= MAX_LINES,
             Bus::Private { to, from, .. } => name(to) && name(from),
         };
         if ok {

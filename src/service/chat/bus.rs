@@ -89,6 +89,18 @@ impl Shadow {
         self.trim();
     }
 
+    /// A copy of the history kept for room `key`.
+    pub(super) fn peek(&self, key: &str) -> Option<Vec<String>> {
+        self.rooms
+            .peek(key)
+            .map(|lines| lines.iter().cloned().collect())
+    }
+
+    /// Whether a history is kept for room `key`.
+    pub(super) fn has(&self, key: &str) -> bool {
+        self.rooms.contains(key)
+    }
+
     /// Takes the history of room `key`, which now has a member here.
     pub(super) fn take(&mut self, key: &str) -> Option<Vec<String>> {
         let lines = self.rooms.pop(key)?;
@@ -328,6 +340,15 @@ impl Inbound for Shared {
         }
         if let Some(me) = self.me.upgrade() {
             tokio::spawn(me.reconcile());
+        }
+    }
+
+    fn history(&self, room: &str) -> Option<Vec<String>> {
+        let key = fold(room);
+        let local = lock(&self.rooms).get(&key).cloned();
+        match local {
+            Some(room) => Some(room.history()),
+            None => lock(&self.shadow).peek(&key),
         }
     }
 

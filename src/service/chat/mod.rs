@@ -423,6 +423,22 @@ impl ChatSession {
             }
         }
         let nick = self.ensure_nick(out).await;
+        // A room new here but with members elsewhere: its history is asked for (the room
+        // itself is made below, with the registry locked).
+        let mut told: Option<Vec<String>> = None;
+        if let Some(cluster) = &self.shared.cluster {
+            let unknown = !lock(&self.shared.rooms).contains_key(&key)
+                && !lock(&self.shared.shadow).has(&key);
+            if unknown && !cluster.members_in(&key).is_empty() {
+                told = cluster.history(clean).await.map(|lines| {
+                    lines
+                        .iter()
+                        .map(|l| sanitize(l.as_bytes()))
+                        .filter(|l| !l.trim().is_empty())
+                        .collect()
+                });
+            }
+        }
         let (room, joined, old, old_empty) = {
             let mut rooms = lock(&self.shared.rooms);
             let room = match rooms.get(&key) {
@@ -433,7 +449,21 @@ impl ChatSession {
                     }
                     let room = Arc::new(Room::new(clean, &key, &self.shared.settings));
                     if self.shared.cluster.is_some() {
-                        if let Some(lines) = lock(&self.shared.shadow).take(&key) {
+                        let kept = lock(&self.shared.shadow).take(&key);
+                        let lines = match (told, kept) {
+                            // Lines that came from the bus while the answer was awaited
+                            // follow the answer, unless it had them already.
+                            (Some(mut told), Some(kept)) => {
+                                for line in kept {
+                                    if !told.contains(&line) {
+                                        told.push(line);
+                                    }
+                                }
+                                Some(told)
+                            }
+                            (told, kept) => kept.or(told),
+                        };
+                        if let Some(lines) = lines {
                             room.seed_history(lines);
                         }
                     }
