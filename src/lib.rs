@@ -24,6 +24,7 @@
 //! - [`budget`]: the server-wide memory budget for buffered frames and replies.
 //! - [`shutdown`]: the shutdown signal every connection checks while it waits.
 //! - [`client`]: `sockit connect`.
+//! - [`cluster`]: chat across servers over NATS (`serve --cluster`).
 //! - [`bench`](mod@bench): `sockit bench`, the load generator.
 //! - [`net`]: the address grammar (`HOST:PORT`, `udp:`, `unix:`, …), [`PeerAddr`], name
 //!   resolution, the lookups behind `sockit resolve`, the service table behind `sockit port`.
@@ -39,6 +40,7 @@
 pub mod bench;
 pub mod budget;
 pub mod client;
+pub mod cluster;
 pub mod codec;
 pub mod error;
 pub mod files;

@@ -49,6 +49,9 @@ const READS_PER_TURN: usize = 8;
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// How often the run checks for progress.
 const TICK: Duration = Duration::from_millis(5);
+/// With several servers: how long without a new join announcement, every member welcomed,
+/// before the members start talking.
+const SETTLE: Duration = Duration::from_millis(500);
 
 thread_local! {
     static READ: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_BUF].into_boxed_slice());
@@ -57,8 +60,10 @@ thread_local! {
 /// What to run.
 #[derive(Clone, Debug)]
 pub struct ChatBenchConfig {
-    /// The chat server.
-    pub addr: SocketAddr,
+    /// The chat servers: member `i` joins `addrs[i % addrs.len()]`. With several (servers of
+    /// one cluster), the barrier is every member welcomed and the join announcements settled,
+    /// since members on different servers may see each other's joins in either order.
+    pub addrs: Vec<SocketAddr>,
     /// Members.
     pub conns: usize,
     /// Lines each member sends.
@@ -76,7 +81,7 @@ pub struct ChatReport {
     pub transport: String,
     /// Always `line`.
     pub framing: String,
-    /// The server address.
+    /// The server addresses, comma-separated.
     pub addr: String,
     /// Members asked for.
     pub conns: usize,
@@ -197,6 +202,8 @@ struct Shared {
     progress: AtomicU64,
     /// Members that have received everything.
     done: AtomicUsize,
+    /// Members that have read their first line from the server.
+    greeted: AtomicUsize,
 }
 
 /// One member's results.
@@ -426,8 +433,8 @@ async fn member(
                 }
                 match read_some(&stream, &mut tally, me, &shared) {
                     Ok(true) => {
-                        if tally.lines > 0 {
-                            drop(greeting.take());
+                        if tally.lines > 0 && greeting.take().is_some() {
+                            shared.greeted.fetch_add(1, Ordering::Relaxed);
                         }
                     }
                     Ok(false) => break Stop::Failed("server closed the connection".into()),
@@ -554,15 +561,22 @@ pub async fn run(
     config: &ChatBenchConfig,
     cancel: CancellationToken,
 ) -> Result<ChatReport, BenchError> {
-    if config.conns == 0 {
+    if config.conns == 0 || config.addrs.is_empty() {
         return Err(BenchError::NoClients);
     }
+    let addr_list = config
+        .addrs
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
     let shared = Arc::new(Shared {
         members: AtomicUsize::new(0),
         count: config.count,
         joins: AtomicU64::new(0),
         progress: AtomicU64::new(0),
         done: AtomicUsize::new(0),
+        greeted: AtomicUsize::new(0),
     });
     let stop = cancel.child_token();
     let (go_tx, go_rx) = watch::channel(false);
@@ -594,7 +608,7 @@ pub async fn run(
         let connected = tokio::select! {
             biased;
             () = cancel.cancelled() => break,
-            connected = connect(config.addr, config.timeout) => connected,
+            connected = connect(config.addrs[tasks.len() % config.addrs.len()], config.timeout) => connected,
         };
         match connected {
             Ok(stream) => {
@@ -610,7 +624,10 @@ pub async fn run(
             }
             Err(e) => {
                 errors += 1;
-                let why = format!("cannot connect to {}: {e}", config.addr);
+                let why = format!(
+                    "cannot connect to {}: {e}",
+                    config.addrs[tasks.len() % config.addrs.len()]
+                );
                 debug!("{why}");
                 first_failure.get_or_insert(why);
                 first_connect_error.get_or_insert(e);
@@ -620,7 +637,7 @@ pub async fn run(
     if tasks.is_empty() && !cancel.is_cancelled() {
         if let Some(error) = first_connect_error {
             return Err(BenchError::Connect {
-                addr: config.addr,
+                addr: config.addrs[0],
                 error,
             });
         }
@@ -632,8 +649,16 @@ pub async fn run(
     // The barrier: every member has seen every later member join.
     let mut watchdog = Watchdog::new(config.timeout);
     let mut barrier = false;
+    let several = config.addrs.len() > 1;
+    let (mut joins_seen, mut joins_since) = (0, Instant::now());
     while !cancel.is_cancelled() && !tasks.is_empty() {
-        if shared.joins.load(Ordering::Relaxed) >= target {
+        let joins = shared.joins.load(Ordering::Relaxed);
+        if joins != joins_seen {
+            (joins_seen, joins_since) = (joins, Instant::now());
+        }
+        let greeted = shared.greeted.load(Ordering::Relaxed) >= members;
+        let settled = several && greeted && joins_since.elapsed() >= SETTLE;
+        if (joins >= target && (greeted || !several)) || settled {
             barrier = true;
             break;
         }
@@ -726,7 +751,7 @@ pub async fn run(
         mode: "chat".into(),
         transport: "tcp".into(),
         framing: "line".into(),
-        addr: config.addr.to_string(),
+        addr: addr_list,
         conns: config.conns,
         members,
         count: config.count,
@@ -762,6 +787,7 @@ mod tests {
             joins: AtomicU64::new(0),
             progress: AtomicU64::new(0),
             done: AtomicUsize::new(0),
+            greeted: AtomicUsize::new(0),
         }
     }
 

@@ -464,6 +464,14 @@ pub struct ServeArgs {
     /// [default: 4M]
     #[arg(long, value_name = "BYTES", value_parser = parse_size)]
     pub chat_retention: Option<usize>,
+    /// chat and hub: share the chat rooms with every server connected to this NATS server
+    /// (nats://HOST:PORT, with JetStream: nats-server -js)
+    #[arg(long, value_name = "URL", value_parser = parse_cluster_url)]
+    pub cluster: Option<String>,
+    /// With --cluster: this server's name in the cluster, unique (letters, digits, - and _, at
+    /// most 32) [default: HOSTNAME-PID]
+    #[arg(long, value_name = "NAME", requires = "cluster", value_parser = parse_node)]
+    pub node: Option<String>,
     /// hub: the users file behind its `login` command, when login is not required up front
     #[arg(long, value_name = "FILE", conflicts_with = "login")]
     pub users: Option<std::path::PathBuf>,
@@ -777,6 +785,50 @@ pub struct BenchArgs {
     /// Log more (-v each client's failure)
     #[arg(short, long, action = ArgAction::Count)]
     pub verbose: u8,
+    /// --chat: more servers (of one cluster), HOST:PORT each; members are spread over all the
+    /// addresses round-robin
+    #[arg(value_name = "MORE")]
+    pub more: Vec<String>,
+}
+
+/// The servers `bench --chat` loads: ADDR [PORT], then every further address (a second
+/// argument that is not a port number is an address too).
+pub fn chat_targets(args: &BenchArgs) -> Result<Vec<Address>, String> {
+    let target = &args.target;
+    let port_is_address = target
+        .port
+        .as_deref()
+        .is_some_and(|p| !p.bytes().all(|b| b.is_ascii_digit()));
+    let mut addresses = Vec::new();
+    let first_port = if port_is_address {
+        None
+    } else {
+        target.port.as_deref()
+    };
+    addresses.push(parse_address(&target.addr, first_port, None)?);
+    let rest = target
+        .port
+        .iter()
+        .filter(|_| port_is_address)
+        .chain(args.more.iter());
+    for more in rest {
+        let address = Address::parse(more, None)
+            .map_err(|e| format!("invalid value '{more}' for [MORE]: {e}"))?;
+        addresses.push(address);
+    }
+    for address in &addresses {
+        if address.scheme == Scheme::Udp {
+            return Err("--chat loads a TCP chat service: it cannot be used with UDP".into());
+        }
+        match address.inet() {
+            Some((_, 0)) => {
+                return Err("port 0 cannot be connected to (ports are 1-65535)".into());
+            }
+            Some(_) => {}
+            None => return Err(format!("{address}: not an internet address")),
+        }
+    }
+    Ok(addresses)
 }
 
 /// A validated `serve` address.
@@ -852,7 +904,16 @@ fn validate(cli: &Cli) -> Result<(), (&'static str, String)> {
             ("connect", a.target.is_udp(), a.target.framing)
         }
         Command::Bench(a) => {
-            a.target.address().map_err(|e| ("bench", e))?;
+            if a.chat {
+                chat_targets(a).map_err(|e| ("bench", e))?;
+            } else if !a.more.is_empty() {
+                return Err((
+                    "bench",
+                    "several addresses apply to --chat only (one server per ping-pong run)".into(),
+                ));
+            } else {
+                a.target.address().map_err(|e| ("bench", e))?;
+            }
             validate_bench(a).map_err(|e| ("bench", e))?;
             check_target_rudp(&a.target).map_err(|e| ("bench", e))?;
             ("bench", a.target.is_udp(), a.target.framing)
@@ -979,6 +1040,34 @@ pub fn listen_addr(args: &ServeArgs) -> Result<Listen, String> {
     })
 }
 
+/// `--cluster`: a `nats://HOST:PORT` URL (the scheme may be left out).
+fn parse_cluster_url(s: &str) -> Result<String, String> {
+    let rest = s.strip_prefix("nats://").unwrap_or(s);
+    let valid = !rest.is_empty()
+        && !rest.contains('/')
+        && rest
+            .rsplit_once(':')
+            .is_none_or(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+    if valid {
+        Ok(format!("nats://{rest}"))
+    } else {
+        Err(format!(
+            "'{s}' is not a NATS address (expected nats://HOST:PORT)"
+        ))
+    }
+}
+
+/// `--node`: a name other servers can tell apart.
+fn parse_node(s: &str) -> Result<String, String> {
+    if sockit::cluster::wire::valid_node(s) {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "'{s}' is not a node name (1 to 32 letters, digits, - and _)"
+        ))
+    }
+}
+
 /// Refuses `serve` options that do not apply to the transport.
 fn validate_serve(args: &ServeArgs, listen: &Listen) -> Result<(), String> {
     let udp = listen.udp;
@@ -1022,6 +1111,12 @@ fn validate_serve(args: &ServeArgs, listen: &Listen) -> Result<(), String> {
     if args.kb.is_some() && !matches!(args.service, ServiceKind::Lookup | ServiceKind::Hub) {
         return Err(format!(
             "--kb applies to the lookup and hub services, not {}",
+            args.service
+        ));
+    }
+    if args.cluster.is_some() && !matches!(args.service, ServiceKind::Chat | ServiceKind::Hub) {
+        return Err(format!(
+            "--cluster applies to the chat and hub services, not {}",
             args.service
         ));
     }

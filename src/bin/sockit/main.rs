@@ -19,6 +19,7 @@ use bytes::Bytes;
 use sockit::bench::{self, BenchConfig};
 use sockit::budget::MemoryBudget;
 use sockit::client::{self, ClientConfig, Input, LineMode};
+use sockit::cluster::{Cluster, ClusterConfig};
 use sockit::logging::{LogSink, stderr_line};
 use sockit::net::{Host, resolve};
 use sockit::server::raise_fd_limit;
@@ -103,7 +104,15 @@ fn init_logging(quiet: bool, verbose: u8) {
         (false, 1) => "debug",
         (false, _) => "trace",
     };
-    let filter = EnvFilter::try_from_env("SOCKIT_LOG").unwrap_or_else(|_| EnvFilter::new(level));
+    // The NATS client (`--cluster`) reports every reconnect attempt: its warnings suffice
+    // below -vv (sockit logs the link's state and, with -v, the bus traffic itself).
+    let directives = if verbose >= 2 || quiet {
+        level.to_owned()
+    } else {
+        format!("{level},async_nats=warn")
+    };
+    let filter =
+        EnvFilter::try_from_env("SOCKIT_LOG").unwrap_or_else(|_| EnvFilter::new(directives));
     let ansi = std::io::stderr().is_terminal();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -183,11 +192,21 @@ async fn serve(args: ServeArgs) -> Result<()> {
         }
         None => None,
     };
+    let cluster = args.cluster.as_ref().map(|url| {
+        Cluster::new(ClusterConfig {
+            url: url.clone(),
+            node: args
+                .node
+                .clone()
+                .unwrap_or_else(sockit::cluster::default_node),
+        })
+    });
     let chat = || {
         Chat::new(ChatConfig {
             budget: Some(budget.clone()),
             lang: args.lang,
             retention: args.chat_retention.unwrap_or(DEFAULT_RETENTION),
+            cluster: cluster.clone(),
             ..ChatConfig::default()
         })
     };
@@ -200,7 +219,13 @@ async fn serve(args: ServeArgs) -> Result<()> {
             let lookup = Lookup::new(knowledge, args.lang);
             serve_maybe_login(addr, config, lookup, kind, login).await
         }
-        ServiceKind::Chat => serve_maybe_login(addr, config, chat(), kind, login).await,
+        ServiceKind::Chat => {
+            let chat = chat();
+            start_cluster(cluster.as_ref()).await?;
+            let served = serve_maybe_login(addr, config, chat, kind, login).await;
+            stop_cluster(cluster.as_ref()).await;
+            served
+        }
         ServiceKind::Console => {
             serve_maybe_login(addr, config, Console::new(args.lang), kind, login).await
         }
@@ -253,8 +278,49 @@ async fn serve(args: ServeArgs) -> Result<()> {
                 (None, None) => None,
             };
             let hub = Hub::new(knowledge, chat(), users, args.lang);
-            serve_maybe_login(addr, config, hub, kind, login).await
+            start_cluster(cluster.as_ref()).await?;
+            let served = serve_maybe_login(addr, config, hub, kind, login).await;
+            stop_cluster(cluster.as_ref()).await;
+            served
         }
+    }
+}
+
+/// The serve banner's cluster line, once the cluster link has started.
+static CLUSTER_BANNER: OnceLock<String> = OnceLock::new();
+
+/// Starts the link to the chat cluster (`--cluster`), waiting a moment for the first
+/// connection; without one the server still starts, and keeps trying in the background.
+async fn start_cluster(cluster: Option<&Cluster>) -> Result<()> {
+    let Some(cluster) = cluster else {
+        return Ok(());
+    };
+    let up = cluster
+        .start(Duration::from_secs(3))
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let status = cluster.status();
+    let state = if up {
+        "connected".to_owned()
+    } else {
+        warn!(
+            "cluster: cannot reach NATS at {} yet: chat is local until it can",
+            status.url
+        );
+        "not connected yet (retrying in the background)".to_owned()
+    };
+    let _ = CLUSTER_BANNER.set(format!(
+        "cluster: node {} on {}: {state}",
+        status.node, status.url
+    ));
+    Ok(())
+}
+
+/// After the server has stopped: tells the cluster its members have gone, rather than letting
+/// the other servers find out from the missing heartbeats.
+async fn stop_cluster(cluster: Option<&Cluster>) {
+    if let Some(cluster) = cluster {
+        cluster.flush(Duration::from_secs(2)).await;
     }
 }
 
@@ -460,6 +526,9 @@ fn print_banner(
         out,
         "connect with: sockit connect{udp_flag}{framing_flag} {reach} {port}{nc}"
     )?;
+    if let Some(line) = CLUSTER_BANNER.get() {
+        writeln!(out, "{line}")?;
+    }
     out.flush()?;
     Ok(())
 }
@@ -591,10 +660,17 @@ async fn bench(args: BenchArgs) -> Result<()> {
         Err(e) => warn!("cannot raise the open file limit: {e}"),
     }
     let target = &args.target;
-    let addr = resolve_target(target).await?[0];
     if args.chat {
-        return bench_chat(&args, addr).await;
+        let mut addrs = Vec::new();
+        for address in cli::chat_targets(&args).map_err(anyhow::Error::msg)? {
+            let (host, port) = address
+                .inet()
+                .ok_or_else(|| anyhow::anyhow!("{address}: not an internet address"))?;
+            addrs.push(resolve_all(host, port).await?[0]);
+        }
+        return bench_chat(&args, addrs).await;
     }
+    let addr = resolve_target(target).await?[0];
     let config = BenchConfig {
         addr,
         transport: target.transport(),
@@ -634,9 +710,9 @@ fn interrupt_token() -> Result<CancellationToken> {
 }
 
 /// `sockit bench --chat`.
-async fn bench_chat(args: &BenchArgs, addr: SocketAddr) -> Result<()> {
+async fn bench_chat(args: &BenchArgs, addrs: Vec<SocketAddr>) -> Result<()> {
     let config = bench::chat::ChatBenchConfig {
-        addr,
+        addrs,
         conns: args.conns,
         count: args.count.map_or(bench::chat::DEFAULT_COUNT, |n| n as u64),
         timeout: args.timeout,

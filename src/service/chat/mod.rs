@@ -15,18 +15,27 @@
 //! Over UDP (`--udp`) a member is an address that sent `/join [ROOM]`; room traffic goes from
 //! the room straight to the server socket, one datagram per message, and a member leaves with
 //! `/quit` or when the server forgets the silent peer.
+//!
+//! With a [`Cluster`] (`serve --cluster`), the rooms are shared with every other server on the
+//! same NATS server: members' lines, joins, departures and nick changes are published on the
+//! bus as well, and what other servers publish enters the local rooms' logs like a local
+//! member's traffic (see [`crate::cluster`] for the bus and the module `bus` here for the
+//! chat's side). Nicks are then claimed cluster-wide before they are given.
 
+mod bus;
 pub mod room;
 pub mod text;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::{Context, Poll};
 
 use tracing::{debug, info};
 
 use crate::budget::MemoryBudget;
+use crate::cluster::wire::Change;
+use crate::cluster::{ClaimResult, Cluster};
 use crate::message::Message;
 use crate::service::{ConnHandle, Lang, Outbox, PeerInfo, PushError, Service, Session};
 
@@ -71,6 +80,8 @@ pub struct ChatConfig {
     pub max_members: usize,
     /// Largest message a member may send, in bytes.
     pub max_message: usize,
+    /// The cluster this chat shares its rooms with (`--cluster`); `None`: this server alone.
+    pub cluster: Option<Cluster>,
 }
 
 impl Default for ChatConfig {
@@ -83,6 +94,7 @@ impl Default for ChatConfig {
             max_rooms: DEFAULT_MAX_ROOMS,
             max_members: DEFAULT_MAX_MEMBERS,
             max_message: DEFAULT_MAX_MESSAGE,
+            cluster: None,
         }
     }
 }
@@ -104,7 +116,17 @@ struct Shared {
     /// Nicks in use by folded nick, server-wide.
     nicks: Mutex<HashMap<String, Registered>>,
     stats: Stats,
+    /// The cluster, if the rooms are shared with other servers.
+    cluster: Option<Cluster>,
+    /// The last chat lines of rooms with members on other servers only.
+    shadow: Mutex<bus::Shadow>,
+    /// This, for tasks the chat starts itself.
+    me: Weak<Shared>,
 }
+
+/// A nick forced on a member from outside its session (a collision found when the cluster
+/// link came back), for the session to adopt.
+type Forced = Arc<Mutex<Option<Arc<str>>>>;
 
 /// Who holds a nick and how to reach them with `/msg`.
 #[derive(Debug)]
@@ -112,6 +134,12 @@ struct Registered {
     nick: Arc<str>,
     id: u64,
     reach: Reach,
+    /// The revision of the cluster's claim on the nick (`None`: provisional, or no cluster).
+    claim: Option<u64>,
+    /// The member's room.
+    room: Option<Arc<Room>>,
+    /// Where a nick forced on the member is left for its session.
+    forced: Forced,
 }
 
 #[derive(Clone, Debug)]
@@ -129,22 +157,27 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Chat {
     /// A chat with no rooms yet.
     pub fn new(config: ChatConfig) -> Chat {
-        Chat {
-            shared: Arc::new(Shared {
-                texts: Texts(config.lang),
-                settings: RoomSettings {
-                    retention: config.retention.max(MIN_RETENTION),
-                    history: config.history,
-                    max_members: config.max_members.max(1),
-                    budget: config.budget,
-                },
-                max_rooms: config.max_rooms.max(1),
-                max_message: config.max_message.max(1),
-                rooms: Mutex::new(HashMap::new()),
-                nicks: Mutex::new(HashMap::new()),
-                stats: Stats::default(),
-            }),
+        let shared = Arc::new_cyclic(|me| Shared {
+            texts: Texts(config.lang),
+            settings: RoomSettings {
+                retention: config.retention.max(MIN_RETENTION),
+                history: config.history,
+                max_members: config.max_members.max(1),
+                budget: config.budget,
+            },
+            max_rooms: config.max_rooms.max(1),
+            max_message: config.max_message.max(1),
+            rooms: Mutex::new(HashMap::new()),
+            nicks: Mutex::new(HashMap::new()),
+            stats: Stats::default(),
+            shadow: Mutex::new(bus::Shadow::new(config.max_rooms.max(1))),
+            cluster: config.cluster.clone(),
+            me: me.clone(),
+        });
+        if let Some(cluster) = &config.cluster {
+            cluster.attach(shared.clone());
         }
+        Chat { shared }
     }
 
     /// A session for `peer` that joins `room` (the lobby if `None`) when it opens, over any
@@ -221,6 +254,8 @@ pub struct ChatSession {
     left: bool,
     /// Bytes published since the session last let other tasks run.
     unyielded: usize,
+    /// A nick forced on the member from outside (see [`Registered::forced`]).
+    forced: Forced,
 }
 
 impl ChatSession {
@@ -237,6 +272,14 @@ impl ChatSession {
             close_on_quit: true,
             left: false,
             unyielded: 0,
+            forced: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// Takes on a nick the chat forced on the member meanwhile, if any.
+    fn adopt_forced(&mut self) {
+        if let Some(nick) = lock(&self.forced).take() {
+            self.nick = Some(nick);
         }
     }
 
@@ -290,7 +333,7 @@ impl ChatSession {
 
     /// Gives the member its default nick (its user name when logged in, else `guestN`), or
     /// the first free variant of it, if it has none yet.
-    fn ensure_nick(&mut self, out: &mut Outbox) -> Arc<str> {
+    async fn ensure_nick(&mut self, out: &mut Outbox) -> Arc<str> {
         if let Some(nick) = &self.nick {
             return nick.clone();
         }
@@ -313,30 +356,60 @@ impl ChatSession {
             .reach
             .clone()
             .unwrap_or_else(|| Reach::Push(out.handle(), out.max_message()));
-        let mut nicks = lock(&self.shared.nicks);
         // The last sequence is unbounded and nicks are finite, so a free one is found.
-        let nick: Arc<str> = std::iter::once(base.clone())
+        let candidates = std::iter::once(base.clone())
             .chain((2..=100).map(|k| suffixed(&base, k)))
             .chain(std::iter::once(guest.clone()))
-            .chain((2u64..).map(|k| suffixed(&guest, k)))
-            .find(|candidate| !nicks.contains_key(&fold(candidate)))
-            .unwrap_or_else(|| guest.clone())
-            .into();
-        nicks.insert(
-            fold(&nick),
-            Registered {
-                nick: nick.clone(),
-                id: self.id,
-                reach,
-            },
-        );
-        drop(nicks);
-        self.nick = Some(nick.clone());
-        nick
+            .chain((2u64..).map(|k| suffixed(&guest, k)));
+        let mut chosen: Arc<str> = guest.as_str().into();
+        for candidate in candidates {
+            let key = fold(&candidate);
+            let nick: Arc<str> = candidate.into();
+            {
+                let mut nicks = lock(&self.shared.nicks);
+                if nicks.contains_key(&key) {
+                    continue;
+                }
+                // Known to be someone's on another server: not worth asking the cluster.
+                if let Some(cluster) = &self.shared.cluster {
+                    if cluster.find_nick(&key).is_some() {
+                        continue;
+                    }
+                }
+                nicks.insert(
+                    key.clone(),
+                    Registered {
+                        nick: nick.clone(),
+                        id: self.id,
+                        reach: reach.clone(),
+                        claim: None,
+                        room: None,
+                        forced: self.forced.clone(),
+                    },
+                );
+            }
+            chosen = nick.clone();
+            let Some(cluster) = self.shared.cluster.clone() else {
+                break;
+            };
+            match cluster.claim(&key, &nick, self.id).await {
+                ClaimResult::Claimed(rev) => {
+                    self.shared.set_claim(&key, self.id, rev);
+                    break;
+                }
+                // Provisional: claimed when the link comes back.
+                ClaimResult::Offline => break,
+                ClaimResult::Taken => {
+                    self.shared.forget(&key, self.id);
+                }
+            }
+        }
+        self.nick = Some(chosen.clone());
+        chosen
     }
 
     /// Joins `name`, leaving the current room; the reply is the welcome and the history.
-    fn join(&mut self, name: &str, out: &mut Outbox) -> String {
+    async fn join(&mut self, name: &str, out: &mut Outbox) -> String {
         let t = self.texts();
         let clean = sanitize(name.as_bytes());
         let clean = clean.strip_prefix('#').unwrap_or(&clean);
@@ -349,7 +422,23 @@ impl ChatSession {
                 return t.already_in(m.room.name());
             }
         }
-        let nick = self.ensure_nick(out);
+        let nick = self.ensure_nick(out).await;
+        // A room new here but with members elsewhere: its history is asked for (the room
+        // itself is made below, with the registry locked).
+        let mut told: Option<Vec<String>> = None;
+        if let Some(cluster) = &self.shared.cluster {
+            let unknown = !lock(&self.shared.rooms).contains_key(&key)
+                && !lock(&self.shared.shadow).has(&key);
+            if unknown && !cluster.members_in(&key).is_empty() {
+                told = cluster.history(clean).await.map(|lines| {
+                    lines
+                        .iter()
+                        .map(|l| sanitize(l.as_bytes()))
+                        .filter(|l| !l.trim().is_empty())
+                        .collect()
+                });
+            }
+        }
         let (room, joined, old, old_empty) = {
             let mut rooms = lock(&self.shared.rooms);
             let room = match rooms.get(&key) {
@@ -359,6 +448,25 @@ impl ChatSession {
                         return t.too_many_rooms(self.shared.max_rooms);
                     }
                     let room = Arc::new(Room::new(clean, &key, &self.shared.settings));
+                    if self.shared.cluster.is_some() {
+                        let kept = lock(&self.shared.shadow).take(&key);
+                        let lines = match (told, kept) {
+                            // Lines that came from the bus while the answer was awaited
+                            // follow the answer, unless it had them already.
+                            (Some(mut told), Some(kept)) => {
+                                for line in kept {
+                                    if !told.contains(&line) {
+                                        told.push(line);
+                                    }
+                                }
+                                Some(told)
+                            }
+                            (told, kept) => kept.or(told),
+                        };
+                        if let Some(lines) = lines {
+                            room.seed_history(lines);
+                        }
+                    }
                     rooms.insert(key.clone(), room.clone());
                     room
                 }
@@ -369,9 +477,19 @@ impl ChatSession {
             let old = self.member.take();
             let old_empty = old
                 .as_ref()
-                .is_some_and(|m| leave_locked(&mut rooms, &m.room, self.id));
+                .is_some_and(|m| leave_locked(&self.shared, &mut rooms, &m.room, self.id));
             (room, joined, old, old_empty)
         };
+        self.shared.set_room(&nick, self.id, Some(room.clone()));
+        if let Some(cluster) = &self.shared.cluster {
+            cluster.presence(Change::Join {
+                member: crate::cluster::wire::Member {
+                    id: self.id,
+                    nick: nick.to_string(),
+                    room: Some(room.name().to_string()),
+                },
+            });
+        }
         if let Some(old) = old {
             if !old_empty {
                 old.room
@@ -387,7 +505,12 @@ impl ChatSession {
             &self.shared.stats,
         );
         debug!("chat: {nick} joined {}", room.name());
-        let mut reply = t.welcome(&nick, room.name(), joined.members);
+        let remote = self
+            .shared
+            .cluster
+            .as_ref()
+            .map_or(0, |c| c.members_in(room.key()).len());
+        let mut reply = t.welcome(&nick, room.name(), joined.members + remote);
         for line in &joined.history {
             reply.push('\n');
             reply.push_str(t.history());
@@ -404,8 +527,11 @@ impl ChatSession {
         };
         let empty = {
             let mut rooms = lock(&self.shared.rooms);
-            leave_locked(&mut rooms, &m.room, self.id)
+            leave_locked(&self.shared, &mut rooms, &m.room, self.id)
         };
+        if let Some(nick) = &self.nick {
+            self.shared.set_room(nick, self.id, None);
+        }
         if !empty {
             if let Some(nick) = &self.nick {
                 m.room.publish(
@@ -421,11 +547,18 @@ impl ChatSession {
 
     /// Gives the nick up.
     fn unregister(&mut self) {
+        self.adopt_forced();
         if let Some(nick) = self.nick.take() {
-            let mut nicks = lock(&self.shared.nicks);
             let key = fold(&nick);
-            if nicks.get(&key).is_some_and(|r| r.id == self.id) {
-                nicks.remove(&key);
+            let claim = self.shared.forget(&key, self.id);
+            if let Some(cluster) = &self.shared.cluster {
+                if let Some(rev) = claim {
+                    cluster.release(&key, rev);
+                }
+                cluster.presence(Change::Leave {
+                    id: self.id,
+                    gone: true,
+                });
             }
         }
     }
@@ -437,7 +570,7 @@ impl ChatSession {
         self.left = true;
     }
 
-    fn rename(&mut self, arg: &str, out: &mut Outbox) -> String {
+    async fn rename(&mut self, arg: &str, out: &mut Outbox) -> String {
         let t = self.texts();
         if let Some(user) = &self.user {
             return t.nick_is_login(user);
@@ -451,7 +584,7 @@ impl ChatSession {
         if let Err(why) = check_name(wanted) {
             return t.bad_name(false, truncate_for_error(wanted), why);
         }
-        let old = self.ensure_nick(out);
+        let old = self.ensure_nick(out).await;
         let key = fold(wanted);
         if is_guest_form(wanted) && key != fold(&old) {
             return t.nick_reserved(wanted);
@@ -460,26 +593,71 @@ impl ChatSession {
             return t.now_known_as(wanted);
         }
         let new: Arc<str> = wanted.into();
-        {
-            let mut nicks = lock(&self.shared.nicks);
+        let old_key = fold(&old);
+        let same_key = key == old_key;
+        if !same_key {
+            if let Some(cluster) = &self.shared.cluster {
+                if cluster.find_nick(&key).is_some() {
+                    return t.nick_taken(wanted);
+                }
+            }
+        }
+        let (reach, old_claim) = {
+            let nicks = lock(&self.shared.nicks);
             if nicks.get(&key).is_some_and(|r| r.id != self.id) {
                 return t.nick_taken(wanted);
             }
-            let reach = match nicks.remove(&fold(&old)) {
-                Some(entry) => entry.reach,
-                None => self
-                    .reach
-                    .clone()
-                    .unwrap_or_else(|| Reach::Push(out.handle(), out.max_message())),
-            };
+            match nicks.get(&old_key) {
+                Some(entry) if entry.id == self.id => (entry.reach.clone(), entry.claim),
+                _ => (
+                    self.reach
+                        .clone()
+                        .unwrap_or_else(|| Reach::Push(out.handle(), out.max_message())),
+                    None,
+                ),
+            }
+        };
+        // The new nick is claimed in the cluster before the old one is given up.
+        let mut claim = old_claim.filter(|_| same_key);
+        if let (Some(cluster), false) = (self.shared.cluster.clone(), same_key) {
+            match cluster.claim(&key, &new, self.id).await {
+                ClaimResult::Claimed(rev) => claim = Some(rev),
+                ClaimResult::Offline => {}
+                ClaimResult::Taken => return t.nick_taken(wanted),
+            }
+        }
+        {
+            let mut nicks = lock(&self.shared.nicks);
+            if nicks.get(&key).is_some_and(|r| r.id != self.id) {
+                drop(nicks);
+                if let (Some(cluster), Some(rev)) = (&self.shared.cluster, claim) {
+                    cluster.release(&key, rev);
+                }
+                return t.nick_taken(wanted);
+            }
+            if nicks.get(&old_key).is_some_and(|r| r.id == self.id) {
+                nicks.remove(&old_key);
+            }
             nicks.insert(
-                key,
+                key.clone(),
                 Registered {
                     nick: new.clone(),
                     id: self.id,
                     reach,
+                    claim,
+                    room: self.member.as_ref().map(|m| m.room.clone()),
+                    forced: self.forced.clone(),
                 },
             );
+        }
+        if let Some(cluster) = &self.shared.cluster {
+            if let (Some(rev), false) = (old_claim, same_key) {
+                cluster.release(&old_key, rev);
+            }
+            cluster.presence(Change::Rename {
+                id: self.id,
+                nick: new.to_string(),
+            });
         }
         self.nick = Some(new.clone());
         if let Some(m) = &mut self.member {
@@ -495,19 +673,28 @@ impl ChatSession {
         t.now_known_as(&new)
     }
 
-    fn private(&mut self, arg: &str, out: &mut Outbox) -> String {
+    async fn private(&mut self, arg: &str, out: &mut Outbox) -> String {
         let t = self.texts();
         let arg = arg.trim_start();
         let (to, text) = match arg.split_once(char::is_whitespace) {
             Some((to, text)) if !text.trim().is_empty() => (to, text.trim_start()),
             _ => return t.usage("/msg NICK TEXT"),
         };
-        let from = self.ensure_nick(out);
+        let from = self.ensure_nick(out).await;
+        let key = fold(to);
         let target = lock(&self.shared.nicks)
-            .get(&fold(to))
+            .get(&key)
             .map(|r| (r.nick.clone(), r.reach.clone()));
         let Some((nick, reach)) = target else {
-            return t.no_such_nick(truncate_for_error(to));
+            let remote = self.shared.cluster.as_ref().and_then(|c| {
+                let (node, nick) = c.find_nick(&key)?;
+                Some((c.private(&node, &key, &from, text), nick))
+            });
+            return match remote {
+                Some((true, nick)) => t.private_to(&nick, text),
+                Some((false, nick)) => t.not_delivered(&nick),
+                None => t.no_such_nick(truncate_for_error(to)),
+            };
         };
         let line = t.private_from(&from, text);
         match reach {
@@ -527,6 +714,9 @@ impl ChatSession {
             return t.not_in_room(self.datagram.is_some());
         };
         let mut nicks = m.room.nicks();
+        if let Some(cluster) = &self.shared.cluster {
+            nicks.extend(cluster.members_in(m.room.key()).into_iter().map(Arc::from));
+        }
         nicks.sort_by_cached_key(|n| fold(n));
         let mut reply = t.who(m.room.name(), nicks.len());
         list(
@@ -544,6 +734,15 @@ impl ChatSession {
         let all: Vec<Arc<Room>> = lock(&self.shared.rooms).values().cloned().collect();
         let mut rooms: Vec<(Arc<str>, usize)> =
             all.iter().map(|r| (r.name().clone(), r.len())).collect();
+        if let Some(cluster) = &self.shared.cluster {
+            let mut remote = cluster.rooms();
+            for (room, entry) in all.iter().zip(rooms.iter_mut()) {
+                if let Some((_, more)) = remote.remove(room.key()) {
+                    entry.1 += more;
+                }
+            }
+            rooms.extend(remote.into_values().map(|(name, n)| (Arc::from(name), n)));
+        }
         rooms.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| fold(&a.0).cmp(&fold(&b.0))));
         let mut reply = t.rooms(rooms.len());
         let total = rooms.len();
@@ -557,23 +756,23 @@ impl ChatSession {
     }
 
     /// Runs one command line (starting with `/`); returns the reply.
-    fn command(&mut self, line: &str, out: &mut Outbox) -> String {
+    async fn command(&mut self, line: &str, out: &mut Outbox) -> String {
         let t = self.texts();
         let (name, arg) = match line.split_once(char::is_whitespace) {
             Some((name, arg)) => (name, arg.trim()),
             None => (line, ""),
         };
         match name.to_ascii_lowercase().as_str() {
-            "/nick" => self.rename(arg, out),
+            "/nick" => self.rename(arg, out).await,
             "/join" => {
                 let room = arg.split_whitespace().next().unwrap_or(DEFAULT_ROOM);
                 if arg.split_whitespace().nth(1).is_some() {
                     return t.bad_name(true, truncate_for_error(arg), NameError::Space);
                 }
-                self.join(room, out)
+                self.join(room, out).await
             }
             "/who" | "/names" => self.who(),
-            "/msg" => self.private(arg, out),
+            "/msg" => self.private(arg, out).await,
             "/rooms" | "/list" => self.rooms(),
             "/help" => t.help(self.datagram.is_some()),
             "/quit" => {
@@ -633,10 +832,20 @@ fn list(reply: &mut String, items: impl Iterator<Item = String>, total: usize, t
 
 /// Removes member `id` from `room` with the registry locked, dropping the room from the
 /// registry if it is now empty; returns whether it was.
-fn leave_locked(rooms: &mut HashMap<String, Arc<Room>>, room: &Arc<Room>, id: u64) -> bool {
+fn leave_locked(
+    shared: &Shared,
+    rooms: &mut HashMap<String, Arc<Room>>,
+    room: &Arc<Room>,
+    id: u64,
+) -> bool {
     let empty = room.remove(id);
     if empty && rooms.get(room.key()).is_some_and(|r| Arc::ptr_eq(r, room)) {
         rooms.remove(room.key());
+        if shared.cluster.is_some() {
+            // Members elsewhere may go on talking in it: its history is kept for the next
+            // member here.
+            lock(&shared.shadow).put(room.key(), room.history());
+        }
         debug!("chat: room {} is empty and closed", room.name());
     }
     empty
@@ -646,13 +855,14 @@ impl Session for ChatSession {
     async fn on_open(&mut self, out: &mut Outbox) {
         self.learn_reach(out);
         if let Some(room) = self.join_on_open.take() {
-            let reply = self.join(&room, out);
+            let reply = self.join(&room, out).await;
             out.send(Message::text(fit(reply, out.max_message())));
         }
     }
 
     async fn on_message(&mut self, msg: Message, out: &mut Outbox) {
         self.learn_reach(out);
+        self.adopt_forced();
         let t = self.texts();
         let body = msg.body();
         if let Some(peer) = &self.datagram {
@@ -673,8 +883,8 @@ impl Session for ChatSession {
                 continue;
             }
             if line.starts_with('/') && !line.starts_with("//") {
-                self.publish(&mut lines);
-                let reply = self.command(&line, out);
+                self.publish(&mut lines).await;
+                let reply = self.command(&line, out).await;
                 replies.push(reply);
                 if self.left {
                     break;
@@ -688,7 +898,7 @@ impl Session for ChatSession {
                 _ => not_in_room = true,
             }
         }
-        self.publish(&mut lines);
+        self.publish(&mut lines).await;
         self.pace().await;
         if not_in_room {
             replies.push(t.not_in_room(self.datagram.is_some()));
@@ -719,6 +929,7 @@ impl ChatSession {
     /// Queues the next batch of room traffic into `out`; at the end of the log, arranges for
     /// `cx` (if given) to be woken by the next line.
     fn pull(&mut self, cx: Option<&Context<'_>>, out: &mut Outbox) -> Poll<()> {
+        self.adopt_forced();
         // UDP members are sent their room's traffic directly; a member in no room has no feed
         // until it joins one, which happens in `on_message`, after which the driver polls again.
         if self.datagram.is_some() {
@@ -755,7 +966,7 @@ impl ChatSession {
     }
 
     /// Sends the chat lines gathered so far to the room.
-    fn publish(&mut self, lines: &mut Vec<String>) {
+    async fn publish(&mut self, lines: &mut Vec<String>) {
         if lines.is_empty() {
             return;
         }
@@ -768,6 +979,12 @@ impl ChatSession {
                 &self.shared.stats,
             );
             self.unyielded += lines.iter().map(|l| l.len() + 1).sum::<usize>();
+            // The other servers get the lines in the order this member sent them; waiting for
+            // room in the bus queue is this member's back-pressure.
+            if let Some(cluster) = &self.shared.cluster {
+                let room = m.room.name().clone();
+                cluster.lines(&room, lines).await;
+            }
         }
         lines.clear();
     }

@@ -365,6 +365,24 @@ impl Room {
         Feed::Waiting
     }
 
+    /// The room's last chat lines, oldest first.
+    pub fn history(&self) -> Vec<String> {
+        self.lock().history.iter().map(|l| l.to_string()).collect()
+    }
+
+    /// Puts `lines` (oldest first) before the room's history, keeping the last of them that
+    /// fit: the lines other servers' members said before this room had members here.
+    pub fn seed_history(&self, lines: Vec<String>) {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let room = state.history_max.saturating_sub(state.history.len());
+        for line in lines.into_iter().rev().take(room) {
+            state.history_bytes += line.len();
+            state.history.push_front(line.into());
+        }
+        state.log.set_extra(state.history_bytes);
+    }
+
     /// Bytes the log holds (for tests and diagnostics).
     pub fn retained(&self) -> usize {
         self.lock().log.held

@@ -366,6 +366,36 @@ impl Texts {
         }
     }
 
+    /// Told to every room when the link to the cluster is lost.
+    pub fn link_lost(self) -> &'static str {
+        if self.zh() {
+            "* 与集群的连接已断开(本服务器上的聊天照常进行)"
+        } else {
+            "* cluster link lost (chat on this server goes on)"
+        }
+    }
+
+    /// Told to every room when the link to the cluster is back.
+    pub fn link_restored(self) -> &'static str {
+        if self.zh() {
+            "* 与集群的连接已恢复"
+        } else {
+            "* cluster link restored"
+        }
+    }
+
+    /// Told to a member whose provisional nick was taken on another server during an outage.
+    pub fn nick_lost(self, old: &str, new: &str) -> String {
+        if self.zh() {
+            format!("* 昵称 {old} 在断线期间已被其他服务器上的人占用,你现在叫 {new}")
+        } else {
+            format!(
+                "* your nick {old} was taken on another server while the cluster link was \
+                 down: you are now known as {new}"
+            )
+        }
+    }
+
     /// A nick someone else has.
     pub fn nick_taken(self, nick: &str) -> String {
         if self.zh() {
