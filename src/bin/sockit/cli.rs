@@ -28,6 +28,8 @@ pub struct Cli {
 
 /// The subcommands.
 #[derive(Debug, Subcommand)]
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Run a server over TCP or UDP: the hub (line commands reaching every service), or one
     /// service: echo, ack, lookup, chat, console.
