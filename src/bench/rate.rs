@@ -171,19 +171,109 @@ fn drain_time(shared: &Shared) -> Duration {
     shared.timeout
 }
 
-/// An open-loop client over TCP with the given framing.
-pub(super) async fn tcp_client(
-    stream: TcpStream,
+/// What an open-loop client needs from its transport.
+trait Pipe {
+    /// Whether replies come back in the order sent (TCP, rudp), so disorder is worth counting.
+    const ORDERED: bool;
+    /// The next reply; `Ok(None)` when the server closed.
+    async fn recv(&mut self) -> Result<Option<Bytes>, String>;
+    /// Queues one message (a stream may hold it until [`Pipe::flush`]).
+    async fn send(&mut self, msg: Bytes) -> Result<(), String>;
+    /// Sends what was queued; called whenever the schedule has nothing more due now.
+    async fn flush(&mut self) -> Result<(), String> {
+        Ok(())
+    }
+    /// Ends the connection, if there is one.
+    fn close(&mut self) {}
+}
+
+struct TcpPipe {
+    reader: FramedRead<tokio::net::tcp::OwnedReadHalf, FrameCodec>,
+    writer: FramedWrite<tokio::net::tcp::OwnedWriteHalf, FrameCodec>,
+}
+
+impl Pipe for TcpPipe {
+    const ORDERED: bool = true;
+
+    async fn recv(&mut self) -> Result<Option<Bytes>, String> {
+        match self.reader.next().await {
+            Some(Ok(msg)) => Ok(Some(msg.into_body())),
+            Some(Err(e)) => Err(format!("reading replies: {e}")),
+            None => Ok(None),
+        }
+    }
+
+    async fn send(&mut self, msg: Bytes) -> Result<(), String> {
+        // Feeding without flushing lets messages that fell behind schedule leave in one write.
+        self.writer
+            .feed(&Message::new(msg))
+            .await
+            .map_err(|e| format!("sending: {e}"))
+    }
+
+    async fn flush(&mut self) -> Result<(), String> {
+        self.writer
+            .flush()
+            .await
+            .map_err(|e| format!("sending: {e}"))
+    }
+}
+
+struct UdpPipe {
+    socket: UdpSocket,
+    buf: Vec<u8>,
+}
+
+impl Pipe for UdpPipe {
+    const ORDERED: bool = false;
+
+    async fn recv(&mut self) -> Result<Option<Bytes>, String> {
+        loop {
+            match self.socket.recv(&mut self.buf).await {
+                Ok(n) => return Ok(Some(Bytes::copy_from_slice(&self.buf[..n]))),
+                // ICMP port unreachable from an earlier datagram: its reply is simply lost.
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => continue,
+                Err(e) => return Err(format!("receiving: {e}")),
+            }
+        }
+    }
+
+    async fn send(&mut self, msg: Bytes) -> Result<(), String> {
+        match self.socket.send(&msg).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Ok(()),
+            Err(e) => Err(format!("sending: {e}")),
+        }
+    }
+}
+
+impl Pipe for crate::transport::rudp::RudpConnection {
+    const ORDERED: bool = true;
+
+    async fn recv(&mut self) -> Result<Option<Bytes>, String> {
+        Ok(crate::transport::rudp::RudpConnection::recv(self).await)
+    }
+
+    async fn send(&mut self, msg: Bytes) -> Result<(), String> {
+        crate::transport::rudp::RudpConnection::send(self, msg)
+            .await
+            .map_err(|e| format!("sending: {e}"))
+    }
+
+    fn close(&mut self) {
+        crate::transport::rudp::RudpConnection::close(self);
+    }
+}
+
+/// The open-loop client: sends on the schedule, takes replies as they come, and after the
+/// last message waits up to the timeout for the replies still missing.
+async fn run<P: Pipe>(
+    mut pipe: P,
     shared: Arc<Shared>,
     schedule: Schedule,
+    text: bool,
     cancel: CancellationToken,
 ) -> Tally {
-    let framing = shared.framing;
-    let text = framing == Framing::Line;
-    let limits = Limits::default();
-    let (rd, wr) = stream.into_split();
-    let mut reader = FramedRead::new(rd, FrameCodec::new(framing, limits));
-    let mut writer = FramedWrite::new(wr, FrameCodec::new(framing, limits));
     let mut tally = Tally::default();
     let mut rx = Receiver {
         shared: &shared,
@@ -191,148 +281,9 @@ pub(super) async fn tcp_client(
         text,
         seen: Seen::default(),
         next: 0,
-        ordered: true,
+        ordered: P::ORDERED,
     };
     let mut buf = BytesMut::new();
-    let mut sent = 0u64;
-    let mut sending = true;
-    let mut last_send = Instant::now();
-    loop {
-        let due = schedule.due(sent);
-        let replies_due = sent.saturating_sub(tally.counts.messages + tally.counts.mismatches);
-        if !sending && replies_due == 0 {
-            break;
-        }
-        let wait_until = if sending {
-            due
-        } else {
-            last_send + drain_time(&shared)
-        };
-        tokio::select! {
-            biased;
-            () = cancel.cancelled() => break,
-            frame = reader.next() => match frame {
-                Some(Ok(msg)) => rx.reply(msg.body(), sent, &mut tally),
-                Some(Err(e)) => { tally.fail(format!("reading replies: {e}")); break; }
-                None => { tally.fail("the server closed the connection"); break; }
-            },
-            () = tokio::time::sleep_until(wait_until.into()) => {
-                if !sending {
-                    tally.counts.timeouts += replies_due;
-                    break;
-                }
-                stamp(sent as u32, schedule.stamp_us(sent), shared.size, text, &mut buf);
-                let msg = Message::new(Bytes::copy_from_slice(&buf));
-                // Feeding without flushing lets messages that fell behind schedule leave in
-                // one write; the flush below runs once nothing more is due.
-                if let Err(e) = writer.feed(&msg).await {
-                    tally.fail(format!("sending: {e}"));
-                    break;
-                }
-                sent += 1;
-                last_send = Instant::now();
-                if is_done(&shared, &schedule, sent) {
-                    sending = false;
-                }
-                if schedule.due(sent) > Instant::now() || !sending {
-                    if let Err(e) = writer.flush().await {
-                        tally.fail(format!("sending: {e}"));
-                        break;
-                    }
-                }
-            }
-        }
-    }
-    tally.counts.sent = sent;
-    tally.counts.lost = sent.saturating_sub(tally.counts.messages);
-    tally.flush(&shared);
-    tally
-}
-
-/// An open-loop client over UDP: one datagram per message.
-pub(super) async fn udp_client(
-    socket: UdpSocket,
-    shared: Arc<Shared>,
-    schedule: Schedule,
-    cancel: CancellationToken,
-) -> Tally {
-    let mut tally = Tally::default();
-    let mut rx = Receiver {
-        shared: &shared,
-        schedule,
-        text: false,
-        seen: Seen::default(),
-        next: 0,
-        ordered: false,
-    };
-    let mut out = BytesMut::new();
-    let mut inbuf = vec![0u8; 64 * 1024];
-    let mut sent = 0u64;
-    let mut sending = true;
-    let mut last_send = Instant::now();
-    loop {
-        if !sending && tally.counts.messages >= sent {
-            break;
-        }
-        let wait_until = if sending {
-            schedule.due(sent)
-        } else {
-            last_send + drain_time(&shared)
-        };
-        tokio::select! {
-            biased;
-            () = cancel.cancelled() => break,
-            got = socket.recv(&mut inbuf) => match got {
-                Ok(n) => rx.reply(&inbuf[..n], sent, &mut tally),
-                // ICMP port unreachable from an earlier datagram: keep going, count the loss.
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                    tally.first_mismatch.get_or_insert_with(|| format!("{e}"));
-                }
-                Err(e) => { tally.fail(format!("receiving: {e}")); break; }
-            },
-            () = tokio::time::sleep_until(wait_until.into()) => {
-                if !sending {
-                    break;
-                }
-                stamp(sent as u32, schedule.stamp_us(sent), shared.size, false, &mut out);
-                match socket.send(&out).await {
-                    Ok(_) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
-                    Err(e) => { tally.fail(format!("sending: {e}")); break; }
-                }
-                sent += 1;
-                last_send = Instant::now();
-                if is_done(&shared, &schedule, sent) {
-                    sending = false;
-                }
-            }
-        }
-    }
-    tally.counts.sent = sent;
-    let unanswered = sent.saturating_sub(tally.counts.messages);
-    tally.counts.lost = unanswered;
-    tally.counts.timeouts += unanswered;
-    tally.flush(&shared);
-    tally
-}
-
-/// An open-loop client over rudp: one message per message, in order.
-pub(super) async fn rudp_client(
-    mut conn: crate::transport::rudp::RudpConnection,
-    shared: Arc<Shared>,
-    schedule: Schedule,
-    cancel: CancellationToken,
-) -> Tally {
-    let mut tally = Tally::default();
-    let mut rx = Receiver {
-        shared: &shared,
-        schedule,
-        text: false,
-        seen: Seen::default(),
-        next: 0,
-        ordered: true,
-    };
-    let mut out = BytesMut::new();
     let mut sent = 0u64;
     let mut sending = true;
     let mut last_send = Instant::now();
@@ -349,18 +300,18 @@ pub(super) async fn rudp_client(
         tokio::select! {
             biased;
             () = cancel.cancelled() => break,
-            got = conn.recv() => match got {
-                Some(msg) => rx.reply(&msg, sent, &mut tally),
-                None => { tally.fail("the rudp connection ended"); break; }
+            got = pipe.recv() => match got {
+                Ok(Some(msg)) => rx.reply(&msg, sent, &mut tally),
+                Ok(None) => { tally.fail("the server closed the connection"); break; }
+                Err(e) => { tally.fail(e); break; }
             },
             () = tokio::time::sleep_until(wait_until.into()) => {
                 if !sending {
-                    tally.counts.timeouts += sent.saturating_sub(answered);
                     break;
                 }
-                stamp(sent as u32, schedule.stamp_us(sent), shared.size, false, &mut out);
-                if conn.send(out.split().freeze()).await.is_err() {
-                    tally.fail("the rudp connection closed");
+                stamp(sent as u32, schedule.stamp_us(sent), shared.size, text, &mut buf);
+                if let Err(e) = pipe.send(buf.split().freeze()).await {
+                    tally.fail(e);
                     break;
                 }
                 sent += 1;
@@ -368,14 +319,63 @@ pub(super) async fn rudp_client(
                 if is_done(&shared, &schedule, sent) {
                     sending = false;
                 }
+                if schedule.due(sent) > Instant::now() || !sending {
+                    if let Err(e) = pipe.flush().await {
+                        tally.fail(e);
+                        break;
+                    }
+                }
             }
         }
     }
-    conn.close();
+    pipe.close();
     tally.counts.sent = sent;
-    tally.counts.lost = sent.saturating_sub(tally.counts.messages);
+    let unanswered = sent.saturating_sub(tally.counts.messages);
+    tally.counts.lost = unanswered;
+    tally.counts.timeouts += sent.saturating_sub(tally.counts.messages + tally.counts.mismatches);
     tally.flush(&shared);
     tally
+}
+
+/// An open-loop client over TCP with the given framing.
+pub(super) async fn tcp_client(
+    stream: TcpStream,
+    shared: Arc<Shared>,
+    schedule: Schedule,
+    cancel: CancellationToken,
+) -> Tally {
+    let framing = shared.framing;
+    let limits = Limits::default();
+    let (rd, wr) = stream.into_split();
+    let pipe = TcpPipe {
+        reader: FramedRead::new(rd, FrameCodec::new(framing, limits)),
+        writer: FramedWrite::new(wr, FrameCodec::new(framing, limits)),
+    };
+    run(pipe, shared, schedule, framing == Framing::Line, cancel).await
+}
+
+/// An open-loop client over UDP: one datagram per message.
+pub(super) async fn udp_client(
+    socket: UdpSocket,
+    shared: Arc<Shared>,
+    schedule: Schedule,
+    cancel: CancellationToken,
+) -> Tally {
+    let pipe = UdpPipe {
+        socket,
+        buf: vec![0u8; 64 * 1024],
+    };
+    run(pipe, shared, schedule, false, cancel).await
+}
+
+/// An open-loop client over rudp: one message per message, in order.
+pub(super) async fn rudp_client(
+    conn: crate::transport::rudp::RudpConnection,
+    shared: Arc<Shared>,
+    schedule: Schedule,
+    cancel: CancellationToken,
+) -> Tally {
+    run(conn, shared, schedule, false, cancel).await
 }
 
 #[cfg(test)]
