@@ -5,9 +5,8 @@
 mod common;
 
 use std::collections::VecDeque;
-use std::io::Write;
 use std::net::{SocketAddr, UdpSocket};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::thread;
 use std::time::Duration;
 
@@ -21,20 +20,9 @@ fn sockit(args: &[&str]) -> Output {
 }
 
 fn with_input(args: &[&str], input: &str) -> Output {
-    let mut child = Command::new(sockit_bin())
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run sockit");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+    let mut cmd = Command::new(sockit_bin());
+    cmd.args(args);
+    common::run_with_input(cmd, input)
 }
 
 fn text(b: &[u8]) -> String {

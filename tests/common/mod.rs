@@ -269,28 +269,37 @@ pub fn peer_tool(name: &str) -> Option<String> {
 /// its lines; waits at most [`PATIENCE`] for it to finish (killing it after that) and returns
 /// its output.
 pub fn python_with_input(script: &str, input: &str) -> std::process::Output {
+    let mut cmd = Command::new("python3");
+    cmd.arg("-c").arg(script);
+    run_with_input(cmd, input)
+}
+
+/// Runs `cmd` with `input` on its stdin (then closed), reading its output as it comes; waits at
+/// most [`PATIENCE`] for it to finish (killing it after that) and returns its output.
+pub fn run_with_input(mut cmd: Command, input: &str) -> std::process::Output {
     use std::io::Write;
-    let mut child = Command::new("python3")
-        .arg("-c")
-        .arg(script)
+    let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("python3 must be installed (see .ci/run)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let deadline = std::time::Instant::now() + PATIENCE;
-    while child.try_wait().unwrap().is_none() {
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the python client did not finish within {PATIENCE:?}");
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?} (see .ci/run): {e}"));
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.as_bytes().to_vec();
+    std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(PATIENCE) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            // SAFETY: kill() with the pid of our own child.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            panic!("{cmd:?} did not finish within {PATIENCE:?}");
         }
-        std::thread::sleep(Duration::from_millis(20));
     }
-    child.wait_with_output().unwrap()
 }
