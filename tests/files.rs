@@ -811,3 +811,27 @@ fn the_command_line_refuses_what_the_files_service_cannot_do() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn get_to_a_stdout_closed_early_stops_quietly() {
+    let srv = tempfile::tempdir().unwrap();
+    std::fs::write(srv.path().join("big"), random_bytes(8_000_000, 12)).unwrap();
+    let server = serve(srv.path(), &[]);
+    let mut child = Command::new(sockit_bin())
+        .args(["get", &server.addr.to_string(), "big", "-o", "-"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 10];
+    child
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut first)
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stderr), "");
+}

@@ -38,12 +38,19 @@ pub enum TransferError {
     /// A local file could not be read or written.
     #[error("{0}")]
     Local(String),
+    /// Standard output was closed by its reader (`sockit get … -o - | head`): not a failure of
+    /// the transfer, which stops there.
+    #[error("the output was closed")]
+    OutputClosed,
 }
 
 impl TransferError {
     /// Whether the connection can carry another request after this.
     pub fn is_fatal(&self) -> bool {
-        !matches!(self, TransferError::Refused(_) | TransferError::Local(_))
+        !matches!(
+            self,
+            TransferError::Refused(_) | TransferError::Local(_) | TransferError::OutputClosed
+        )
     }
 }
 
@@ -64,6 +71,15 @@ impl From<WireError> for TransferError {
 
 fn conn_err(e: io::Error) -> TransferError {
     TransferError::Connection(e.to_string())
+}
+
+/// A failed write of a download: a closed standard output is its own case.
+fn write_error(e: io::Error) -> TransferError {
+    if e.kind() == io::ErrorKind::BrokenPipe {
+        TransferError::OutputClosed
+    } else {
+        TransferError::Local(format!("cannot write the download: {e}"))
+    }
 }
 
 /// A finished upload or download.
@@ -393,9 +409,7 @@ impl Client {
                     self.reader()?.body(head.len as usize, &mut buf).await?;
                     got += head.len;
                     bar.inc(head.len);
-                    sink.push(buf).await.map_err(|e| {
-                        TransferError::Local(format!("cannot write the download: {e}"))
-                    })?;
+                    sink.push(buf).await.map_err(|e| write_error(e))?;
                 }
                 Op::End => break head,
                 Op::Error => return Err(TransferError::Server(head.message.unwrap_or_default())),
@@ -406,10 +420,7 @@ impl Client {
                 }
             }
         };
-        let written = sink
-            .finish()
-            .await
-            .map_err(|e| TransferError::Local(format!("cannot write the download: {e}")))?;
+        let written = sink.finish().await.map_err(write_error)?;
         if got != size {
             return Err(TransferError::Connection(format!(
                 "{got} bytes arrived of the announced {size}"

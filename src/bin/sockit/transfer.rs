@@ -5,7 +5,7 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
-use sockit::files::client::{Client, Listed, Output, format_mtime};
+use sockit::files::client::{Client, Listed, Output, TransferError, format_mtime};
 use sockit::files::{FileName, progress_bar, summary};
 use sockit::logging::stderr_line;
 use sockit::net::Address;
@@ -154,7 +154,7 @@ fn base_name(path: &Path) -> Result<String, String> {
 
 /// The error line for a transfer of `name` (`what` locally): prefixed with `what`, unless the
 /// server's own message already starts with the name.
-fn about(what: &str, name: &str, e: &sockit::files::client::TransferError) -> String {
+fn about(what: &str, name: &str, e: &TransferError) -> String {
     let msg = e.to_string();
     if msg.starts_with(name) {
         msg
@@ -189,6 +189,10 @@ pub async fn get(args: GetArgs) -> Result<()> {
                 &done.blake3,
                 0,
             ));
+            Ok(())
+        }
+        Err(TransferError::OutputClosed) => {
+            bar.abandon();
             Ok(())
         }
         Err(e) => {
