@@ -409,7 +409,7 @@ impl Client {
                     self.reader()?.body(head.len as usize, &mut buf).await?;
                     got += head.len;
                     bar.inc(head.len);
-                    sink.push(buf).await.map_err(|e| write_error(e))?;
+                    sink.push(buf).await.map_err(write_error)?;
                 }
                 Op::End => break head,
                 Op::Error => return Err(TransferError::Server(head.message.unwrap_or_default())),
