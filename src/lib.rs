@@ -44,6 +44,7 @@ pub mod logging;
 pub mod message;
 pub mod net;
 pub mod ping;
+pub mod relay;
 pub mod scan;
 pub mod server;
 pub mod service;

@@ -68,6 +68,84 @@ pub enum Command {
     Ping(PingArgs),
     /// Scan a host's ports: which are open, closed or filtered (TCP connect scan, or --udp).
     Scan(ScanArgs),
+    /// Forward a port (TCP, UDP, unix), show what passes (--hex, --trace) and inject faults.
+    ///
+    /// LISTEN and TARGET are addresses: HOST:PORT (TCP), udp:HOST:PORT, unix:PATH. TCP and unix
+    /// relay to each other in any pairing; UDP only to UDP. One log line per connection.
+    Relay(RelayArgs),
+}
+
+/// `sockit relay`.
+#[derive(Debug, Args)]
+pub struct RelayArgs {
+    /// Where to listen: HOST:PORT, udp:HOST:PORT or unix:PATH (port 0: any free port)
+    #[arg(value_name = "LISTEN")]
+    pub listen: String,
+    /// Where to forward: HOST:PORT, udp:HOST:PORT or unix:PATH
+    #[arg(value_name = "TARGET")]
+    pub target: String,
+    /// Most connections relayed at once; more are closed on accept
+    #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = parse_count)]
+    pub max_conns: usize,
+    /// Only clients in these prefixes (ADDR[/PREFIX], comma-separated or repeated)
+    #[arg(long, value_name = "CIDR", value_delimiter = ',', value_parser = parse_cidr)]
+    pub allow: Vec<sockit::relay::Cidr>,
+    /// Refuse clients in these prefixes (checked before --allow)
+    #[arg(long, value_name = "CIDR", value_delimiter = ',', value_parser = parse_cidr)]
+    pub deny: Vec<sockit::relay::Cidr>,
+    /// Close a connection idle this long both ways; UDP flows end after it (default 60 s)
+    #[arg(long, value_name = "SECS", value_parser = parse_positive_secs)]
+    pub idle_timeout: Option<Duration>,
+    /// How long to wait for the target to accept a connection
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_positive_secs)]
+    pub connect_timeout: Duration,
+    /// Most UDP flows (client addresses) at once; the least recently used one is evicted
+    #[arg(long, value_name = "N", default_value_t = 4096, value_parser = parse_count)]
+    pub udp_flows: usize,
+    /// Connection records as JSON lines on stdout (the banner too)
+    #[arg(long)]
+    pub json: bool,
+    /// Dump every chunk to stderr: time, direction (> up, < down), connection, offset, hex, text
+    #[arg(long)]
+    pub hex: bool,
+    /// With --hex, also mark where messages of this framing end (line, len32, header, …)
+    #[arg(long, value_name = "F", value_parser = parse_framing, requires = "hex")]
+    pub framing: Option<Framing>,
+    /// Write every chunk or datagram as a JSON line (time, conn, dir, len, base64 data)
+    #[arg(long, value_name = "FILE")]
+    pub trace: Option<std::path::PathBuf>,
+    /// A fault: [up:|down:]NAME[=VALUE][,PARAM=VALUE...][,p=PROB]; repeatable, applied in order
+    #[arg(long, value_name = "FAULT", value_parser = parse_fault)]
+    pub fault: Vec<sockit::relay::Fault>,
+    /// Seed of the faults' random choices (default: from the clock, and logged)
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+    /// Never use splice(2): copy through user space (for comparisons)
+    #[arg(long)]
+    pub no_splice: bool,
+    /// Only warnings and errors (no per-connection lines)
+    #[arg(short, long, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// More log detail (-v, -vv)
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+fn parse_cidr(s: &str) -> Result<sockit::relay::Cidr, String> {
+    sockit::relay::Cidr::parse(s)
+}
+
+fn parse_fault(s: &str) -> Result<sockit::relay::Fault, String> {
+    s.parse()
+}
+
+impl RelayArgs {
+    /// The two addresses.
+    pub fn addresses(&self) -> Result<(Address, Address), String> {
+        let listen = Address::parse(&self.listen, None).map_err(|e| e.to_string())?;
+        let target = Address::parse(&self.target, None).map_err(|e| e.to_string())?;
+        Ok((listen, target))
+    }
 }
 
 /// `sockit send`.
@@ -781,6 +859,7 @@ fn validate(cli: &Cli) -> Result<(), (&'static str, String)> {
             return Ok(());
         }
         Command::Ip(a) => return a.inputs().map(drop).map_err(|e| ("ip", e)),
+        Command::Relay(a) => return a.addresses().map(drop).map_err(|e| ("relay", e)),
     };
     if udp && framing.is_some_and(|f| f != Framing::Raw) {
         return Err((

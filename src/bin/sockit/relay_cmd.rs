@@ -1,0 +1,121 @@
+//! `sockit relay`: builds a [`RelayConfig`] from the arguments, prints the banner, runs until
+//! Ctrl-C or SIGTERM.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use sockit::logging::LogSink;
+use sockit::relay::{ConnRecord, Inspect, Relay, RelayConfig};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::cli::RelayArgs;
+
+/// Runs `sockit relay`.
+pub async fn relay(args: RelayArgs) -> Result<()> {
+    crate::init_logging(args.quiet, args.verbose);
+    let (listen, target) = args.addresses().map_err(anyhow::Error::msg)?;
+    if let Err(e) = sockit::server::raise_fd_limit() {
+        warn!("cannot raise the open file limit: {e}");
+    }
+    let hex = if args.hex {
+        Some(LogSink::stderr().context("cannot start the --hex writer")?)
+    } else {
+        None
+    };
+    let trace = match &args.trace {
+        Some(path) => {
+            let file = std::fs::File::create(path)
+                .with_context(|| format!("cannot create the trace file {}", path.display()))?;
+            Some(
+                LogSink::spawn(std::io::BufWriter::new(file))
+                    .context("cannot start the trace writer")?,
+            )
+        }
+        None => None,
+    };
+    let seed = args.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+    });
+    let json = args.json;
+    let records: Arc<dyn Fn(&ConnRecord) + Send + Sync> = if json {
+        Arc::new(|r: &ConnRecord| {
+            if let Ok(line) = serde_json::to_string(r) {
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "{line}");
+                let _ = out.flush();
+            }
+        })
+    } else {
+        Arc::new(|r: &ConnRecord| info!("{r}"))
+    };
+    let inspect = Arc::new(Inspect {
+        hex: hex.clone(),
+        framing: args.framing,
+        trace: trace.clone(),
+    });
+    let faults = args.fault.clone();
+    let config = RelayConfig {
+        listen: listen.clone(),
+        target: target.clone(),
+        max_conns: args.max_conns,
+        allow: args.allow.clone(),
+        deny: args.deny.clone(),
+        idle_timeout: args.idle_timeout,
+        connect_timeout: args.connect_timeout,
+        udp_flows: args.udp_flows,
+        no_splice: args.no_splice,
+        inspect,
+        faults,
+        seed,
+        records,
+    };
+    let relay = Relay::bind(config)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let shutdown = CancellationToken::new();
+    let signals = crate::Signals::install().context("cannot install signal handlers")?;
+    tokio::spawn(signals.watch(shutdown.clone()));
+    let banner = if json {
+        serde_json::json!({"event": "listening", "listen": relay.local(), "target": target.to_string()})
+            .to_string()
+    } else {
+        format!("sockit: relay listening on {} -> {target}", relay.local())
+    };
+    {
+        let mut out = std::io::stdout().lock();
+        if writeln!(out, "{banner}")
+            .and_then(|()| out.flush())
+            .is_err()
+        {
+            warn!("cannot print the banner");
+        }
+    }
+    if !args.fault.is_empty() {
+        let list: Vec<String> = args.fault.iter().map(ToString::to_string).collect();
+        info!("faults (seed {seed}): {}", list.join(" | "));
+    }
+    let report = tokio::spawn(relay.run(shutdown))
+        .await
+        .context("relay task failed")?;
+    info!(
+        "stopped: {} relayed, {} refused, {} could not reach the target",
+        report.relayed, report.refused, report.target_failed
+    );
+    for (what, sink) in [("--hex", &hex), ("--trace", &trace)] {
+        if let Some(sink) = sink {
+            sink.flush(std::time::Duration::from_secs(2));
+            if sink.dropped() > 0 {
+                warn!(
+                    "{what}: {} record(s) dropped (writer too slow)",
+                    sink.dropped()
+                );
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,578 @@
+//! The stream side of the relay: accept, connect the target, move bytes both ways (splice or
+//! copy), apply the faults, and report how each side closed.
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio::sync::Semaphore;
+use tokio::time::{sleep, sleep_until, timeout, timeout_at};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::net::{Endpoint, resolve};
+use crate::relay::fault::{self, Dir, FaultKind, Rng};
+use crate::relay::inspect::Tap;
+use crate::relay::sock::{End, Pipe, Sock, splice_pump};
+use crate::relay::{Close, ConnRecord, RelayConfig, RelayReport, admitted, unix_addr};
+
+/// A stream listener.
+pub(crate) enum Accept {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+impl Accept {
+    async fn accept(&self) -> io::Result<(Sock, String, Option<std::net::IpAddr>)> {
+        match self {
+            Accept::Tcp(l) => {
+                let (s, peer) = l.accept().await?;
+                Ok((Sock::Tcp(s), peer.to_string(), Some(peer.ip())))
+            }
+            Accept::Unix(l) => {
+                let (s, peer) = l.accept().await?;
+                let name = match peer.as_pathname() {
+                    Some(p) => format!("unix:{}", p.display()),
+                    None => "unix:(unnamed)".to_owned(),
+                };
+                Ok((Sock::Unix(s), name, None))
+            }
+        }
+    }
+
+    fn proto(&self) -> &'static str {
+        match self {
+            Accept::Tcp(_) => "tcp",
+            Accept::Unix(_) => "unix",
+        }
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    target_failed: AtomicU64,
+}
+
+/// The accept loop.
+pub(crate) async fn run(
+    listener: Accept,
+    config: Arc<RelayConfig>,
+    shutdown: CancellationToken,
+) -> RelayReport {
+    let permits = Arc::new(Semaphore::new(config.max_conns.min(Semaphore::MAX_PERMITS)));
+    let counters = Arc::new(Counters::default());
+    let mut report = RelayReport::default();
+    let mut next_id = 0u64;
+    let down = config
+        .faults
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| f.kind == FaultKind::Down)
+        .map(|(i, f)| (i, f.p))
+        .collect::<Vec<_>>();
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = listener.accept() => r,
+        };
+        let (sock, peer, ip) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of descriptors, usually: wait rather than spin.
+                warn!("accept failed: {e}");
+                sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        next_id += 1;
+        let id = next_id;
+        if !admitted(&config, ip) {
+            info!("conn {id} from {peer} refused: not allowed by --allow/--deny");
+            report.refused += 1;
+            continue;
+        }
+        if down
+            .iter()
+            .any(|&(i, p)| Rng::new(config.seed ^ 0xD0_D0, id ^ ((i as u64) << 48)).chance(p))
+        {
+            info!("conn {id} from {peer} closed at once: fault down");
+            report.refused += 1;
+            continue;
+        }
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            info!(
+                "conn {id} from {peer} refused: --max-conns {} reached",
+                config.max_conns
+            );
+            report.refused += 1;
+            continue;
+        };
+        report.relayed += 1;
+        let (config, counters) = (config.clone(), counters.clone());
+        let proto = listener.proto();
+        tokio::spawn(async move {
+            let record = handle(id, proto, sock, peer, &config).await;
+            if record.target_close == Close::Refused {
+                counters.target_failed.fetch_add(1, Ordering::Relaxed);
+            }
+            (config.records)(&record);
+            drop(permit);
+        });
+    }
+    report.target_failed = counters.target_failed.load(Ordering::Relaxed);
+    report
+}
+
+async fn connect(config: &RelayConfig) -> io::Result<(Sock, String)> {
+    match &config.target.endpoint {
+        Endpoint::Unix(name) => {
+            let addr = unix_addr(name)?;
+            let std = std::os::unix::net::UnixStream::connect_addr(&addr)?;
+            std.set_nonblocking(true)?;
+            Ok((
+                Sock::Unix(UnixStream::from_std(std)?),
+                format!("unix:{name}"),
+            ))
+        }
+        Endpoint::Inet { host, port } => {
+            let mut last = None;
+            for addr in resolve(host, *port).await? {
+                match timeout(config.connect_timeout, TcpStream::connect(addr)).await {
+                    Ok(Ok(s)) => {
+                        let _ = s.set_nodelay(true);
+                        return Ok((Sock::Tcp(s), addr.to_string()));
+                    }
+                    Ok(Err(e)) => last = Some(io::Error::new(e.kind(), format!("{addr}: {e}"))),
+                    Err(_) => {
+                        last = Some(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!("{addr}: no answer in {:?}", config.connect_timeout),
+                        ))
+                    }
+                }
+            }
+            Err(last.unwrap_or_else(|| io::Error::other("no address")))
+        }
+    }
+}
+
+/// Byte counts and the time of the last activity, shared by the two directions.
+struct Stats {
+    start: Instant,
+    up: AtomicU64,
+    down: AtomicU64,
+    /// Milliseconds since `start`.
+    last: AtomicU64,
+}
+
+impl Stats {
+    fn add(&self, dir: Dir, n: usize) {
+        let counter = match dir {
+            Dir::Up => &self.up,
+            Dir::Down => &self.down,
+        };
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+        self.touch();
+    }
+
+    fn touch(&self) {
+        self.last
+            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+/// What ended a connection early.
+enum Fire {
+    Idle,
+    Timeout,
+    Reset,
+}
+
+async fn watchdog(
+    stats: &Stats,
+    idle: Option<Duration>,
+    close_at: Option<Duration>,
+    reset_at: Option<Duration>,
+) -> Fire {
+    loop {
+        let last = Duration::from_millis(stats.last.load(Ordering::Relaxed));
+        let idle_at = idle.map(|i| last + i);
+        let Some(next) = [idle_at, close_at, reset_at].into_iter().flatten().min() else {
+            return std::future::pending().await;
+        };
+        sleep_until((stats.start + next).into()).await;
+        let now = stats.start.elapsed();
+        if reset_at.is_some_and(|t| t <= now) {
+            return Fire::Reset;
+        }
+        if close_at.is_some_and(|t| t <= now) {
+            return Fire::Timeout;
+        }
+        let last = Duration::from_millis(stats.last.load(Ordering::Relaxed));
+        if idle.is_some_and(|i| last + i <= now) {
+            return Fire::Idle;
+        }
+    }
+}
+
+async fn handle(
+    id: u64,
+    proto: &'static str,
+    client: Sock,
+    peer: String,
+    config: &RelayConfig,
+) -> ConnRecord {
+    let start = Instant::now();
+    let mut record = ConnRecord {
+        conn: id,
+        proto,
+        client: peer,
+        target: config.target.to_string(),
+        bytes_up: 0,
+        bytes_down: 0,
+        datagrams_up: None,
+        datagrams_down: None,
+        duration_secs: 0.0,
+        client_close: Close::Relay,
+        target_close: Close::Refused,
+        path: "copy",
+        error: None,
+    };
+    if let Sock::Tcp(s) = &client {
+        let _ = s.set_nodelay(true);
+    }
+    let target = match connect(config).await {
+        Ok((sock, name)) => {
+            record.target = name;
+            sock
+        }
+        Err(e) => {
+            record.error = Some(format!("cannot connect to the target: {e}"));
+            record.duration_secs = start.elapsed().as_secs_f64();
+            return record;
+        }
+    };
+    let up_faults = fault::active(&config.faults, Dir::Up, config.seed, id);
+    let down_faults = fault::active(&config.faults, Dir::Down, config.seed, id);
+    let tcp_only = |v: Vec<FaultKind>| v.into_iter().filter(|f| f.for_tcp()).collect::<Vec<_>>();
+    let (up_faults, down_faults) = (tcp_only(up_faults), tcp_only(down_faults));
+    let pipes = if config.no_splice
+        || config.inspect.is_on()
+        || !up_faults.is_empty()
+        || !down_faults.is_empty()
+    {
+        None
+    } else {
+        // Out of descriptors or pipe budget: the copy path still works.
+        Pipe::new().and_then(|a| Ok((a, Pipe::new()?))).ok()
+    };
+    record.path = if pipes.is_some() { "splice" } else { "copy" };
+    let stats = Stats {
+        start,
+        up: AtomicU64::new(0),
+        down: AtomicU64::new(0),
+        last: AtomicU64::new(0),
+    };
+    // Connection-wide timers from the faults (either direction's).
+    let both = || up_faults.iter().chain(down_faults.iter());
+    let close_at = both()
+        .filter_map(|f| match f {
+            FaultKind::Timeout { after } if !after.is_zero() => Some(*after),
+            _ => None,
+        })
+        .min();
+    let reset_at = both()
+        .filter_map(|f| match f {
+            FaultKind::ResetPeer { after } => Some(*after),
+            _ => None,
+        })
+        .min();
+    let (up, down): (
+        std::pin::Pin<Box<dyn Future<Output = End> + Send + '_>>,
+        std::pin::Pin<Box<dyn Future<Output = End> + Send + '_>>,
+    ) = match pipes {
+        Some((mut a, mut b)) => {
+            let (client, target, stats) = (&client, &target, &stats);
+            (
+                Box::pin(async move {
+                    splice_pump(client, target, &mut a, |n| stats.add(Dir::Up, n)).await
+                }),
+                Box::pin(async move {
+                    splice_pump(target, client, &mut b, |n| stats.add(Dir::Down, n)).await
+                }),
+            )
+        }
+        None => {
+            let mk = |dir: Dir| Pump {
+                dir,
+                tap: (config.inspect.is_on()).then(|| Tap::new(config.inspect.clone(), id, dir)),
+                rng: Rng::new(config.seed, id ^ ((dir as u64 + 1) << 40)),
+                stats: &stats,
+            };
+            (
+                Box::pin(mk(Dir::Up).run(&client, &target, &up_faults)),
+                Box::pin(mk(Dir::Down).run(&target, &client, &down_faults)),
+            )
+        }
+    };
+    let (mut up, mut down) = (up, down);
+    let dog = watchdog(&stats, config.idle_timeout, close_at, reset_at);
+    tokio::pin!(dog);
+    let (mut up_end, mut down_end): (Option<()>, Option<()>) = (None, None);
+    loop {
+        tokio::select! {
+            end = &mut up, if up_end.is_none() => {
+                up_end = Some(());
+                if side_ended(end, &client, &target, &mut record.client_close, &mut record.target_close, &mut record.error) {
+                    break;
+                }
+            }
+            end = &mut down, if down_end.is_none() => {
+                down_end = Some(());
+                if side_ended(end, &target, &client, &mut record.target_close, &mut record.client_close, &mut record.error) {
+                    break;
+                }
+            }
+            fire = &mut dog => {
+                match fire {
+                    Fire::Idle | Fire::Timeout => {
+                        record.client_close = Close::Timeout;
+                        record.target_close = Close::Timeout;
+                        record.error = Some(match fire {
+                            Fire::Idle => "idle timeout".into(),
+                            _ => "timeout fault".into(),
+                        });
+                    }
+                    Fire::Reset => {
+                        client.set_linger_zero();
+                        target.set_linger_zero();
+                        record.client_close = Close::Relay;
+                        record.target_close = Close::Relay;
+                        record.error = Some("reset_peer fault: both sides reset".into());
+                    }
+                }
+                break;
+            }
+        }
+        if up_end.is_some() && down_end.is_some() {
+            break;
+        }
+    }
+    drop((up, down));
+    record.bytes_up = stats.up.load(Ordering::Relaxed);
+    record.bytes_down = stats.down.load(Ordering::Relaxed);
+    record.duration_secs = start.elapsed().as_secs_f64();
+    record
+}
+
+/// Handles the end of the direction `src` → `dst`; true if the whole connection is over.
+fn side_ended(
+    end: End,
+    src: &Sock,
+    dst: &Sock,
+    src_close: &mut Close,
+    dst_close: &mut Close,
+    error: &mut Option<String>,
+) -> bool {
+    match end {
+        End::Eof => {
+            *src_close = Close::Fin;
+            if *dst_close == Close::Refused {
+                *dst_close = Close::Relay;
+            }
+            false
+        }
+        End::Read(e) => {
+            // The source reset (or failed): reset the destination too.
+            *src_close = Close::Rst;
+            *dst_close = Close::Relay;
+            dst.set_linger_zero();
+            if e.kind() != io::ErrorKind::ConnectionReset {
+                *error = Some(format!("read: {e}"));
+            }
+            true
+        }
+        End::Write(e) => {
+            *dst_close = Close::Rst;
+            *src_close = Close::Relay;
+            src.set_linger_zero();
+            if !matches!(
+                e.kind(),
+                io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+            ) {
+                *error = Some(format!("write: {e}"));
+            }
+            true
+        }
+        End::Limit => {
+            *src_close = Close::Relay;
+            *dst_close = Close::Relay;
+            *error = Some("limit_data fault: connection closed".into());
+            true
+        }
+    }
+}
+
+/// The copy path of one direction.
+struct Pump<'a> {
+    dir: Dir,
+    tap: Option<Tap>,
+    rng: Rng,
+    stats: &'a Stats,
+}
+
+/// Copy buffer size.
+const BUF: usize = 64 * 1024;
+
+impl Pump<'_> {
+    async fn run(mut self, src: &Sock, dst: &Sock, faults: &[FaultKind]) -> End {
+        let mut buf = vec![0u8; BUF];
+        let mut passed = 0u64;
+        let blocked = faults
+            .iter()
+            .any(|f| matches!(f, FaultKind::Timeout { .. }));
+        let limit = faults
+            .iter()
+            .filter_map(|f| match f {
+                FaultKind::LimitData { bytes } => Some(*bytes),
+                _ => None,
+            })
+            .min();
+        let coalesce = faults.iter().find_map(|f| match f {
+            FaultKind::Coalesce { window } => Some(*window),
+            _ => None,
+        });
+        let slow_close = faults.iter().find_map(|f| match f {
+            FaultKind::SlowClose { delay } => Some(*delay),
+            _ => None,
+        });
+        if limit == Some(0) {
+            return End::Limit;
+        }
+        loop {
+            let mut n = match src.read(&mut buf).await {
+                Ok(0) => {
+                    if let Some(d) = slow_close {
+                        sleep(d).await;
+                    }
+                    dst.shutdown_write();
+                    return End::Eof;
+                }
+                Ok(n) => n,
+                Err(e) => return End::Read(e),
+            };
+            let mut eof = false;
+            if let Some(window) = coalesce {
+                let deadline = tokio::time::Instant::now() + window;
+                while n < buf.len() {
+                    match timeout_at(deadline, src.read(&mut buf[n..])).await {
+                        Ok(Ok(0)) => {
+                            eof = true;
+                            break;
+                        }
+                        Ok(Ok(m)) => n += m,
+                        Ok(Err(e)) => return End::Read(e),
+                        Err(_) => break,
+                    }
+                }
+            }
+            self.stats.touch();
+            if let Some(tap) = &mut self.tap {
+                tap.chunk(&buf[..n]);
+            }
+            if blocked {
+                // A `timeout` fault: nothing gets through.
+                if eof {
+                    return End::Eof;
+                }
+                continue;
+            }
+            let mut data = &buf[..n];
+            let mut limit_hit = false;
+            if let Some(limit) = limit {
+                let room = limit.saturating_sub(passed);
+                if data.len() as u64 >= room {
+                    data = &data[..room as usize];
+                    limit_hit = true;
+                }
+            }
+            if let Err(e) = self.write(dst, data, faults).await {
+                return End::Write(e);
+            }
+            passed += data.len() as u64;
+            if limit_hit {
+                return End::Limit;
+            }
+            if eof {
+                if let Some(d) = slow_close {
+                    sleep(d).await;
+                }
+                dst.shutdown_write();
+                return End::Eof;
+            }
+        }
+    }
+
+    /// Writes one chunk through the shaping faults, in the order given.
+    async fn write(&mut self, dst: &Sock, data: &[u8], faults: &[FaultKind]) -> io::Result<()> {
+        // Pieces to write and the pause before each.
+        let mut pieces: Vec<(usize, usize, Duration)> = vec![(0, data.len(), Duration::ZERO)];
+        for f in faults {
+            match f {
+                FaultKind::Latency { delay, jitter } => {
+                    let d = self.rng.around(*delay, *jitter);
+                    if let Some(first) = pieces.first_mut() {
+                        first.2 += d;
+                    }
+                }
+                FaultKind::Slicer {
+                    avg,
+                    variation,
+                    delay,
+                } => {
+                    let mut sliced = Vec::new();
+                    for (start, end, pause) in pieces {
+                        let mut at = start;
+                        let mut first = true;
+                        while at < end {
+                            let size = self.rng.around_usize(*avg, *variation).min(end - at);
+                            let wait = if first { pause } else { *delay };
+                            sliced.push((at, at + size, wait));
+                            at += size;
+                            first = false;
+                        }
+                    }
+                    pieces = sliced;
+                }
+                FaultKind::Bandwidth { bytes_per_sec } => {
+                    // Pieces of at most a tenth of a second's worth, each paced.
+                    let step = (*bytes_per_sec / 10).max(1) as usize;
+                    let mut paced = Vec::new();
+                    for (start, end, pause) in pieces {
+                        let mut at = start;
+                        let mut extra = pause;
+                        while at < end {
+                            let size = step.min(end - at);
+                            let secs = size as f64 / *bytes_per_sec as f64;
+                            paced.push((at, at + size, extra + Duration::from_secs_f64(secs)));
+                            extra = Duration::ZERO;
+                            at += size;
+                        }
+                    }
+                    pieces = paced;
+                }
+                _ => {}
+            }
+        }
+        for (start, end, pause) in pieces {
+            if !pause.is_zero() {
+                sleep(pause).await;
+            }
+            dst.write_all(&data[start..end]).await?;
+            self.stats.add(self.dir, end - start);
+        }
+        Ok(())
+    }
+}
