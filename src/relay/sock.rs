@@ -77,6 +77,23 @@ impl Sock {
         Ok(())
     }
 
+    /// The socket's pending error (SO_ERROR), if any; reading it clears it.
+    pub(crate) fn take_error(&self) -> Option<io::Error> {
+        let mut err: libc::c_int = 0;
+        let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: SO_ERROR writes one c_int into `err`, whose size `len` gives.
+        let rc = unsafe {
+            libc::getsockopt(
+                self.fd(),
+                libc::SOL_SOCKET,
+                libc::SO_ERROR,
+                (&raw mut err).cast(),
+                &mut len,
+            )
+        };
+        (rc == 0 && err != 0).then(|| io::Error::from_raw_os_error(err))
+    }
+
     /// Sends a FIN: the peer reads the end of the stream, and may still send.
     pub(crate) fn shutdown_write(&self) {
         // SAFETY: plain syscall on an fd we own; an error (already closed) is harmless.
@@ -221,6 +238,11 @@ pub(crate) async fn splice_pump(
             .await
         {
             Ok(0) => {
+                // splice(2) reports a reset socket as the end of the stream (the kernel checks
+                // "done" before the pending error): ask for the error to tell RST from FIN.
+                if let Some(e) = src.take_error() {
+                    return End::Read(e);
+                }
                 dst.shutdown_write();
                 return End::Eof;
             }
