@@ -286,7 +286,7 @@ impl Relay {
 
     /// Relays until `shutdown`; open connections are left to end with the process.
     pub async fn run(self, shutdown: CancellationToken) -> RelayReport {
-        let report = match self.listener {
+        match self.listener {
             Listener::Udp(sock) => udp::run(sock, self.config, shutdown).await,
             Listener::Tcp(l) => tcp::run(tcp::Accept::Tcp(l), self.config, shutdown).await,
             Listener::Unix(l, path) => {
@@ -296,8 +296,7 @@ impl Relay {
                 }
                 report
             }
-        };
-        report
+        }
     }
 }
 

@@ -289,10 +289,7 @@ async fn handle(
             _ => None,
         })
         .min();
-    let (up, down): (
-        std::pin::Pin<Box<dyn Future<Output = End> + Send + '_>>,
-        std::pin::Pin<Box<dyn Future<Output = End> + Send + '_>>,
-    ) = match pipes {
+    let (up, down): (PumpFuture<'_>, PumpFuture<'_>) = match pipes {
         Some((mut a, mut b)) => {
             let (client, target, stats) = (&client, &target, &stats);
             (
@@ -366,6 +363,9 @@ async fn handle(
     record.duration_secs = start.elapsed().as_secs_f64();
     record
 }
+
+/// One direction's transfer, splice or copy.
+type PumpFuture<'a> = std::pin::Pin<Box<dyn Future<Output = End> + Send + 'a>>;
 
 /// Handles the end of the direction `src` → `dst`; true if the whole connection is over.
 fn side_ended(

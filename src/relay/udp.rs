@@ -458,10 +458,10 @@ impl Egress {
                         self.next_slot = at + gap;
                     }
                 }
-                FaultKind::Reorder { window, prob } => {
-                    if !copies.is_empty() && *window > 0 && self.rng.chance(*prob) {
-                        hold = Some(*window);
-                    }
+                FaultKind::Reorder { window, prob }
+                    if !copies.is_empty() && *window > 0 && self.rng.chance(*prob) =>
+                {
+                    hold = Some(*window);
                 }
                 _ => {}
             }
