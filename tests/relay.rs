@@ -881,3 +881,56 @@ fn fault_probability_is_per_connection_and_seeded() {
     assert_eq!(a, decide("42"), "same seed, same choices");
     assert!(a.iter().any(|&x| x) && a.iter().any(|&x| !x), "{a:?}");
 }
+
+// ---- Load and memory ----
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+#[test]
+fn a_client_that_never_reads_keeps_the_relay_memory_bounded() {
+    for args in [&[][..], &["--no-splice"][..], &["--fault", "down:slicer=1000"][..]] {
+        let (l, target) = listener();
+        let relay = Relay::start("127.0.0.1:0", &target, args);
+        let _client = relay.connect(); // never reads
+        let mut server = accept(&l);
+        server
+            .set_write_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let chunk = vec![0u8; 1 << 20];
+        let mut sent = 0usize;
+        // Write until the relay stops taking bytes (everything on the way is full).
+        while sent < 512 << 20 {
+            match server.write(&chunk) {
+                Ok(n) => sent += n,
+                Err(_) => break,
+            }
+        }
+        assert!(sent < 512 << 20, "{args:?}: the relay buffered {sent} bytes");
+        let rss = rss_kib(relay.child.id());
+        assert!(rss < 64 * 1024, "{args:?}: relay RSS {rss} KiB");
+    }
+}
+
+#[test]
+fn a_thousand_connections_opened_at_once_are_all_relayed() {
+    let target = echo_target();
+    let relay = Relay::start("127.0.0.1:0", &target, &[]);
+    let conns: Vec<TcpStream> = (0..1000).map(|_| relay.connect()).collect();
+    for (i, c) in conns.iter().enumerate() {
+        (&*c).write_all(format!("{i:05}").as_bytes()).unwrap();
+    }
+    for (i, c) in conns.iter().enumerate() {
+        let mut b = [0u8; 5];
+        (&*c).read_exact(&mut b).unwrap();
+        assert_eq!(b, *format!("{i:05}").as_bytes());
+    }
+    drop(conns);
+    relay.wait_log(&["conn 1000 ", "5 B up, 5 B down"]);
+}
