@@ -142,12 +142,8 @@ fn bench_json(args: &[&str]) -> serde_json::Value {
         .arg("--json")
         .output()
         .unwrap();
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
-        panic!(
-            "bench {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("bench {args:?}: {}", String::from_utf8_lossy(&out.stderr)))
 }
 
 fn main() {
@@ -275,9 +271,8 @@ fn main() {
     );
 
     // 3. UDP datagrams per second at 50 clients.
-    let (_uecho, uecho_addr) = start_sockit(&[
-        "serve", "127.0.0.1", "0", "--udp", "--service", "echo",
-    ]);
+    let (_uecho, uecho_addr) =
+        start_sockit(&["serve", "127.0.0.1", "0", "--udp", "--service", "echo"]);
     let (_urelay, urelay_addr) = start_sockit(&[
         "relay",
         "udp:127.0.0.1:0",
@@ -287,13 +282,7 @@ fn main() {
     println!("\nUDP: 50 clients, 5 s");
     let mut rates = Vec::new();
     for (name, addr) in [("direct", uecho_addr), ("relay", urelay_addr)] {
-        let v = bench_json(&[
-            &format!("udp:{addr}"),
-            "--conns",
-            "50",
-            "--duration",
-            "5",
-        ]);
+        let v = bench_json(&[&format!("udp:{addr}"), "--conns", "50", "--duration", "5"]);
         let rate = v["messages_per_sec"].as_f64().unwrap_or(f64::NAN);
         println!(
             "  {name:<7} {rate:.0} datagrams/s, p50 {:.0} us, lost {}",

@@ -895,7 +895,11 @@ fn rss_kib(pid: u32) -> u64 {
 
 #[test]
 fn a_client_that_never_reads_keeps_the_relay_memory_bounded() {
-    for args in [&[][..], &["--no-splice"][..], &["--fault", "down:slicer=1000"][..]] {
+    for args in [
+        &[][..],
+        &["--no-splice"][..],
+        &["--fault", "down:slicer=1000"][..],
+    ] {
         let (l, target) = listener();
         let relay = Relay::start("127.0.0.1:0", &target, args);
         let _client = relay.connect(); // never reads
@@ -912,7 +916,10 @@ fn a_client_that_never_reads_keeps_the_relay_memory_bounded() {
                 Err(_) => break,
             }
         }
-        assert!(sent < 512 << 20, "{args:?}: the relay buffered {sent} bytes");
+        assert!(
+            sent < 512 << 20,
+            "{args:?}: the relay buffered {sent} bytes"
+        );
         let rss = rss_kib(relay.child.id());
         assert!(rss < 64 * 1024, "{args:?}: relay RSS {rss} KiB");
     }
@@ -933,4 +940,22 @@ fn a_thousand_connections_opened_at_once_are_all_relayed() {
     }
     drop(conns);
     relay.wait_log(&["conn 1000 ", "5 B up, 5 B down"]);
+}
+
+#[test]
+fn latency_delays_chunks_without_capping_throughput() {
+    let target = echo_target();
+    let relay = Relay::start("127.0.0.1:0", &target, &["--fault", "up:latency=200ms"]);
+    // 8 MiB is at least 128 chunks of 64 KiB: one at a time, 200 ms each, that is 25 s; a
+    // delay line passes it in about 200 ms plus the copying.
+    let data = pattern(8 << 20);
+    let t = Instant::now();
+    let back = round_trip(relay.connect(), data.clone());
+    assert!(back == data);
+    assert!(
+        t.elapsed() >= Duration::from_millis(190),
+        "{:?}",
+        t.elapsed()
+    );
+    assert!(t.elapsed() < Duration::from_secs(8), "{:?}", t.elapsed());
 }

@@ -425,103 +425,251 @@ struct Pump<'a> {
 
 /// Copy buffer size.
 const BUF: usize = 64 * 1024;
+/// Chunks in flight through a `latency` fault's delay line (at most 64 × 64 KiB).
+const DELAY_LINE: usize = 64;
+
+/// What the reading half hands the writing half when a `latency` fault delays chunks.
+enum Item {
+    /// Bytes to write at the given time.
+    Data(tokio::time::Instant, Vec<u8>),
+    /// The source sent a FIN.
+    Eof,
+    /// `limit_data` used up.
+    Limit,
+}
+
+/// Writes chunks with the shaping faults (slicer, bandwidth; latency when not pipelined).
+struct Shaper<'a> {
+    dir: Dir,
+    rng: Rng,
+    stats: &'a Stats,
+}
 
 impl Pump<'_> {
-    async fn run(mut self, src: &Sock, dst: &Sock, faults: &[FaultKind]) -> End {
-        let mut buf = vec![0u8; BUF];
-        let mut passed = 0u64;
-        let blocked = faults
-            .iter()
-            .any(|f| matches!(f, FaultKind::Timeout { .. }));
-        let limit = faults
-            .iter()
-            .filter_map(|f| match f {
-                FaultKind::LimitData { bytes } => Some(*bytes),
-                _ => None,
-            })
-            .min();
-        let coalesce = faults.iter().find_map(|f| match f {
-            FaultKind::Coalesce { window } => Some(*window),
+    async fn run(self, src: &Sock, dst: &Sock, faults: &[FaultKind]) -> End {
+        let latency = faults.iter().find_map(|f| match f {
+            FaultKind::Latency { delay, jitter } => Some((*delay, *jitter)),
             _ => None,
         });
         let slow_close = faults.iter().find_map(|f| match f {
             FaultKind::SlowClose { delay } => Some(*delay),
             _ => None,
         });
-        if limit == Some(0) {
-            return End::Limit;
-        }
-        loop {
-            let mut n = match src.read(&mut buf).await {
-                Ok(0) => {
-                    if let Some(d) = slow_close {
-                        sleep(d).await;
+        let Pump {
+            dir,
+            tap,
+            rng,
+            stats,
+        } = self;
+        let mut shaper = Shaper { dir, rng, stats };
+        let Some((delay, jitter)) = latency else {
+            // No delay line: read, then write, one chunk at a time.
+            let mut reader = Reader::new(tap, stats, faults);
+            loop {
+                match reader.next(src).await {
+                    Ok(Some(data)) => {
+                        let n = data.len();
+                        let limit_hit = reader.take(n);
+                        if let Err(e) = shaper.write(dst, &reader.buf[..n], faults, true).await {
+                            return End::Write(e);
+                        }
+                        if limit_hit {
+                            return End::Limit;
+                        }
                     }
-                    dst.shutdown_write();
-                    return End::Eof;
+                    Ok(None) => {
+                        if reader.limit_hit {
+                            return End::Limit;
+                        }
+                        return finish(dst, slow_close).await;
+                    }
+                    Err(e) => return End::Read(e),
                 }
-                Ok(n) => n,
-                Err(e) => return End::Read(e),
-            };
-            let mut eof = false;
-            if let Some(window) = coalesce {
+            }
+        };
+        // A delay line: each chunk is written `delay` ± `jitter` after it was read, while the
+        // next ones are already being read (latency without a throughput cap).
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Item>(DELAY_LINE);
+        let mut delay_rng = Rng::new(shaper.rng.next_u64(), 1);
+        let reading = async {
+            let mut reader = Reader::new(tap, stats, faults);
+            let mut last_due = tokio::time::Instant::now();
+            loop {
+                match reader.next(src).await {
+                    Ok(Some(data)) => {
+                        let n = data.len();
+                        let limit_hit = reader.take(n);
+                        let due = (tokio::time::Instant::now() + delay_rng.around(delay, jitter))
+                            .max(last_due);
+                        last_due = due;
+                        if tx
+                            .send(Item::Data(due, reader.buf[..n].to_vec()))
+                            .await
+                            .is_err()
+                        {
+                            return None;
+                        }
+                        if limit_hit {
+                            let _ = tx.send(Item::Limit).await;
+                            return None;
+                        }
+                    }
+                    Ok(None) => {
+                        let item = if reader.limit_hit {
+                            Item::Limit
+                        } else {
+                            Item::Eof
+                        };
+                        let _ = tx.send(item).await;
+                        return None;
+                    }
+                    Err(e) => return Some(End::Read(e)),
+                }
+            }
+        };
+        let writing = async {
+            while let Some(item) = rx.recv().await {
+                match item {
+                    Item::Data(due, data) => {
+                        sleep_until(due).await;
+                        if let Err(e) = shaper.write(dst, &data, faults, false).await {
+                            return End::Write(e);
+                        }
+                    }
+                    Item::Eof => return finish(dst, slow_close).await,
+                    Item::Limit => return End::Limit,
+                }
+            }
+            End::Eof
+        };
+        tokio::pin!(reading, writing);
+        tokio::select! {
+            r = &mut reading => match r {
+                Some(end) => end,
+                // Everything read is queued: the writer finishes it.
+                None => writing.await,
+            },
+            end = &mut writing => end,
+        }
+    }
+}
+
+/// Relays a FIN (after a `slow_close` fault's wait).
+async fn finish(dst: &Sock, slow_close: Option<Duration>) -> End {
+    if let Some(d) = slow_close {
+        sleep(d).await;
+    }
+    dst.shutdown_write();
+    End::Eof
+}
+
+/// The reading half: reads chunks, coalesces, taps, and applies `timeout` and `limit_data`.
+struct Reader<'a, 'f> {
+    buf: Vec<u8>,
+    tap: Option<Tap>,
+    stats: &'a Stats,
+    blocked: bool,
+    limit: Option<u64>,
+    coalesce: Option<Duration>,
+    passed: u64,
+    limit_hit: bool,
+    eof: bool,
+    _faults: &'f [FaultKind],
+}
+
+impl<'a, 'f> Reader<'a, 'f> {
+    fn new(tap: Option<Tap>, stats: &'a Stats, faults: &'f [FaultKind]) -> Self {
+        Reader {
+            buf: vec![0u8; BUF],
+            tap,
+            stats,
+            blocked: faults
+                .iter()
+                .any(|f| matches!(f, FaultKind::Timeout { .. })),
+            limit: faults
+                .iter()
+                .filter_map(|f| match f {
+                    FaultKind::LimitData { bytes } => Some(*bytes),
+                    _ => None,
+                })
+                .min(),
+            coalesce: faults.iter().find_map(|f| match f {
+                FaultKind::Coalesce { window } => Some(*window),
+                _ => None,
+            }),
+            passed: 0,
+            limit_hit: false,
+            eof: false,
+            _faults: faults,
+        }
+    }
+
+    /// The next chunk to forward (`buf[..len]`), or `None` at the end of the stream (or
+    /// when the byte limit is spent).
+    async fn next(&mut self, src: &Sock) -> io::Result<Option<&[u8]>> {
+        loop {
+            if self.eof || self.limit_hit || self.limit == Some(0) {
+                self.limit_hit |= self.limit == Some(0);
+                return Ok(None);
+            }
+            let mut n = src.read(&mut self.buf).await?;
+            if n == 0 {
+                return Ok(None);
+            }
+            if let Some(window) = self.coalesce {
                 let deadline = tokio::time::Instant::now() + window;
-                while n < buf.len() {
-                    match timeout_at(deadline, src.read(&mut buf[n..])).await {
+                while n < self.buf.len() {
+                    match timeout_at(deadline, src.read(&mut self.buf[n..])).await {
                         Ok(Ok(0)) => {
-                            eof = true;
+                            self.eof = true;
                             break;
                         }
                         Ok(Ok(m)) => n += m,
-                        Ok(Err(e)) => return End::Read(e),
+                        Ok(Err(e)) => return Err(e),
                         Err(_) => break,
                     }
                 }
             }
             self.stats.touch();
             if let Some(tap) = &mut self.tap {
-                tap.chunk(&buf[..n]);
+                tap.chunk(&self.buf[..n]);
             }
-            if blocked {
+            if self.blocked {
                 // A `timeout` fault: nothing gets through.
-                if eof {
-                    return End::Eof;
-                }
                 continue;
             }
-            let mut data = &buf[..n];
-            let mut limit_hit = false;
-            if let Some(limit) = limit {
-                let room = limit.saturating_sub(passed);
-                if data.len() as u64 >= room {
-                    data = &data[..room as usize];
-                    limit_hit = true;
+            if let Some(limit) = self.limit {
+                let room = limit.saturating_sub(self.passed);
+                if n as u64 >= room {
+                    n = room as usize;
                 }
             }
-            if let Err(e) = self.write(dst, data, faults).await {
-                return End::Write(e);
-            }
-            passed += data.len() as u64;
-            if limit_hit {
-                return End::Limit;
-            }
-            if eof {
-                if let Some(d) = slow_close {
-                    sleep(d).await;
-                }
-                dst.shutdown_write();
-                return End::Eof;
-            }
+            return Ok(Some(&self.buf[..n]));
         }
     }
 
+    /// Counts `n` bytes as passed; true if that spent the `limit_data` budget.
+    fn take(&mut self, n: usize) -> bool {
+        self.passed += n as u64;
+        self.limit_hit = self.limit.is_some_and(|l| self.passed >= l);
+        self.limit_hit
+    }
+}
+
+impl Shaper<'_> {
     /// Writes one chunk through the shaping faults, in the order given.
-    async fn write(&mut self, dst: &Sock, data: &[u8], faults: &[FaultKind]) -> io::Result<()> {
+    async fn write(
+        &mut self,
+        dst: &Sock,
+        data: &[u8],
+        faults: &[FaultKind],
+        with_latency: bool,
+    ) -> io::Result<()> {
         // Pieces to write and the pause before each.
         let mut pieces: Vec<(usize, usize, Duration)> = vec![(0, data.len(), Duration::ZERO)];
         for f in faults {
             match f {
-                FaultKind::Latency { delay, jitter } => {
+                FaultKind::Latency { delay, jitter } if with_latency => {
                     let d = self.rng.around(*delay, *jitter);
                     if let Some(first) = pieces.first_mut() {
                         first.2 += d;
