@@ -959,3 +959,80 @@ fn latency_delays_chunks_without_capping_throughput() {
     );
     assert!(t.elapsed() < Duration::from_secs(8), "{:?}", t.elapsed());
 }
+
+// ---- PROXY protocol ----
+
+#[test]
+fn proxy_v1_header_is_sent_before_the_clients_bytes() {
+    let (l, target) = listener();
+    let relay = Relay::start("127.0.0.1:0", &target, &["--proxy-send", "v1"]);
+    let mut c = relay.connect();
+    c.write_all(b"data").unwrap();
+    let mut s = accept(&l);
+    let expect = format!(
+        "PROXY TCP4 127.0.0.1 127.0.0.1 {} {}\r\ndata",
+        c.local_addr().unwrap().port(),
+        relay.addr.port()
+    );
+    let mut got = vec![0u8; expect.len()];
+    s.read_exact(&mut got).unwrap();
+    assert_eq!(String::from_utf8_lossy(&got), expect);
+}
+
+#[test]
+fn proxy_v2_sent_by_one_relay_is_accepted_by_another() {
+    let target = echo_target();
+    let inner = Relay::start("127.0.0.1:0", &target, &["--proxy-accept"]);
+    let outer = Relay::start(
+        "127.0.0.1:0",
+        &inner.addr.to_string(),
+        &["--proxy-send", "v2"],
+    );
+    let c = outer.connect();
+    let me = c.local_addr().unwrap().to_string();
+    let data = pattern(100_000);
+    assert!(
+        round_trip(c, data.clone()) == data,
+        "no header bytes leak into the data"
+    );
+    // The inner relay knows the original client.
+    let line = inner.wait_log(&["conn 1", "(via 127.0.0.1:"]);
+    assert!(line.contains(&format!("tcp {me} (via")), "{line}");
+}
+
+#[test]
+fn proxy_accept_refuses_malformed_headers_and_filters_on_the_real_client() {
+    let (l, target) = listener();
+    let mut relay = Relay::start(
+        "127.0.0.1:0",
+        &target,
+        &["--proxy-accept", "--deny", "10.0.0.0/8"],
+    );
+    let mut buf = [0u8; 8];
+    for (n, bad) in [
+        (1, &b"PROXY GARBAGE here\r\nhello"[..]),
+        (2, b"GET / HTTP/1.1\r\n\r\n"),
+        (3, b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c"),
+    ] {
+        let mut c = relay.connect();
+        c.write_all(bad).unwrap();
+        assert_eq!(c.read(&mut buf).unwrap_or(0), 0);
+        relay.wait_log(&[&format!("conn {n} "), "PROXY"]);
+    }
+    let mut c = relay.connect();
+    c.write_all(b"PROXY TCP4 10.1.2.3 127.0.0.1 1000 80\r\nhi")
+        .unwrap();
+    assert_eq!(c.read(&mut buf).unwrap_or(0), 0);
+    relay.wait_log(&["conn 4 tcp 10.1.2.3:1000 (via", "not allowed"]);
+    l.set_nonblocking(true).unwrap();
+    assert!(l.accept().is_err(), "nothing reached the target");
+    // A good header: the bytes after it are the client's.
+    let mut c = relay.connect();
+    c.write_all(b"PROXY TCP4 192.0.2.9 127.0.0.1 1000 80\r\nhi")
+        .unwrap();
+    let mut s = accept(&l);
+    let mut got = [0u8; 2];
+    s.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"hi");
+    relay.assert_running();
+}

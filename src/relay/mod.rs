@@ -10,6 +10,7 @@
 
 pub mod fault;
 pub mod inspect;
+pub mod proxy;
 mod sock;
 mod tcp;
 pub mod udp;
@@ -28,6 +29,7 @@ use crate::net::ip::parse_input;
 use crate::net::{Address, Endpoint, Scheme, UnixName, resolve};
 pub use fault::{Dir, Fault, FaultKind};
 pub use inspect::Inspect;
+pub use proxy::ProxyVersion;
 
 /// An IP prefix for `--allow`/`--deny`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,6 +99,11 @@ pub struct RelayConfig {
     pub faults: Vec<Fault>,
     /// Seed of every random choice the faults make.
     pub seed: u64,
+    /// Send a PROXY protocol header of this version to the target first (TCP/unix).
+    pub proxy_send: Option<ProxyVersion>,
+    /// Read a PROXY protocol header (v1 or v2) from each client first; its source is the
+    /// client (for the log and `--allow`/`--deny`).
+    pub proxy_accept: bool,
     /// Where connection records go.
     pub records: Arc<dyn Fn(&ConnRecord) + Send + Sync>,
 }

@@ -2,6 +2,7 @@
 //! copy), apply the faults, and report how each side closed.
 
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -15,6 +16,7 @@ use tracing::{info, warn};
 use crate::net::{Endpoint, resolve};
 use crate::relay::fault::{self, Dir, FaultKind, Rng};
 use crate::relay::inspect::Tap;
+use crate::relay::proxy;
 use crate::relay::sock::{End, Pipe, Sock, splice_pump};
 use crate::relay::{Close, ConnRecord, RelayConfig, RelayReport, admitted, unix_addr};
 
@@ -25,11 +27,11 @@ pub(crate) enum Accept {
 }
 
 impl Accept {
-    async fn accept(&self) -> io::Result<(Sock, String, Option<std::net::IpAddr>)> {
+    async fn accept(&self) -> io::Result<(Sock, String, Option<SocketAddr>)> {
         match self {
             Accept::Tcp(l) => {
                 let (s, peer) = l.accept().await?;
-                Ok((Sock::Tcp(s), peer.to_string(), Some(peer.ip())))
+                Ok((Sock::Tcp(s), peer.to_string(), Some(peer)))
             }
             Accept::Unix(l) => {
                 let (s, peer) = l.accept().await?;
@@ -77,7 +79,7 @@ pub(crate) async fn run(
             _ = shutdown.cancelled() => break,
             r = listener.accept() => r,
         };
-        let (sock, peer, ip) = match accepted {
+        let (sock, peer, peer_addr) = match accepted {
             Ok(a) => a,
             Err(e) => {
                 // Out of descriptors, usually: wait rather than spin.
@@ -88,7 +90,8 @@ pub(crate) async fn run(
         };
         next_id += 1;
         let id = next_id;
-        if !admitted(&config, ip) {
+        // With --proxy-accept the client is known only after its header (checked there).
+        if !config.proxy_accept && !admitted(&config, peer_addr.map(|a| a.ip())) {
             info!("conn {id} from {peer} refused: not allowed by --allow/--deny");
             report.refused += 1;
             continue;
@@ -113,7 +116,7 @@ pub(crate) async fn run(
         let (config, counters) = (config.clone(), counters.clone());
         let proto = listener.proto();
         tokio::spawn(async move {
-            let record = handle(id, proto, sock, peer, &config).await;
+            let record = handle(id, proto, sock, peer, peer_addr, &config).await;
             if record.target_close == Close::Refused {
                 counters.target_failed.fetch_add(1, Ordering::Relaxed);
             }
@@ -222,6 +225,7 @@ async fn handle(
     proto: &'static str,
     client: Sock,
     peer: String,
+    mut peer_addr: Option<SocketAddr>,
     config: &RelayConfig,
 ) -> ConnRecord {
     let start = Instant::now();
@@ -240,12 +244,46 @@ async fn handle(
         path: "copy",
         error: None,
     };
-    if let Sock::Tcp(s) = &client {
-        let _ = s.set_nodelay(true);
+    let local = match &client {
+        Sock::Tcp(s) => {
+            let _ = s.set_nodelay(true);
+            s.local_addr().ok()
+        }
+        Sock::Unix(_) => None,
+    };
+    if config.proxy_accept {
+        match proxy::read_header(&client).await {
+            Ok(Some(source)) => {
+                record.client = format!("{source} (via {})", record.client);
+                peer_addr = Some(source);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                record.error = Some(e);
+                record.target_close = Close::Relay;
+                record.duration_secs = start.elapsed().as_secs_f64();
+                return record;
+            }
+        }
+        if !admitted(config, peer_addr.map(|a| a.ip())) {
+            record.error = Some("refused: not allowed by --allow/--deny".into());
+            record.target_close = Close::Relay;
+            record.duration_secs = start.elapsed().as_secs_f64();
+            return record;
+        }
     }
     let target = match connect(config).await {
         Ok((sock, name)) => {
             record.target = name;
+            if let Some(version) = config.proxy_send {
+                let addrs = peer_addr.zip(local);
+                if let Err(e) = sock.write_all(&proxy::header(version, addrs)).await {
+                    record.error = Some(format!("sending the PROXY header: {e}"));
+                    record.target_close = Close::Rst;
+                    record.duration_secs = start.elapsed().as_secs_f64();
+                    return record;
+                }
+            }
             sock
         }
         Err(e) => {

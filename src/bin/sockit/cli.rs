@@ -123,6 +123,12 @@ pub struct RelayArgs {
     /// Never use splice(2): copy through user space (for comparisons)
     #[arg(long)]
     pub no_splice: bool,
+    /// Send a PROXY protocol header (v1 or v2) to the target before the client's bytes
+    #[arg(long, value_name = "VERSION", value_parser = parse_proxy_version)]
+    pub proxy_send: Option<sockit::relay::ProxyVersion>,
+    /// Expect a PROXY protocol header (v1 or v2) from every client; its source is the client
+    #[arg(long)]
+    pub proxy_accept: bool,
     /// Only warnings and errors (no per-connection lines)
     #[arg(short, long, conflicts_with = "verbose")]
     pub quiet: bool,
@@ -133,6 +139,10 @@ pub struct RelayArgs {
 
 fn parse_cidr(s: &str) -> Result<sockit::relay::Cidr, String> {
     sockit::relay::Cidr::parse(s)
+}
+
+fn parse_proxy_version(s: &str) -> Result<sockit::relay::ProxyVersion, String> {
+    s.parse()
 }
 
 fn parse_fault(s: &str) -> Result<sockit::relay::Fault, String> {

@@ -69,6 +69,8 @@ pub async fn relay(args: RelayArgs) -> Result<()> {
         connect_timeout: args.connect_timeout,
         udp_flows: args.udp_flows,
         no_splice: args.no_splice,
+        proxy_send: args.proxy_send,
+        proxy_accept: args.proxy_accept,
         inspect,
         faults,
         seed,
