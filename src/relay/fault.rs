@@ -218,6 +218,9 @@ pub const FAULT_NAMES: &[&str] = &[
     "drop",
 ];
 
+/// Largest slicer piece (and variation): larger ones would not slice a 64 KiB chunk anyway.
+const MAX_SLICE: usize = 1 << 20;
+
 /// Parses a duration: `100ms`, `2s`, `500us`, `1m`; a bare number is milliseconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
@@ -356,8 +359,8 @@ impl FromStr for Fault {
             },
             "slicer" => {
                 let avg: usize = parse_count("size", need(value)?).map_err(err)?;
-                if avg == 0 {
-                    return Err(err("the slice size must be at least 1".into()));
+                if !(1..=MAX_SLICE).contains(&avg) {
+                    return Err(err(format!("the slice size must be 1 to {MAX_SLICE}")));
                 }
                 FaultKind::Slicer {
                     avg,
@@ -365,7 +368,8 @@ impl FromStr for Fault {
                         .map(|v| parse_count("variation", v))
                         .transpose()
                         .map_err(err)?
-                        .unwrap_or(0),
+                        .unwrap_or(0)
+                        .min(MAX_SLICE),
                     delay: take("delay")
                         .map(parse_duration)
                         .transpose()
@@ -412,8 +416,8 @@ impl FromStr for Fault {
                 let per_sec: f64 = need(value)?
                     .parse()
                     .map_err(|_| err("rate is datagrams per second, a number".into()))?;
-                if !(per_sec > 0.0 && per_sec.is_finite()) {
-                    return Err(err("rate must be more than 0".into()));
+                if !(0.001..=1e9).contains(&per_sec) {
+                    return Err(err("rate must be 0.001 to 1e9 datagrams per second".into()));
                 }
                 FaultKind::Rate { per_sec }
             }
@@ -555,6 +559,8 @@ mod tests {
             "slicer=10,colour=red",
             "drop=0",
             "rate=0",
+            "rate=1e-300",
+            "slicer=99999999999",
             "latency=1ms,p=2",
             "bandwidth=0",
             "latency=1ms,jitter",
