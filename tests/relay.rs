@@ -38,7 +38,7 @@ impl Relay {
         let mut banner = String::new();
         stdout.read_line(&mut banner).expect("banner");
         let addr = banner
-            .split(|c: char| c.is_whitespace() || c == '"')
+            .split(|c: char| c.is_whitespace() || c == '"' || c == '/')
             .find_map(|w| w.parse::<SocketAddr>().ok())
             .unwrap_or_else(|| "0.0.0.0:0".parse().unwrap());
         let log = Arc::new(Mutex::new(Vec::new()));
@@ -1035,4 +1035,156 @@ fn proxy_accept_refuses_malformed_headers_and_filters_on_the_real_client() {
     s.read_exact(&mut got).unwrap();
     assert_eq!(&got, b"hi");
     relay.assert_running();
+}
+
+// ---- toxiproxy-compatible API ----
+
+/// One HTTP/1.1 request; returns the status and the body.
+fn http(api: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(api).unwrap();
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out[9..12].parse().unwrap();
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (status, body.to_owned())
+}
+
+fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body:?}"))
+}
+
+#[test]
+fn api_creates_proxies_and_toxics_like_toxiproxy() {
+    let relay = Relay::start("--api", "127.0.0.1:0", &[]);
+    let api = relay.addr;
+    let (code, body) = http(api, "GET", "/version", "");
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(http(api, "GET", "/proxies", "").1.trim(), "{}");
+
+    // A TCP proxy.
+    let target = echo_target();
+    let (code, body) = http(
+        api,
+        "POST",
+        "/proxies",
+        &format!(r#"{{"name":"echo","listen":"127.0.0.1:0","upstream":"{target}"}}"#),
+    );
+    assert_eq!(code, 201, "{body}");
+    let proxy = json(&body);
+    assert_eq!(proxy["enabled"], true);
+    let listen: SocketAddr = proxy["listen"].as_str().unwrap().parse().unwrap();
+    let c = TcpStream::connect(listen).unwrap();
+    assert_eq!(round_trip(c, b"plain".to_vec()), b"plain");
+    // The same name again: 409.
+    let (code, _) = http(
+        api,
+        "POST",
+        "/proxies",
+        &format!(r#"{{"name":"echo","listen":"127.0.0.1:0","upstream":"{target}"}}"#),
+    );
+    assert_eq!(code, 409);
+
+    // A toxic: latency downstream, in toxiproxy's units (ms).
+    let (code, body) = http(
+        api,
+        "POST",
+        "/proxies/echo/toxics",
+        r#"{"type":"latency","stream":"downstream","attributes":{"latency":300}}"#,
+    );
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(json(&body)["name"], "latency_downstream");
+    let t = Instant::now();
+    let c = TcpStream::connect(listen).unwrap();
+    assert_eq!(round_trip(c, b"slow".to_vec()), b"slow");
+    assert!(
+        t.elapsed() >= Duration::from_millis(280),
+        "{:?}",
+        t.elapsed()
+    );
+
+    // Bad toxics: 400 with a message, nothing changed.
+    for bad in [
+        r#"{"type":"teleport"}"#,
+        r#"{"type":"latency","stream":"sideways"}"#,
+        r#"{"type":"latency","attributes":{"latency":-5}}"#,
+        r#"{"type":"latency","toxicity":3}"#,
+        r#"{"type":"slicer","attributes":{"average_size":0}}"#,
+        r#"not json"#,
+    ] {
+        let (code, body) = http(api, "POST", "/proxies/echo/toxics", bad);
+        assert_eq!(code, 400, "{bad}: {body}");
+        assert!(json(&body)["error"].as_str().is_some_and(|e| !e.is_empty()));
+    }
+    let (_, body) = http(api, "GET", "/proxies/echo/toxics", "");
+    assert_eq!(json(&body).as_array().unwrap().len(), 1);
+    assert_eq!(http(api, "GET", "/proxies/nope", "").0, 404);
+
+    // Metrics in Prometheus text.
+    let (code, body) = http(api, "GET", "/metrics", "");
+    assert_eq!(code, 200);
+    assert!(
+        body.contains("sockit_relay_proxy_toxics{proxy=\"echo\"} 1"),
+        "{body}"
+    );
+    assert!(
+        body.contains("# TYPE sockit_relay_connections_total counter"),
+        "{body}"
+    );
+
+    // Disable: the port closes; reset: enabled again, no toxics.
+    let (code, _) = http(api, "POST", "/proxies/echo", r#"{"enabled":false}"#);
+    assert_eq!(code, 200);
+    assert!(TcpStream::connect(listen).is_err());
+    assert_eq!(http(api, "POST", "/reset", "").0, 204);
+    let (_, body) = http(api, "GET", "/proxies/echo", "");
+    let proxy = json(&body);
+    assert_eq!(proxy["enabled"], true);
+    assert_eq!(proxy["toxics"].as_array().unwrap().len(), 0);
+    let listen: SocketAddr = proxy["listen"].as_str().unwrap().parse().unwrap();
+    let c = TcpStream::connect(listen).unwrap();
+    assert_eq!(round_trip(c, b"again".to_vec()), b"again");
+    assert_eq!(http(api, "DELETE", "/proxies/echo", "").0, 204);
+    assert!(TcpStream::connect(listen).is_err());
+}
+
+#[test]
+fn api_udp_proxy_with_a_loss_toxic() {
+    let relay = Relay::start("--api", "127.0.0.1:0", &[]);
+    let api = relay.addr;
+    let target = udp_echo();
+    let (code, body) = http(
+        api,
+        "POST",
+        "/proxies",
+        &format!(r#"{{"name":"dns","listen":"udp:127.0.0.1:0","upstream":"udp:{target}"}}"#),
+    );
+    assert_eq!(code, 201, "{body}");
+    let listen = json(&body)["listen"].as_str().unwrap().to_owned();
+    let addr: SocketAddr = listen.strip_prefix("udp:").unwrap().parse().unwrap();
+    let c = udp_client();
+    c.send_to(b"before", addr).unwrap();
+    assert_eq!(recv(&c).unwrap(), b"before");
+    let (code, body) = http(
+        api,
+        "POST",
+        "/proxies/dns/toxics",
+        r#"{"name":"lossy","type":"loss","stream":"upstream","attributes":{"probability":1.0}}"#,
+    );
+    assert_eq!(code, 200, "{body}");
+    // Toxics apply to new flows: a new client loses everything.
+    let c2 = udp_client();
+    c2.send_to(b"after", addr).unwrap();
+    assert!(recv(&c2).is_none());
+    assert_eq!(http(api, "DELETE", "/proxies/dns/toxics/lossy", "").0, 204);
+    let c3 = udp_client();
+    c3.send_to(b"healed", addr).unwrap();
+    assert_eq!(recv(&c3).unwrap(), b"healed");
 }

@@ -8,6 +8,7 @@
 //! with one upstream socket per client address ([`udp`]). Every connection or flow ends with
 //! one [`ConnRecord`].
 
+pub mod api;
 pub mod fault;
 pub mod inspect;
 pub mod proxy;
@@ -95,8 +96,9 @@ pub struct RelayConfig {
     pub no_splice: bool,
     /// The taps.
     pub inspect: Arc<Inspect>,
-    /// The faults, in order.
-    pub faults: Vec<Fault>,
+    /// The faults, in order; read when a connection or flow starts, so they can be changed
+    /// while the relay runs (the API does).
+    pub faults: Arc<arc_swap::ArcSwap<Vec<Fault>>>,
     /// Seed of every random choice the faults make.
     pub seed: u64,
     /// Send a PROXY protocol header of this version to the target first (TCP/unix).

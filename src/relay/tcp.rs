@@ -67,13 +67,6 @@ pub(crate) async fn run(
     let counters = Arc::new(Counters::default());
     let mut report = RelayReport::default();
     let mut next_id = 0u64;
-    let down = config
-        .faults
-        .iter()
-        .enumerate()
-        .filter(|(_, f)| f.kind == FaultKind::Down)
-        .map(|(i, f)| (i, f.p))
-        .collect::<Vec<_>>();
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -96,9 +89,12 @@ pub(crate) async fn run(
             report.refused += 1;
             continue;
         }
-        if down
+        let faults = config.faults.load();
+        if faults
             .iter()
-            .any(|&(i, p)| Rng::new(config.seed ^ 0xD0_D0, id ^ ((i as u64) << 48)).chance(p))
+            .enumerate()
+            .filter(|(_, f)| f.kind == FaultKind::Down)
+            .any(|(i, f)| Rng::new(config.seed ^ 0xD0_D0, id ^ ((i as u64) << 48)).chance(f.p))
         {
             info!("conn {id} from {peer} closed at once: fault down");
             report.refused += 1;
@@ -292,8 +288,9 @@ async fn handle(
             return record;
         }
     };
-    let up_faults = fault::active(&config.faults, Dir::Up, config.seed, id);
-    let down_faults = fault::active(&config.faults, Dir::Down, config.seed, id);
+    let faults = config.faults.load_full();
+    let up_faults = fault::active(&faults, Dir::Up, config.seed, id);
+    let down_faults = fault::active(&faults, Dir::Down, config.seed, id);
     let tcp_only = |v: Vec<FaultKind>| v.into_iter().filter(|f| f.for_tcp()).collect::<Vec<_>>();
     let (up_faults, down_faults) = (tcp_only(up_faults), tcp_only(down_faults));
     let pipes = if config.no_splice

@@ -69,7 +69,6 @@ pub(crate) async fn run(
     let mut report = RelayReport::default();
     let mut next_id = 0u64;
     let mut buf = vec![0u8; MAX_DATAGRAM + 1];
-    let inline = !config.inspect.is_on() && !config.faults.iter().any(|f| f.kind.for_udp());
     loop {
         let (n, client) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -92,6 +91,8 @@ pub(crate) async fn run(
                     continue;
                 }
                 next_id += 1;
+                let inline = !config.inspect.is_on()
+                    && !config.faults.load().iter().any(|f| f.kind.for_udp());
                 match new_flow(next_id, client, &sock, &config, &table, inline).await {
                     Ok(f) => {
                         report.relayed += 1;
@@ -152,7 +153,7 @@ async fn new_flow(
     let cancel = CancellationToken::new();
     let egress = |dir: Dir, out: Out| -> mpsc::Sender<Vec<u8>> {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let faults: Vec<FaultKind> = fault::active(&config.faults, dir, config.seed, id)
+        let faults: Vec<FaultKind> = fault::active(&config.faults.load(), dir, config.seed, id)
             .into_iter()
             .filter(|f| f.for_udp())
             .collect();

@@ -79,11 +79,15 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct RelayArgs {
     /// Where to listen: HOST:PORT, udp:HOST:PORT or unix:PATH (port 0: any free port)
-    #[arg(value_name = "LISTEN")]
-    pub listen: String,
+    #[arg(value_name = "LISTEN", required_unless_present = "api")]
+    pub listen: Option<String>,
     /// Where to forward: HOST:PORT, udp:HOST:PORT or unix:PATH
-    #[arg(value_name = "TARGET")]
-    pub target: String,
+    #[arg(value_name = "TARGET", required_unless_present = "api")]
+    pub target: Option<String>,
+    /// Serve a toxiproxy-compatible HTTP API on HOST:PORT (proxies and toxics at run time);
+    /// LISTEN TARGET, if given, become its proxy "default"
+    #[arg(long, value_name = "HOST:PORT")]
+    pub api: Option<String>,
     /// Most connections relayed at once; more are closed on accept
     #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = parse_count)]
     pub max_conns: usize,
@@ -115,7 +119,7 @@ pub struct RelayArgs {
     #[arg(long, value_name = "FILE")]
     pub trace: Option<std::path::PathBuf>,
     /// A fault: [up:|down:]NAME[=VALUE][,PARAM=VALUE...][,p=PROB]; repeatable, applied in order
-    #[arg(long, value_name = "FAULT", value_parser = parse_fault)]
+    #[arg(long, value_name = "FAULT", value_parser = parse_fault, conflicts_with = "api")]
     pub fault: Vec<sockit::relay::Fault>,
     /// Seed of the faults' random choices (default: from the clock, and logged)
     #[arg(long, value_name = "N")]
@@ -151,10 +155,19 @@ fn parse_fault(s: &str) -> Result<sockit::relay::Fault, String> {
 
 impl RelayArgs {
     /// The two addresses.
-    pub fn addresses(&self) -> Result<(Address, Address), String> {
-        let listen = Address::parse(&self.listen, None).map_err(|e| e.to_string())?;
-        let target = Address::parse(&self.target, None).map_err(|e| e.to_string())?;
-        Ok((listen, target))
+    pub fn addresses(&self) -> Result<Option<(Address, Address)>, String> {
+        if let Some(api) = &self.api {
+            Address::parse(api, None).map_err(|e| format!("--api: {e}"))?;
+        }
+        match (&self.listen, &self.target) {
+            (Some(l), Some(t)) => {
+                let listen = Address::parse(l, None).map_err(|e| e.to_string())?;
+                let target = Address::parse(t, None).map_err(|e| e.to_string())?;
+                Ok(Some((listen, target)))
+            }
+            (None, None) => Ok(None),
+            _ => Err("give both LISTEN and TARGET (or neither, with --api)".into()),
+        }
     }
 }
 

@@ -6,6 +6,8 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use sockit::logging::LogSink;
+use sockit::net::Address;
+use sockit::relay::api::Api;
 use sockit::relay::{ConnRecord, Inspect, Relay, RelayConfig};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -15,7 +17,7 @@ use crate::cli::RelayArgs;
 /// Runs `sockit relay`.
 pub async fn relay(args: RelayArgs) -> Result<()> {
     crate::init_logging(args.quiet, args.verbose);
-    let (listen, target) = args.addresses().map_err(anyhow::Error::msg)?;
+    let addresses = args.addresses().map_err(anyhow::Error::msg)?;
     if let Err(e) = sockit::server::raise_fd_limit() {
         warn!("cannot raise the open file limit: {e}");
     }
@@ -59,6 +61,10 @@ pub async fn relay(args: RelayArgs) -> Result<()> {
         trace: trace.clone(),
     });
     let faults = args.fault.clone();
+    let placeholder = || Address::parse("127.0.0.1:0", None).expect("literal address");
+    let (listen, target) = addresses
+        .clone()
+        .unwrap_or_else(|| (placeholder(), placeholder()));
     let config = RelayConfig {
         listen: listen.clone(),
         target: target.clone(),
@@ -72,35 +78,30 @@ pub async fn relay(args: RelayArgs) -> Result<()> {
         proxy_send: args.proxy_send,
         proxy_accept: args.proxy_accept,
         inspect,
-        faults,
+        faults: Arc::new(arc_swap::ArcSwap::from_pointee(faults)),
         seed,
         records,
     };
-    let relay = Relay::bind(config)
-        .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
     let shutdown = CancellationToken::new();
     let signals = crate::Signals::install().context("cannot install signal handlers")?;
     tokio::spawn(signals.watch(shutdown.clone()));
+    if !args.fault.is_empty() {
+        let list: Vec<String> = args.fault.iter().map(ToString::to_string).collect();
+        info!("faults (seed {seed}): {}", list.join(" | "));
+    }
+    if let Some(api_addr) = &args.api {
+        return serve_api(api_addr, config, addresses.is_some(), json, shutdown).await;
+    }
+    let relay = Relay::bind(config)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
     let banner = if json {
         serde_json::json!({"event": "listening", "listen": relay.local(), "target": target.to_string()})
             .to_string()
     } else {
         format!("sockit: relay listening on {} -> {target}", relay.local())
     };
-    {
-        let mut out = std::io::stdout().lock();
-        if writeln!(out, "{banner}")
-            .and_then(|()| out.flush())
-            .is_err()
-        {
-            warn!("cannot print the banner");
-        }
-    }
-    if !args.fault.is_empty() {
-        let list: Vec<String> = args.fault.iter().map(ToString::to_string).collect();
-        info!("faults (seed {seed}): {}", list.join(" | "));
-    }
+    print_line(&banner);
     let report = tokio::spawn(relay.run(shutdown))
         .await
         .context("relay task failed")?;
@@ -119,5 +120,58 @@ pub async fn relay(args: RelayArgs) -> Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+fn print_line(line: &str) {
+    let mut out = std::io::stdout().lock();
+    if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+        warn!("cannot print the banner");
+    }
+}
+
+/// `--api`: the HTTP API, with the command line's proxy (if any) as "default".
+async fn serve_api(
+    addr: &str,
+    config: RelayConfig,
+    with_default: bool,
+    json: bool,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let address = Address::parse(addr, None).map_err(anyhow::Error::msg)?;
+    let (host, port) = address
+        .inet()
+        .ok_or_else(|| anyhow::anyhow!("--api {addr}: not an internet address"))?;
+    let bind = crate::resolve_all(host, port).await?[0];
+    let listener = tokio::net::TcpListener::bind(bind)
+        .await
+        .with_context(|| format!("cannot listen on {bind} for the API"))?;
+    let local = listener.local_addr()?;
+    let (listen, target) = (config.listen.to_string(), config.target.to_string());
+    let api = Api::new(config);
+    let default = if with_default {
+        Some(
+            api.create("default", &listen, &target, true)
+                .await
+                .map_err(anyhow::Error::msg)?,
+        )
+    } else {
+        None
+    };
+    let banner = if json {
+        serde_json::json!({"event": "api", "api": format!("http://{local}"), "default": default})
+            .to_string()
+    } else {
+        match &default {
+            Some(d) => format!(
+                "sockit: relay API listening on http://{local} (proxy default: {} -> {target})",
+                d["listen"].as_str().unwrap_or_default()
+            ),
+            None => format!("sockit: relay API listening on http://{local} (no proxies yet)"),
+        }
+    };
+    print_line(&banner);
+    api.serve(listener, shutdown).await;
+    info!("stopped");
     Ok(())
 }
