@@ -230,14 +230,14 @@ struct NewProxy {
 }
 
 /// Parses a JSON body, turning every failure into a 400 with the reason.
-fn body<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, Response> {
-    serde_json::from_slice(bytes).map_err(|e| bad(format!("bad request body: {e}")))
+fn body<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, String> {
+    serde_json::from_slice(bytes).map_err(|e| format!("bad request body: {e}"))
 }
 
 async fn create(State(api): State<Shared>, bytes: axum::body::Bytes) -> Response {
     let req: NewProxy = match body(&bytes) {
         Ok(r) => r,
-        Err(e) => return e,
+        Err(e) => return bad(e),
     };
     if req.name.is_empty() {
         return bad("missing required field: name");
@@ -278,7 +278,7 @@ async fn update(
 ) -> Response {
     let req: ProxyUpdate = match body(&bytes) {
         Ok(r) => r,
-        Err(e) => return e,
+        Err(e) => return bad(e),
     };
     let mut proxies = api.proxies.lock().await;
     let Some(proxy) = proxies.get_mut(&name) else {
@@ -444,7 +444,7 @@ async fn add_toxic(
 ) -> Response {
     let req: NewToxic = match body(&bytes) {
         Ok(r) => r,
-        Err(e) => return e,
+        Err(e) => return bad(e),
     };
     let mut proxies = api.proxies.lock().await;
     let Some(proxy) = proxies.get_mut(&name) else {
@@ -495,7 +495,7 @@ async fn update_toxic(
 ) -> Response {
     let req: ToxicUpdate = match body(&bytes) {
         Ok(r) => r,
-        Err(e) => return e,
+        Err(e) => return bad(e),
     };
     let mut proxies = api.proxies.lock().await;
     let Some(proxy) = proxies.get_mut(&name) else {
