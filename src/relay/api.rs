@@ -60,6 +60,20 @@ impl Toxic {
     }
 }
 
+/// A started proxy: its stop signal and its task (awaited, so a stopped proxy's port is
+/// closed before the API answers).
+struct Running {
+    cancel: CancellationToken,
+    task: tokio::task::JoinHandle<crate::relay::RelayReport>,
+}
+
+impl Running {
+    async fn stop(self) {
+        self.cancel.cancel();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.task).await;
+    }
+}
+
 struct Proxy {
     name: String,
     listen: String,
@@ -67,7 +81,7 @@ struct Proxy {
     enabled: bool,
     toxics: Vec<Toxic>,
     faults: Arc<ArcSwap<Vec<Fault>>>,
-    running: Option<CancellationToken>,
+    running: Option<Running>,
     counters: Arc<Counters>,
 }
 
@@ -180,8 +194,8 @@ impl Api {
             None => relay.local().to_owned(),
         };
         let cancel = CancellationToken::new();
-        tokio::spawn(relay.run(cancel.clone()));
-        proxy.running = Some(cancel);
+        let task = tokio::spawn(relay.run(cancel.clone()));
+        proxy.running = Some(Running { cancel, task });
         Ok(())
     }
 
@@ -203,8 +217,8 @@ impl Api {
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await;
         for proxy in self.proxies.lock().await.values() {
-            if let Some(c) = &proxy.running {
-                c.cancel();
+            if let Some(r) = &proxy.running {
+                r.cancel.cancel();
             }
         }
     }
@@ -294,12 +308,10 @@ async fn update(
             }
         }
     }
-    if (changed || !enabled) && proxy.running.is_some() {
-        if let Some(c) = proxy.running.take() {
-            c.cancel();
+    if changed || !enabled {
+        if let Some(r) = proxy.running.take() {
+            r.stop().await;
         }
-        // Let the listener close before it may be bound again.
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     if let Some(l) = req.listen {
         proxy.listen = l;
@@ -320,8 +332,8 @@ async fn update(
 async fn delete(State(api): State<Shared>, Path(name): Path<String>) -> Response {
     match api.proxies.lock().await.remove(&name) {
         Some(p) => {
-            if let Some(c) = p.running {
-                c.cancel();
+            if let Some(r) = p.running {
+                r.stop().await;
             }
             StatusCode::NO_CONTENT.into_response()
         }

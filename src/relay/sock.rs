@@ -221,23 +221,76 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
     cvt(n)
 }
 
-/// Moves bytes from `src` to `dst` through `pipe` with splice(2), never copying them to user
-/// space, until `src` ends; `count` is called with each amount moved.
-pub(crate) async fn splice_pump(
-    src: &Sock,
-    dst: &Sock,
-    pipe: &mut Pipe,
-    mut count: impl FnMut(usize),
-) -> End {
+/// Idle pipes kept for reuse.
+const POOL_MAX: usize = 256;
+static POOL: std::sync::Mutex<Vec<Pipe>> = std::sync::Mutex::new(Vec::new());
+
+/// An empty pipe from the pool, or a new one.
+fn take_pipe() -> io::Result<Pipe> {
+    match POOL.lock().ok().and_then(|mut p| p.pop()) {
+        Some(p) => Ok(p),
+        None => Pipe::new(),
+    }
+}
+
+/// Gives back an empty pipe.
+fn put_pipe(pipe: Pipe) {
+    if let Ok(mut pool) = POOL.lock() {
+        if pool.len() < POOL_MAX {
+            pool.push(pipe);
+        }
+    }
+}
+
+/// What one read moved.
+enum Got {
+    /// Bytes now in the pipe.
+    Spliced(usize),
+    /// Bytes read into the fallback buffer (no pipe could be had).
+    Copied(usize),
+}
+
+/// Moves bytes from `src` to `dst` with splice(2) through a pooled pipe, never copying them
+/// to user space, until `src` ends; `count` is called with each amount moved. If no pipe can
+/// be created (descriptors exhausted), a chunk is copied through a buffer instead.
+pub(crate) async fn splice_pump(src: &Sock, dst: &Sock, mut count: impl FnMut(usize)) -> End {
     let (src_fd, dst_fd) = (src.fd(), dst.fd());
+    let mut slot: Option<Pipe> = None;
+    let mut buf: Vec<u8> = Vec::new();
     loop {
-        let size = pipe.size.min(PIPE_TARGET);
-        let pipe_w = pipe.write.as_raw_fd();
-        let n = match src
-            .io(Interest::READABLE, || splice(src_fd, pipe_w, size))
-            .await
-        {
-            Ok(0) => {
+        let got = src
+            .io(Interest::READABLE, || {
+                if slot.is_none() {
+                    slot = take_pipe().ok();
+                }
+                match &slot {
+                    Some(pipe) => {
+                        let size = pipe.size.min(PIPE_TARGET);
+                        let r = splice(src_fd, pipe.write.as_raw_fd(), size);
+                        if matches!(&r, Err(e) if e.kind() == io::ErrorKind::WouldBlock) {
+                            // Nothing to read after all: wait without holding the pipe.
+                            if let Some(pipe) = slot.take() {
+                                put_pipe(pipe);
+                            }
+                        }
+                        r.map(Got::Spliced)
+                    }
+                    None => {
+                        if buf.is_empty() {
+                            buf.resize(64 * 1024, 0);
+                        }
+                        // SAFETY: `buf` is valid for its length; `src_fd` is open.
+                        let n = unsafe { libc::read(src_fd, buf.as_mut_ptr().cast(), buf.len()) };
+                        cvt(n).map(Got::Copied)
+                    }
+                }
+            })
+            .await;
+        let n = match got {
+            Ok(Got::Spliced(0) | Got::Copied(0)) => {
+                if let Some(pipe) = slot.take() {
+                    put_pipe(pipe);
+                }
                 // splice(2) reports a reset socket as the end of the stream (the kernel checks
                 // "done" before the pending error): ask for the error to tell RST from FIN.
                 if let Some(e) = src.take_error() {
@@ -246,8 +299,18 @@ pub(crate) async fn splice_pump(
                 dst.shutdown_write();
                 return End::Eof;
             }
-            Ok(n) => n,
+            Ok(Got::Copied(n)) => {
+                if let Err(e) = dst.write_all(&buf[..n]).await {
+                    return End::Write(e);
+                }
+                count(n);
+                continue;
+            }
+            Ok(Got::Spliced(n)) => n,
             Err(e) => return End::Read(e),
+        };
+        let Some(mut pipe) = slot.take() else {
+            continue;
         };
         if n >= pipe.size {
             pipe.grow();
@@ -259,6 +322,7 @@ pub(crate) async fn splice_pump(
                 .io(Interest::WRITABLE, || splice(pipe_r, dst_fd, left))
                 .await
             {
+                // A pipe with bytes left in it is dropped, never pooled.
                 Ok(0) => return End::Write(io::ErrorKind::WriteZero.into()),
                 Ok(m) => {
                     left -= m;
@@ -267,5 +331,6 @@ pub(crate) async fn splice_pump(
                 Err(e) => return End::Write(e),
             }
         }
+        put_pipe(pipe);
     }
 }

@@ -17,7 +17,7 @@ use crate::net::{Endpoint, resolve};
 use crate::relay::fault::{self, Dir, FaultKind, Rng};
 use crate::relay::inspect::Tap;
 use crate::relay::proxy;
-use crate::relay::sock::{End, Pipe, Sock, splice_pump};
+use crate::relay::sock::{End, Sock, splice_pump};
 use crate::relay::{Close, ConnRecord, RelayConfig, RelayReport, admitted, unix_addr};
 
 /// A stream listener.
@@ -293,17 +293,13 @@ async fn handle(
     let down_faults = fault::active(&faults, Dir::Down, config.seed, id);
     let tcp_only = |v: Vec<FaultKind>| v.into_iter().filter(|f| f.for_tcp()).collect::<Vec<_>>();
     let (up_faults, down_faults) = (tcp_only(up_faults), tcp_only(down_faults));
-    let pipes = if config.no_splice
+    // Pipes come from a shared pool while a chunk is in flight, so an idle connection holds
+    // none (two descriptors per connection, not six).
+    let splice = !(config.no_splice
         || config.inspect.is_on()
         || !up_faults.is_empty()
-        || !down_faults.is_empty()
-    {
-        None
-    } else {
-        // Out of descriptors or pipe budget: the copy path still works.
-        Pipe::new().and_then(|a| Ok((a, Pipe::new()?))).ok()
-    };
-    record.path = if pipes.is_some() { "splice" } else { "copy" };
+        || !down_faults.is_empty());
+    record.path = if splice { "splice" } else { "copy" };
     let stats = Stats {
         start,
         up: AtomicU64::new(0),
@@ -324,19 +320,17 @@ async fn handle(
             _ => None,
         })
         .min();
-    let (up, down): (PumpFuture<'_>, PumpFuture<'_>) = match pipes {
-        Some((mut a, mut b)) => {
+    let (up, down): (PumpFuture<'_>, PumpFuture<'_>) = match splice {
+        true => {
             let (client, target, stats) = (&client, &target, &stats);
             (
-                Box::pin(async move {
-                    splice_pump(client, target, &mut a, |n| stats.add(Dir::Up, n)).await
-                }),
-                Box::pin(async move {
-                    splice_pump(target, client, &mut b, |n| stats.add(Dir::Down, n)).await
-                }),
+                Box::pin(splice_pump(client, target, move |n| stats.add(Dir::Up, n))),
+                Box::pin(splice_pump(target, client, move |n| {
+                    stats.add(Dir::Down, n)
+                })),
             )
         }
-        None => {
+        false => {
             let mk = |dir: Dir| Pump {
                 dir,
                 tap: (config.inspect.is_on()).then(|| Tap::new(config.inspect.clone(), id, dir)),
