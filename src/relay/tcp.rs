@@ -295,10 +295,10 @@ async fn handle(
     let (up_faults, down_faults) = (tcp_only(up_faults), tcp_only(down_faults));
     // Pipes come from a shared pool while a chunk is in flight, so an idle connection holds
     // none (two descriptors per connection, not six).
-    let splice = !(config.no_splice
-        || config.inspect.is_on()
-        || !up_faults.is_empty()
-        || !down_faults.is_empty());
+    let splice = !config.no_splice
+        && !config.inspect.is_on()
+        && up_faults.is_empty()
+        && down_faults.is_empty();
     record.path = if splice { "splice" } else { "copy" };
     let stats = Stats {
         start,
