@@ -1202,3 +1202,21 @@ fn api_udp_proxy_with_a_loss_toxic() {
     c3.send_to(b"healed", addr).unwrap();
     assert_eq!(recv(&c3).unwrap(), b"healed");
 }
+
+#[test]
+fn the_relay_restarted_on_the_same_port_serves_again() {
+    let target = echo_target();
+    let relay = Relay::start("127.0.0.1:0", &target, &[]);
+    let port = relay.addr.port();
+    let mut open = relay.connect();
+    assert_eq!(round_trip(relay.connect(), b"before".to_vec()), b"before");
+    drop(relay); // killed
+    // The open connection ends (the process is gone), with an error or an end of stream.
+    let mut b = [0u8; 1];
+    assert!(matches!(open.read(&mut b), Ok(0) | Err(_)));
+    assert!(TcpStream::connect(("127.0.0.1", port)).is_err());
+    // Restarted on the same port (address reuse: no wait for TIME_WAIT to expire).
+    let relay = Relay::start(&format!("127.0.0.1:{port}"), &target, &[]);
+    assert_eq!(relay.addr.port(), port);
+    assert_eq!(round_trip(relay.connect(), b"after".to_vec()), b"after");
+}
