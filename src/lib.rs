@@ -48,6 +48,7 @@ pub mod logging;
 pub mod message;
 pub mod net;
 pub mod ping;
+pub mod relay;
 pub mod rudp;
 pub mod scan;
 pub mod server;

@@ -70,6 +70,107 @@ pub enum Command {
     Ping(PingArgs),
     /// Scan a host's ports: which are open, closed or filtered (TCP connect scan, or --udp).
     Scan(ScanArgs),
+    /// Forward a port (TCP, UDP, unix), show what passes (--hex, --trace) and inject faults.
+    ///
+    /// LISTEN and TARGET are addresses: HOST:PORT (TCP), udp:HOST:PORT, unix:PATH. TCP and unix
+    /// relay to each other in any pairing; UDP only to UDP. One log line per connection.
+    Relay(RelayArgs),
+}
+
+/// `sockit relay`.
+#[derive(Debug, Args)]
+pub struct RelayArgs {
+    /// Where to listen: HOST:PORT, udp:HOST:PORT or unix:PATH (port 0: any free port)
+    #[arg(value_name = "LISTEN", required_unless_present = "api")]
+    pub listen: Option<String>,
+    /// Where to forward: HOST:PORT, udp:HOST:PORT or unix:PATH
+    #[arg(value_name = "TARGET", required_unless_present = "api")]
+    pub target: Option<String>,
+    /// Serve a toxiproxy-compatible HTTP API on HOST:PORT (proxies and toxics at run time);
+    /// LISTEN TARGET, if given, become its proxy "default"
+    #[arg(long, value_name = "HOST:PORT")]
+    pub api: Option<String>,
+    /// Most connections relayed at once; more are closed on accept
+    #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = parse_count)]
+    pub max_conns: usize,
+    /// Only clients in these prefixes (ADDR[/PREFIX], comma-separated or repeated)
+    #[arg(long, value_name = "CIDR", value_delimiter = ',', value_parser = parse_cidr)]
+    pub allow: Vec<sockit::relay::Cidr>,
+    /// Refuse clients in these prefixes (checked before --allow)
+    #[arg(long, value_name = "CIDR", value_delimiter = ',', value_parser = parse_cidr)]
+    pub deny: Vec<sockit::relay::Cidr>,
+    /// Close a connection idle this long both ways; UDP flows end after it (default 60 s)
+    #[arg(long, value_name = "SECS", value_parser = parse_positive_secs)]
+    pub idle_timeout: Option<Duration>,
+    /// How long to wait for the target to accept a connection
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_positive_secs)]
+    pub connect_timeout: Duration,
+    /// Most UDP flows (client addresses) at once; the least recently used one is evicted
+    #[arg(long, value_name = "N", default_value_t = 4096, value_parser = parse_count)]
+    pub udp_flows: usize,
+    /// Connection records as JSON lines on stdout (the banner too)
+    #[arg(long)]
+    pub json: bool,
+    /// Dump every chunk to stderr: time, direction (> up, < down), connection, offset, hex, text
+    #[arg(long)]
+    pub hex: bool,
+    /// With --hex, also mark where messages of this framing end (line, len32, header, …)
+    #[arg(long, value_name = "F", value_parser = parse_framing, requires = "hex")]
+    pub framing: Option<Framing>,
+    /// Write every chunk or datagram as a JSON line (time, conn, dir, len, base64 data)
+    #[arg(long, value_name = "FILE")]
+    pub trace: Option<std::path::PathBuf>,
+    /// A fault: [up:|down:]NAME[=VALUE][,PARAM=VALUE...][,p=PROB]; repeatable, applied in order
+    #[arg(long, value_name = "FAULT", value_parser = parse_fault, conflicts_with = "api")]
+    pub fault: Vec<sockit::relay::Fault>,
+    /// Seed of the faults' random choices (default: from the clock, and logged)
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+    /// Never use splice(2): copy through user space (for comparisons)
+    #[arg(long)]
+    pub no_splice: bool,
+    /// Send a PROXY protocol header (v1 or v2) to the target before the client's bytes
+    #[arg(long, value_name = "VERSION", value_parser = parse_proxy_version)]
+    pub proxy_send: Option<sockit::relay::ProxyVersion>,
+    /// Expect a PROXY protocol header (v1 or v2) from every client; its source is the client
+    #[arg(long)]
+    pub proxy_accept: bool,
+    /// Only warnings and errors (no per-connection lines)
+    #[arg(short, long, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// More log detail (-v, -vv)
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+fn parse_cidr(s: &str) -> Result<sockit::relay::Cidr, String> {
+    sockit::relay::Cidr::parse(s)
+}
+
+fn parse_proxy_version(s: &str) -> Result<sockit::relay::ProxyVersion, String> {
+    s.parse()
+}
+
+fn parse_fault(s: &str) -> Result<sockit::relay::Fault, String> {
+    s.parse()
+}
+
+impl RelayArgs {
+    /// The two addresses.
+    pub fn addresses(&self) -> Result<Option<(Address, Address)>, String> {
+        if let Some(api) = &self.api {
+            Address::parse(api, None).map_err(|e| format!("--api: {e}"))?;
+        }
+        match (&self.listen, &self.target) {
+            (Some(l), Some(t)) => {
+                let listen = Address::parse(l, None).map_err(|e| e.to_string())?;
+                let target = Address::parse(t, None).map_err(|e| e.to_string())?;
+                Ok(Some((listen, target)))
+            }
+            (None, None) => Ok(None),
+            _ => Err("give both LISTEN and TARGET (or neither, with --api)".into()),
+        }
+    }
 }
 
 /// `sockit send`.
@@ -931,6 +1032,7 @@ fn validate(cli: &Cli) -> Result<(), (&'static str, String)> {
             return Ok(());
         }
         Command::Ip(a) => return a.inputs().map(drop).map_err(|e| ("ip", e)),
+        Command::Relay(a) => return a.addresses().map(drop).map_err(|e| ("relay", e)),
     };
     if udp && framing.is_some_and(|f| f != Framing::Raw) {
         return Err((

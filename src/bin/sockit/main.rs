@@ -4,6 +4,7 @@
 
 mod cli;
 mod password;
+mod relay_cmd;
 mod transfer;
 
 use std::fs::File;
@@ -66,6 +67,7 @@ fn main() -> ExitCode {
             Command::Send(args) => transfer::send(args).await,
             Command::Get(args) => transfer::get(args).await,
             Command::Ls(args) => transfer::ls(args).await,
+            Command::Relay(args) => relay_cmd::relay(args).await,
         }
     });
     // Do not wait on a thread still blocked reading a terminal.
