@@ -249,6 +249,11 @@ impl Relay {
                 "tls: addresses are not supported by the relay yet".into()
             ));
         }
+        if ls == Scheme::Rudp || ts == Scheme::Rudp {
+            return Err(bad(
+                "rudp: runs over UDP: relay it with udp: addresses (faults included)".into(),
+            ));
+        }
         if (ls == Scheme::Udp) != (ts == Scheme::Udp) {
             return Err(bad(format!(
                 "cannot relay {ls} to {ts}: UDP relays only to UDP, streams only to streams"
