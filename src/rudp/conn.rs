@@ -153,8 +153,11 @@ pub struct Connection {
     rcv_nxt: u64,
     ooo: BTreeMap<u64, (u8, Bytes)>,
     ooo_bytes: usize,
-    partial: Vec<Bytes>,
-    partial_len: usize,
+    /// The message being reassembled: its fragments so far, copied straight from the
+    /// datagrams (no per-fragment buffer for in-order data).
+    partial: BytesMut,
+    /// Fragments in `partial` (a message may have empty ones).
+    partial_frags: usize,
     events_bytes: usize,
     ack_pending: bool,
     ack_immediate: bool,
@@ -232,8 +235,8 @@ impl Connection {
             rcv_nxt: 0,
             ooo: BTreeMap::new(),
             ooo_bytes: 0,
-            partial: Vec::new(),
-            partial_len: 0,
+            partial: BytesMut::new(),
+            partial_frags: 0,
             events_bytes: 0,
             ack_pending: false,
             ack_immediate: false,
@@ -436,7 +439,8 @@ impl Connection {
         self.ping_pending = false;
         self.ooo.clear();
         self.ooo_bytes = 0;
-        self.partial.clear();
+        self.partial = BytesMut::new();
+        self.partial_frags = 0;
     }
 
     fn drop_send_state(&mut self) {
@@ -568,22 +572,22 @@ impl Connection {
             }
             return true;
         }
-        self.deliver(now, flags, Bytes::copy_from_slice(data));
+        self.deliver(now, flags, data);
         self.rcv_nxt += 1;
         while self.state == State::Established {
             let Some((f, d)) = self.ooo.remove(&self.rcv_nxt) else {
                 break;
             };
             self.ooo_bytes -= d.len();
-            self.deliver(now, f, d);
+            self.deliver(now, f, &d);
             self.rcv_nxt += 1;
         }
         !self.ooo.is_empty()
     }
 
-    fn deliver(&mut self, now: Instant, flags: u8, data: Bytes) {
+    fn deliver(&mut self, now: Instant, flags: u8, data: &[u8]) {
         if flags & FLAG_CLOSE != 0 {
-            if !self.partial.is_empty() {
+            if self.partial_frags > 0 {
                 self.abort(AbortCode::BadClose);
                 return;
             }
@@ -601,23 +605,28 @@ impl Connection {
             self.ack_immediate = true;
             return;
         }
-        self.partial_len += data.len();
-        if self.partial_len > self.cfg.max_message {
+        if self.partial.len() + data.len() > self.cfg.max_message {
             self.abort(AbortCode::MessageTooLarge);
             return;
         }
-        self.partial.push(data);
-        if flags & FLAG_END != 0 {
-            let msg = if self.partial.len() == 1 {
-                self.partial.pop().unwrap_or_default()
-            } else {
-                let mut m = BytesMut::with_capacity(self.partial_len);
-                for p in self.partial.drain(..) {
-                    m.extend_from_slice(&p);
-                }
-                m.freeze()
-            };
-            self.partial_len = 0;
+        let msg = if flags & FLAG_END == 0 {
+            // Capacity grows by doubling (at most twice the message, and never beyond the
+            // largest message allowed).
+            if self.partial.capacity() - self.partial.len() < data.len() {
+                let want = (2 * (self.partial.len() + data.len())).min(self.cfg.max_message);
+                self.partial.reserve(want - self.partial.len());
+            }
+            self.partial.extend_from_slice(data);
+            self.partial_frags += 1;
+            None
+        } else if self.partial_frags == 0 {
+            Some(Bytes::copy_from_slice(data))
+        } else {
+            self.partial.extend_from_slice(data);
+            self.partial_frags = 0;
+            Some(std::mem::take(&mut self.partial).freeze())
+        };
+        if let Some(msg) = msg {
             self.events_bytes += msg.len();
             self.stats.messages_received += 1;
             self.events.push_back(Event::Message(msg));
