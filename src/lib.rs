@@ -17,9 +17,12 @@
 //! - [`codec`]: framings (`raw`, `line`, `lenN[le]`, `header[le]`), each bounded.
 //! - [`message`]: [`Message`] and its optional JSON [`Header`].
 //! - [`service`]: the [`Service`]/[`Session`] interface and the services (`echo`, `ack`,
-//!   `lookup`, `chat`, `console`, `hub`, and `login` in front of any of them).
+//!   `lookup`, `chat`, `console`, `hub`, `files`, and `login` in front of any of them).
+//! - [`files`]: file transfer: safe names, the `openat`-only store, the wire format, the
+//!   overlapped disk side, and the client behind `sockit send`, `get` and `ls`.
 //! - [`users`]: the users file behind `--login` (Argon2id hashes) and `sockit user`.
-//! - [`transport`]: tokio drivers running a session over a framed stream or over UDP.
+//! - [`transport`]: tokio drivers running a session over a framed stream, over UDP, or over a
+//!   connection of whole messages (rudp).
 //! - [`server`]: bind, accept loop, connection limit, graceful shutdown.
 //! - [`budget`]: the server-wide memory budget for buffered frames and replies.
 //! - [`shutdown`]: the shutdown signal every connection checks while it waits.
@@ -29,6 +32,7 @@
 //! - [`net`]: the address grammar (`HOST:PORT`, `udp:`, `unix:`, …), [`PeerAddr`], name
 //!   resolution, the lookups behind `sockit resolve`, the service table behind `sockit port`.
 //! - [`ping`]: `sockit ping`, connect-time ping over TCP or UDP.
+//! - [`relay`]: `sockit relay`: forwarding, inspection, faults and the toxiproxy-compatible API.
 //! - [`rudp`]: reliable UDP, sans-IO: connection state machine, stateless-cookie endpoint,
 //!   wire format, and a deterministic network simulator.
 //! - [`error`]: the library's error enums.
