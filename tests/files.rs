@@ -835,3 +835,23 @@ fn get_to_a_stdout_closed_early_stops_quietly() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stderr), "");
 }
+
+#[test]
+fn a_server_that_is_not_a_files_server_is_named_as_such() {
+    let hub = ServeProcess::start(&["--service", "hub"]);
+    let local = tempfile::tempdir().unwrap();
+    let f = local.path().join("x");
+    std::fs::write(&f, b"x").unwrap();
+    for out in [
+        send(hub.addr, &[&f], &[]),
+        sockit(&["ls", &hub.addr.to_string()]),
+    ] {
+        assert_eq!(out.status.code(), Some(1));
+        let err = text(&out.stderr);
+        assert!(
+            err.contains("is it `sockit serve --service files`?"),
+            "{err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+}

@@ -56,7 +56,7 @@ impl TransferError {
 
 impl From<WireError> for TransferError {
     fn from(e: WireError) -> Self {
-        match e {
+        match &e {
             WireError::Truncated => {
                 TransferError::Connection("the server closed the connection".into())
             }
@@ -64,6 +64,12 @@ impl From<WireError> for TransferError {
                 "no answer from the server for {}s",
                 d.as_secs_f64()
             )),
+            WireError::HeaderTooLarge(_) | WireError::Malformed(_) => {
+                TransferError::Connection(format!(
+                    "the server's answer is not file transfer ({e}): is it `sockit serve \
+                     --service files`?"
+                ))
+            }
             other => TransferError::Connection(other.to_string()),
         }
     }
