@@ -11,25 +11,12 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::chat::Member;
 use common::{PATIENCE, ServeProcess, len32, peer_tool, read_len32, sockit_bin};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpStream, UdpSocket};
 
-/// A line-framed chat member.
-struct Member {
-    nick: String,
-    reader: BufReader<OwnedReadHalf>,
-    writer: OwnedWriteHalf,
-}
-
 impl Member {
-    /// Connects and reads the welcome line, which names the member's nick.
-    async fn join(addr: SocketAddr) -> Member {
-        let stream = TcpStream::connect(addr).await.expect("connect");
-        Self::welcomed(stream).await
-    }
-
     /// Like [`Member::join`], with a small receive buffer that the kernel does not grow: a
     /// member that stops reading then stops taking data soon, as across a real network.
     async fn join_small(addr: SocketAddr) -> Member {
@@ -39,38 +26,7 @@ impl Member {
         Self::welcomed(stream).await
     }
 
-    async fn welcomed(stream: TcpStream) -> Member {
-        stream.set_nodelay(true).unwrap();
-        let (r, w) = stream.into_split();
-        let mut member = Member {
-            nick: String::new(),
-            reader: BufReader::new(r),
-            writer: w,
-        };
-        let welcome = member.line().await;
-        member.nick = welcome
-            .strip_prefix("* you are ")
-            .and_then(|rest| rest.split(' ').next())
-            .unwrap_or_else(|| panic!("not a welcome: {welcome:?}"))
-            .to_owned();
-        member
-    }
-
-    async fn send(&mut self, text: &str) {
-        self.writer
-            .write_all(format!("{text}\n").as_bytes())
-            .await
-            .unwrap();
-    }
-
-    /// The next line, without its ending; panics at end of stream.
-    async fn line(&mut self) -> String {
-        self.try_line()
-            .await
-            .unwrap_or_else(|| panic!("{}: connection closed", self.nick))
-    }
-
-    /// The next line, or `None` at end of stream.
+    /// The next line, or `None` at end of stream; panics if none comes in time.
     async fn try_line(&mut self) -> Option<String> {
         let mut buf = Vec::new();
         let n = tokio::time::timeout(PATIENCE, self.reader.read_until(b'\n', &mut buf))

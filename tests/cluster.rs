@@ -11,10 +11,10 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::chat::Member;
 use common::{PATIENCE, ServeProcess, peer_tool, sockit_bin};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 /// How replies to `/nick` and `/msg` start.
 const REPLY: &[&str] = &["* you are now", "error", "[private to"];
@@ -126,60 +126,7 @@ fn node(nats: &Nats, node: &str) -> ServeProcess {
     ServeProcess::start(&["--service", "chat", "--cluster", &url, "--node", node])
 }
 
-/// A line-framed chat member.
-struct Member {
-    nick: String,
-    reader: BufReader<OwnedReadHalf>,
-    writer: OwnedWriteHalf,
-}
-
 impl Member {
-    /// Connects and reads the welcome, which names the member's nick.
-    async fn join(addr: SocketAddr) -> Member {
-        let stream = TcpStream::connect(addr).await.expect("connect");
-        stream.set_nodelay(true).unwrap();
-        let (r, w) = stream.into_split();
-        let mut member = Member {
-            nick: String::new(),
-            reader: BufReader::new(r),
-            writer: w,
-        };
-        let welcome = member.line().await;
-        member.nick = welcome
-            .strip_prefix("* you are ")
-            .and_then(|rest| rest.split(' ').next())
-            .unwrap_or_else(|| panic!("not a welcome: {welcome:?}"))
-            .to_owned();
-        member
-    }
-
-    async fn send(&mut self, text: &str) {
-        self.writer
-            .write_all(format!("{text}\n").as_bytes())
-            .await
-            .unwrap();
-    }
-
-    /// The next line, without its ending.
-    async fn line(&mut self) -> String {
-        self.line_within(PATIENCE)
-            .await
-            .unwrap_or_else(|| panic!("{}: no line within {PATIENCE:?}", self.nick))
-    }
-
-    /// The next line, or `None` if none comes within `limit` (or the connection ends).
-    async fn line_within(&mut self, limit: Duration) -> Option<String> {
-        let mut buf = Vec::new();
-        match tokio::time::timeout(limit, self.reader.read_until(b'\n', &mut buf)).await {
-            Ok(Ok(n)) if n > 0 => {}
-            _ => return None,
-        }
-        while matches!(buf.last(), Some(b'\n' | b'\r')) {
-            buf.pop();
-        }
-        Some(String::from_utf8(buf).expect("utf-8"))
-    }
-
     /// Reads lines until one equal to `wanted`; returns the lines before it.
     async fn until(&mut self, wanted: &str) -> Vec<String> {
         let mut before = Vec::new();

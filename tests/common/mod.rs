@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod chat;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, ChildStderr, Command, Stdio};
