@@ -47,6 +47,7 @@ pub mod client;
 pub mod cluster;
 pub mod codec;
 pub mod error;
+pub mod exec;
 pub mod files;
 pub mod logging;
 pub mod message;
