@@ -26,11 +26,18 @@ use std::io;
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use std::pin::Pin;
+use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::process::{Child, ChildStderr, Command};
+
 use tracing::{debug, info, warn};
 
+use crate::message::Message;
 use crate::net::PeerAddr;
+use crate::service::{Outbox, PeerInfo, Service, Session, StreamContext, StreamHandler};
+use crate::transport::stream::BoxStream;
+use crate::transport::tcp::{CloseReason, ConnReport};
 
 /// Bytes copied per read in each direction.
 const COPY_BUFFER: usize = 16 * 1024;
@@ -137,6 +144,8 @@ pub struct ExecCommand {
     args: Vec<String>,
     /// What the user typed, for logs and the banner.
     display: String,
+    /// The child writes to sockit's own stderr instead of the log.
+    inherit_stderr: bool,
 }
 
 impl ExecCommand {
@@ -152,6 +161,7 @@ impl ExecCommand {
             program,
             args: words.collect(),
             display: line.trim().to_owned(),
+            inherit_stderr: false,
         })
     }
 
@@ -164,7 +174,15 @@ impl ExecCommand {
             program: "/bin/sh".to_owned(),
             args: vec!["-c".to_owned(), cmd.to_owned()],
             display: cmd.trim().to_owned(),
+            inherit_stderr: false,
         })
+    }
+
+    /// Lets the child write to sockit's own stderr instead of logging its lines (for
+    /// `sockit connect --exec`, where the user is watching).
+    pub fn inherit_stderr(mut self) -> ExecCommand {
+        self.inherit_stderr = true;
+        self
     }
 
     /// The program run.
@@ -184,7 +202,11 @@ impl ExecCommand {
         cmd.args(&self.args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stderr(if self.inherit_stderr {
+                Stdio::inherit()
+            } else {
+                Stdio::piped()
+            })
             .kill_on_drop(true)
             .process_group(0);
         for (key, value) in env.vars() {
@@ -395,14 +417,15 @@ where
     let mut child = command.spawn(env)?;
     let pid = child.id();
     debug!("#{id}: started `{command}` (pid {})", pid.unwrap_or(0));
-    let (Some(stdin), Some(mut stdout), Some(stderr)) =
-        (child.stdin.take(), child.stdout.take(), child.stderr.take())
-    else {
+    let (Some(stdin), Some(mut stdout)) = (child.stdin.take(), child.stdout.take()) else {
         return Err(io::Error::other(
             "the program's standard streams were not piped",
         ));
     };
-    let stderr_task = tokio::spawn(log_stderr(stderr, id));
+    let stderr_task = child
+        .stderr
+        .take()
+        .map(|stderr| tokio::spawn(log_stderr(stderr, id)));
 
     let (mut rd, mut wr) = tokio::io::split(stream);
     let mut bytes_in = 0u64;
@@ -477,13 +500,14 @@ where
             }
         }
     };
-    let mut stderr_task = stderr_task;
-    if tokio::time::timeout(STDERR_GRACE, &mut stderr_task)
-        .await
-        .is_err()
-    {
-        stderr_task.abort();
-        debug!("#{id}: stderr still open after the program exited; no longer logged");
+    if let Some(mut stderr_task) = stderr_task {
+        if tokio::time::timeout(STDERR_GRACE, &mut stderr_task)
+            .await
+            .is_err()
+        {
+            stderr_task.abort();
+            debug!("#{id}: stderr still open after the program exited; no longer logged");
+        }
     }
     Ok(ExecReport {
         end,
@@ -613,14 +637,130 @@ fn log_line(id: u64, line: &[u8]) {
     warn!("#{id} stderr: {}", String::from_utf8_lossy(line));
 }
 
-/// Logs the end of a connection with a child: one line with the reason and the exit status.
-pub fn log_report(id: u64, peer: &PeerAddr, report: &ExecReport) {
-    let failed = matches!(report.end, ExecEnd::PeerGone(Some(_)))
-        || (report.status.is_some_and(|s| !s.success()) && !report.killed);
-    if failed {
-        warn!("disconnect {peer} (#{id}): {report}");
+/// Logs how a connection's program ended: its exit status, and whether sockit stopped it.
+/// A program that failed by itself is a warning.
+pub fn log_report(id: u64, command: &ExecCommand, report: &ExecReport) {
+    let killed = if report.killed {
+        " (stopped by sockit: the connection ended first)"
     } else {
-        info!("disconnect {peer} (#{id}): {report}");
+        ""
+    };
+    let status = report.status_text();
+    if !report.killed && report.status.is_some_and(|s| !s.success()) {
+        warn!("#{id} program `{command}`: {status}{killed}");
+    } else {
+        info!("#{id} program `{command}`: {status}{killed}");
+    }
+}
+
+/// `sockit serve --exec`/`--sh-exec` as a [`Service`]: every stream connection (TCP, unix,
+/// TLS) is handed whole to a new child; the server's connection limit, shutdown and upgrade
+/// layers still apply. Datagram peers are told it needs a stream.
+#[derive(Debug, Clone)]
+pub struct Exec {
+    handler: Arc<ExecHandler>,
+}
+
+#[derive(Debug)]
+struct ExecHandler {
+    command: ExecCommand,
+    tls: bool,
+}
+
+impl Exec {
+    /// Runs `command` per connection; `tls`: the server's connections are TLS (for
+    /// `SOCKIT_PROTO`).
+    pub fn new(command: ExecCommand, tls: bool) -> Exec {
+        Exec {
+            handler: Arc::new(ExecHandler { command, tls }),
+        }
+    }
+
+    /// The command run.
+    pub fn command(&self) -> &ExecCommand {
+        &self.handler.command
+    }
+}
+
+impl Service for Exec {
+    type Session = NeedsStream;
+
+    fn open(&self, _peer: &PeerInfo) -> NeedsStream {
+        NeedsStream
+    }
+
+    fn quit_words(&self) -> bool {
+        false
+    }
+
+    fn stream_handler(&self) -> Option<Arc<dyn StreamHandler>> {
+        Some(self.handler.clone())
+    }
+}
+
+/// The session a datagram peer would get: a program needs a stream, so it says so.
+#[derive(Debug)]
+pub struct NeedsStream;
+
+impl Session for NeedsStream {
+    async fn on_message(&mut self, _msg: Message, out: &mut Outbox) {
+        out.send(Message::text(
+            "error: --exec works over stream sockets only",
+        ));
+        out.close();
+    }
+}
+
+impl StreamHandler for ExecHandler {
+    fn serve(
+        self: Arc<Self>,
+        stream: BoxStream,
+        ctx: StreamContext,
+    ) -> Pin<Box<dyn Future<Output = ConnReport> + Send>> {
+        Box::pin(async move {
+            let started = Instant::now();
+            let proto = match (&ctx.peer.addr, self.tls) {
+                (PeerAddr::Unix(_), _) => ExecProto::Unix,
+                (_, true) => ExecProto::Tls,
+                (_, false) => ExecProto::Tcp,
+            };
+            let env = ExecEnv {
+                proto,
+                peer: Some(ctx.peer.addr.clone()),
+                local: ctx.local.clone(),
+                id: ctx.peer.id,
+            };
+            let reason = match run(stream, &self.command, &env, ctx.closing).await {
+                Ok(report) => {
+                    let reason = match &report.end {
+                        ExecEnd::ChildDone => CloseReason::ServiceClosed,
+                        ExecEnd::PeerGone(None) => CloseReason::PeerClosed,
+                        ExecEnd::PeerGone(Some(e)) => {
+                            CloseReason::Io(io::Error::new(e.kind(), e.to_string()))
+                        }
+                        ExecEnd::Shutdown => CloseReason::Shutdown,
+                    };
+                    log_report(env.id, &self.command, &report);
+                    return ConnReport {
+                        reason,
+                        messages_in: 0,
+                        messages_out: 0,
+                        bytes_in: report.bytes_in,
+                        bytes_out: report.bytes_out,
+                        duration: report.duration,
+                    };
+                }
+                Err(e) => CloseReason::Failed(format!("cannot run `{}`: {e}", self.command)),
+            };
+            ConnReport {
+                reason,
+                messages_in: 0,
+                messages_out: 0,
+                bytes_in: 0,
+                bytes_out: 0,
+                duration: started.elapsed(),
+            }
+        })
     }
 }
 

@@ -20,6 +20,7 @@ pub mod rudp;
 pub mod stream;
 pub mod tcp;
 pub mod udp;
+pub mod unix;
 
 pub use framed::FramedStream;
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{ArgAction, Args, CommandFactory, Parser, Subcommand};
-use sockit::net::{Address, Endpoint, Host, Scheme, parse_host, parse_port};
+use sockit::net::{Address, Endpoint, Host, Scheme, UnixName, parse_host, parse_port};
 use sockit::scan::PortList;
 use sockit::server::{DEFAULT_HOST, DEFAULT_MAX_CONNS, DEFAULT_PORT};
 use sockit::{Framing, Lang, ServiceKind, Transport};
@@ -616,6 +616,16 @@ pub struct ServeArgs {
     /// server that faces the internet, or it can be used to reflect traffic [default: no limit]
     #[arg(long, value_name = "N", value_parser = parse_count)]
     pub udp_rate: Option<usize>,
+    /// Run PROG for each connection, the connection on its stdin and stdout (one argument,
+    /// split into words without a shell: 'PROG ARG…'); no framing, service or quit words
+    #[arg(long, value_name = "'PROG ARGS'", conflicts_with_all = ["sh_exec", "service", "framing", "udp", "rudp", "login", "users"])]
+    pub exec: Option<String>,
+    /// Like --exec, but CMD runs through /bin/sh -c (pipes, redirections, variables)
+    #[arg(long, value_name = "CMD", conflicts_with_all = ["service", "framing", "udp", "rudp", "login", "users"])]
+    pub sh_exec: Option<String>,
+    /// unix:PATH: the socket file's permissions, in octal (0660: owner and group only)
+    #[arg(long, value_name = "OCTAL", value_parser = sockit::transport::unix::parse_mode)]
+    pub mode: Option<u32>,
     /// Log only warnings and errors
     #[arg(short, long, conflicts_with = "verbose")]
     pub quiet: bool,
@@ -627,7 +637,8 @@ pub struct ServeArgs {
 /// The server that `connect` and `bench` talk to, and how.
 #[derive(Debug, Args)]
 pub struct Target {
-    /// Server address: HOST PORT, or one argument HOST:PORT, [V6]:PORT, udp:HOST:PORT
+    /// Server address: HOST PORT, or one argument HOST:PORT, [V6]:PORT, udp:HOST:PORT,
+    /// unix:PATH, unix:@NAME (abstract)
     #[arg(value_name = "ADDR")]
     pub addr: String,
     /// Server port, when ADDR is a host alone
@@ -663,7 +674,21 @@ impl Target {
         if address.inet().is_some_and(|(_, port)| port == 0) {
             return Err("port 0 cannot be connected to (ports are 1-65535)".into());
         }
+        if self.rudp && address.inet().is_none() {
+            return Err(format!(
+                "'{}' is a unix socket but --rudp says rudp",
+                self.addr
+            ));
+        }
         Ok(address)
+    }
+
+    /// The unix socket, for a `unix:` address.
+    pub fn unix(&self) -> Option<UnixName> {
+        match self.address().ok()?.endpoint {
+            Endpoint::Unix(name) => Some(name),
+            Endpoint::Inet { .. } => None,
+        }
     }
 
     /// Whether UDP was asked for, by flag or by scheme.
@@ -752,8 +777,8 @@ fn parse_mtu(s: &str) -> Result<usize, String> {
 /// contradicts `--udp`.
 fn check_scheme(address: &Address, raw: &str, udp: bool) -> Result<(), String> {
     match address.scheme {
-        Scheme::Unix => Err(format!(
-            "'{address}': unix sockets are not supported yet (use HOST:PORT)"
+        Scheme::Unix if udp => Err(format!(
+            "'{address}' is a unix stream socket but --udp says UDP"
         )),
         Scheme::Tls => Err(format!(
             "'{address}': TLS is not supported yet (use HOST:PORT)"
@@ -795,6 +820,13 @@ pub struct ConnectArgs {
     /// exit 0 (like `nc -q`); without it, wait until the server closes
     #[arg(long, value_name = "SECS", value_parser = parse_secs)]
     pub quit_after: Option<Duration>,
+    /// Connect PROG's stdin and stdout to the server instead of the terminal ('PROG ARGS…',
+    /// split into words without a shell); sockit exits with its exit status
+    #[arg(long, value_name = "'PROG ARGS'", conflicts_with_all = ["sh_exec", "messages", "wait_reply", "udp", "rudp", "framing"])]
+    pub exec: Option<String>,
+    /// Like --exec, but CMD runs through /bin/sh -c
+    #[arg(long, value_name = "CMD", conflicts_with_all = ["messages", "wait_reply", "udp", "rudp", "framing"])]
+    pub sh_exec: Option<String>,
     /// Log connection events to stderr (-v events, -vv details)
     #[arg(short, long, action = ArgAction::Count)]
     pub verbose: u8,
@@ -945,6 +977,8 @@ pub struct Listen {
     pub udp: bool,
     /// rudp, by `--rudp` or by a `rudp:` address.
     pub rudp: bool,
+    /// A unix socket to listen on instead of `host` and `port` (`unix:PATH`, `unix:@NAME`).
+    pub unix: Option<UnixName>,
 }
 
 impl Listen {
@@ -1003,6 +1037,12 @@ fn validate(cli: &Cli) -> Result<(), (&'static str, String)> {
         Command::Connect(a) => {
             a.target.address().map_err(|e| ("connect", e))?;
             validate_connect(a).map_err(|e| ("connect", e))?;
+            if let Some(line) = &a.exec {
+                sockit::exec::ExecCommand::words(line).map_err(|e| ("connect", e.to_string()))?;
+            }
+            if let Some(cmd) = &a.sh_exec {
+                sockit::exec::ExecCommand::shell(cmd).map_err(|e| ("connect", e.to_string()))?;
+            }
             check_target_rudp(&a.target).map_err(|e| ("connect", e))?;
             ("connect", a.target.is_udp(), a.target.framing)
         }
@@ -1132,7 +1172,18 @@ pub fn listen_addr(args: &ServeArgs) -> Result<Listen, String> {
             check_rudp(&address, addr, args.rudp)?;
             match address.endpoint {
                 Endpoint::Inet { host, port } => (host, port, address.scheme),
-                Endpoint::Unix(_) => return Err("unix sockets are not supported yet".into()),
+                Endpoint::Unix(name) => {
+                    if args.rudp {
+                        return Err(format!("'{addr}' is a unix socket but --rudp says rudp"));
+                    }
+                    return Ok(Listen {
+                        host: default_host(),
+                        port: 0,
+                        udp: false,
+                        rudp: false,
+                        unix: Some(name),
+                    });
+                }
             }
         }
     };
@@ -1141,6 +1192,7 @@ pub fn listen_addr(args: &ServeArgs) -> Result<Listen, String> {
         port,
         udp: args.udp || scheme == Scheme::Udp,
         rudp: args.rudp || scheme == Scheme::Rudp,
+        unix: None,
     })
 }
 
@@ -1172,9 +1224,51 @@ fn parse_node(s: &str) -> Result<String, String> {
     }
 }
 
+/// `--exec`/`--sh-exec` need a stream socket and replace the service; `--mode` needs a unix
+/// socket file.
+fn check_exec_serve(args: &ServeArgs, listen: &Listen) -> Result<(), String> {
+    let exec = args.exec.is_some() || args.sh_exec.is_some();
+    if exec && (listen.udp || listen.rudp) {
+        return Err(
+            "--exec and --sh-exec need a stream (TCP, TLS or unix): not UDP or rudp".into(),
+        );
+    }
+    if exec {
+        let flag = if args.exec.is_some() {
+            "--exec"
+        } else {
+            "--sh-exec"
+        };
+        let services_only = [
+            ("--kb", args.kb.is_some()),
+            ("--cluster", args.cluster.is_some()),
+            ("--chat-retention", args.chat_retention.is_some()),
+            ("--dir", args.dir.is_some()),
+        ];
+        if let Some((other, _)) = services_only.iter().find(|(_, given)| *given) {
+            return Err(format!(
+                "{other} configures a service: it cannot be combined with {flag}, which runs a program instead"
+            ));
+        }
+    }
+    if let Some(line) = &args.exec {
+        sockit::exec::ExecCommand::words(line).map_err(|e| e.to_string())?;
+    }
+    if let Some(cmd) = &args.sh_exec {
+        sockit::exec::ExecCommand::shell(cmd).map_err(|e| e.to_string())?;
+    }
+    if args.mode.is_some() && !matches!(listen.unix, Some(UnixName::Path(_))) {
+        return Err(
+            "--mode sets a unix socket file's permissions: it needs a unix:PATH address".into(),
+        );
+    }
+    Ok(())
+}
+
 /// Refuses `serve` options that do not apply to the transport.
 fn validate_serve(args: &ServeArgs, listen: &Listen) -> Result<(), String> {
     let udp = listen.udp;
+    check_exec_serve(args, listen)?;
     let files = args.service == ServiceKind::Files;
     if files {
         if udp || listen.rudp {
@@ -1450,6 +1544,7 @@ mod tests {
             port,
             udp,
             rudp: false,
+            unix: None,
         };
         assert_eq!(serve(&[]).unwrap(), listen(9000, false));
         assert_eq!(serve(&["9001"]).unwrap(), listen(9001, false));
@@ -1471,9 +1566,9 @@ mod tests {
         );
         assert!(serve(&["256.1.1.1"]).unwrap_err().contains("<ADDR>"));
         assert!(
-            serve(&["unix:/tmp/x"])
+            serve(&["--udp", "unix:/tmp/x"])
                 .unwrap_err()
-                .contains("not supported yet")
+                .contains("unix stream socket")
         );
         assert!(
             serve(&["--udp", "tcp:127.0.0.1:1"])

@@ -6,6 +6,7 @@ mod cli;
 mod password;
 mod relay_cmd;
 mod transfer;
+mod unixexec;
 
 use std::fs::File;
 use std::io::{BufReader, IsTerminal, Write};
@@ -22,7 +23,7 @@ use sockit::budget::MemoryBudget;
 use sockit::client::{self, ClientConfig, Input, LineMode};
 use sockit::cluster::{Cluster, ClusterConfig};
 use sockit::logging::{LogSink, stderr_line};
-use sockit::net::{Host, resolve};
+use sockit::net::{Host, UnixName, resolve};
 use sockit::server::raise_fd_limit;
 use sockit::service::chat::DEFAULT_RETENTION;
 use sockit::service::{Lang, Login, Users};
@@ -38,6 +39,7 @@ use tracing_subscriber::EnvFilter;
 use crate::cli::{
     BenchArgs, Command, ConnectArgs, PingArgs, PortArgs, ResolveArgs, ServeArgs, UserAction,
 };
+use crate::unixexec::Bind;
 
 fn main() -> ExitCode {
     let cli = cli::parse();
@@ -151,7 +153,11 @@ async fn serve(args: ServeArgs) -> Result<()> {
         Ok(n) => tracing::debug!("open file limit: {n}"),
         Err(e) => warn!("cannot raise the open file limit: {e}"),
     }
-    let addr = resolve_all(&listen.host, listen.port).await?[0];
+    // `addr`, whatever it is, is where every service below listens.
+    let addr = match &listen.unix {
+        Some(name) => Bind::Unix(name.clone(), args.mode),
+        None => Bind::Inet(resolve_all(&listen.host, listen.port).await?[0]),
+    };
     let transport = listen.transport();
     let optional = |d: Duration| (!d.is_zero()).then_some(d);
     // One budget for the connections' buffers and the services' own memory (chat room logs).
@@ -212,6 +218,11 @@ async fn serve(args: ServeArgs) -> Result<()> {
             ..ChatConfig::default()
         })
     };
+    if let Some(command) = unixexec::exec_command(args.exec.as_deref(), args.sh_exec.as_deref())? {
+        let label = Label::Exec(command.to_string());
+        let exec = sockit::exec::Exec::new(command, false);
+        return serve_with(addr, config, exec, label).await;
+    }
     let kind = args.service;
     match kind {
         ServiceKind::Echo => serve_maybe_login(addr, config, Echo, kind, login).await,
@@ -260,7 +271,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
                 },
                 ..config
             };
-            serve_with(addr, config, files, kind).await
+            serve_with(addr, config, files, Label::Service(kind)).await
         }
         ServiceKind::Hub => {
             let knowledge = load_knowledge(args.kb.clone()).await?;
@@ -359,7 +370,7 @@ async fn load_knowledge(kb: Option<std::path::PathBuf>) -> Result<Knowledge> {
 
 /// Runs `service`, behind a login when `--login` gave a users file.
 async fn serve_maybe_login<S: Service>(
-    addr: SocketAddr,
+    addr: Bind,
     config: ServerConfig,
     service: S,
     kind: ServiceKind,
@@ -367,9 +378,10 @@ async fn serve_maybe_login<S: Service>(
 ) -> Result<()> {
     match login {
         Some((users, lang)) => {
-            serve_with(addr, config, Login::new(users, service, lang), kind).await
+            let service = Login::new(users, service, lang);
+            serve_with(addr, config, service, Label::Service(kind)).await
         }
-        None => serve_with(addr, config, service, kind).await,
+        None => serve_with(addr, config, service, Label::Service(kind)).await,
     }
 }
 
@@ -433,27 +445,60 @@ fn restore_terminal_on_interrupt() -> Result<tokio::task::JoinHandle<()>> {
     }))
 }
 
+/// What a server runs, for its banner and log.
+#[derive(Debug, Clone)]
+enum Label {
+    /// A service.
+    Service(ServiceKind),
+    /// `--exec`/`--sh-exec`: the command.
+    Exec(String),
+}
+
+impl std::fmt::Display for Label {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Label::Service(kind) => write!(f, "{kind} service"),
+            Label::Exec(cmd) => write!(f, "exec `{cmd}`"),
+        }
+    }
+}
+
 async fn serve_with<S: Service>(
-    addr: SocketAddr,
+    addr: Bind,
     config: ServerConfig,
     service: S,
-    kind: ServiceKind,
+    kind: Label,
 ) -> Result<()> {
     let (transport, framing) = (config.transport, config.framing);
-    let server = Server::bind(addr, config, service)
-        .await
-        .with_context(|| format!("cannot listen on {transport} {addr}"))?;
+    // The socket file of a unix server, removed again when the server stops cleanly.
+    let (server, socket_file) = match &addr {
+        Bind::Inet(inet) => {
+            let server = Server::bind(*inet, config, service)
+                .await
+                .with_context(|| format!("cannot listen on {transport} {inet}"))?;
+            (server, None)
+        }
+        Bind::Unix(name, mode) => unixexec::bind_unix(name, *mode, config, service)?,
+    };
     let local = server.local_addr();
+    let unix = server.unix_name().cloned();
     // Handlers first: a signal sent as soon as the banner appears must already be caught.
     let shutdown = CancellationToken::new();
     let signals = Signals::install().context("cannot install signal handlers")?;
     tokio::spawn(signals.watch(shutdown.clone()));
     reload_on_hangup(server.service()).context("cannot install the SIGHUP handler")?;
     // The banner is a convenience: a closed stdout must not stop the server.
-    if let Err(e) = print_banner(local, transport, framing, kind) {
+    if let Err(e) = print_banner(local, unix.as_ref(), transport, framing, &kind) {
         warn!("cannot print the banner: {e}");
     }
-    info!("listening on {transport} {local}: {kind} service, {framing} framing");
+    let place = match &unix {
+        Some(name) => format!("unix:{name}"),
+        None => format!("{transport} {local}"),
+    };
+    match &kind {
+        Label::Exec(_) => info!("listening on {place}: {kind} per connection"),
+        Label::Service(_) => info!("listening on {place}: {kind}, {framing} framing"),
+    }
     // On a worker thread, not in `block_on` on the main thread: the worker that polls the
     // socket then runs the loop itself, with no cross-thread wake-up per datagram.
     let report = tokio::spawn(server.run(shutdown))
@@ -469,6 +514,7 @@ async fn serve_with<S: Service>(
             report.connections, report.refused
         ),
     }
+    drop(socket_file);
     if let Some(dropped) = LOG.get().map(LogSink::dropped).filter(|&n| n > 0) {
         warn!("{dropped} log line(s) could not be written to stderr");
     }
@@ -478,10 +524,46 @@ async fn serve_with<S: Service>(
 /// Tells the user, on stdout, where the server is and how to reach it.
 fn print_banner(
     local: SocketAddr,
+    unix: Option<&UnixName>,
     transport: Transport,
     framing: Framing,
-    kind: ServiceKind,
+    kind: &Label,
 ) -> Result<()> {
+    let exec = matches!(kind, Label::Exec(_));
+    if let Some(name) = unix {
+        let mut out = std::io::stdout().lock();
+        let (how, framing_flag) = match (exec, framing) {
+            (true, _) => ("raw bytes".to_owned(), String::new()),
+            (false, Framing::Line) => ("line framing".to_owned(), String::new()),
+            (false, f) => (format!("{f} framing"), format!(" --framing {f}")),
+        };
+        writeln!(out, "sockit: {kind} listening on unix {name} ({how})")?;
+        writeln!(out, "{}", unixexec::unix_hint(name, &framing_flag))?;
+        out.flush()?;
+        return Ok(());
+    }
+    if exec {
+        let mut out = std::io::stdout().lock();
+        let reach = match local.ip() {
+            ip if ip.is_unspecified() && local.is_ipv4() => "127.0.0.1".to_owned(),
+            ip if ip.is_unspecified() => "::1".to_owned(),
+            ip => ip.to_string(),
+        };
+        let port = local.port();
+        writeln!(
+            out,
+            "sockit: {kind} listening on {transport} {local} (raw bytes)"
+        )?;
+        writeln!(
+            out,
+            "connect with: sockit connect {reach} {port}  or:  nc {reach} {port}"
+        )?;
+        out.flush()?;
+        return Ok(());
+    }
+    let Label::Service(kind) = *kind else {
+        return Ok(());
+    };
     let reach = match local.ip() {
         ip if ip.is_unspecified() && local.is_ipv4() => "127.0.0.1".to_owned(),
         ip if ip.is_unspecified() => "::1".to_owned(),
@@ -587,7 +669,26 @@ async fn connect(args: ConnectArgs) -> Result<()> {
     // Quiet unless asked: the output is the server's, the log only connection events.
     init_logging(args.verbose == 0, args.verbose.saturating_sub(1));
     let target = &args.target;
-    let addrs = resolve_target(target).await?;
+    let unix = target.unix();
+    let addrs = match unix {
+        Some(_) => Vec::new(),
+        None => resolve_target(target).await?,
+    };
+    let dial = sockit::transport::stream::Dial {
+        unix,
+        ..Default::default()
+    };
+    if let Some(command) = unixexec::exec_command(args.exec.as_deref(), args.sh_exec.as_deref())? {
+        let code = unixexec::connect_exec(&addrs, &dial, args.timeout, command, interrupt_token()?)
+            .await?;
+        if code != 0 {
+            if let Some(sink) = LOG.get() {
+                sink.flush(Duration::from_millis(500));
+            }
+            std::process::exit(i32::from(code));
+        }
+        return Ok(());
+    }
     let config = ClientConfig {
         transport: target.transport(),
         framing: target.framing(),
@@ -596,7 +697,7 @@ async fn connect(args: ConnectArgs) -> Result<()> {
         retries: args.retries.unwrap_or(cli::DEFAULT_RETRIES),
         quit_after: args.quit_after,
         rudp: target.rudp_config(),
-        dial: Default::default(),
+        dial,
     };
     let stdin = std::io::stdin();
     let input = if !args.messages.is_empty() {
@@ -673,7 +774,12 @@ async fn bench(args: BenchArgs) -> Result<()> {
         }
         return bench_chat(&args, addrs).await;
     }
-    let addr = resolve_target(target).await?[0];
+    let unix = target.unix();
+    let addr = match unix {
+        // The unix socket is in `dial`; the address is unused.
+        Some(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
+        None => resolve_target(target).await?[0],
+    };
     let config = BenchConfig {
         addr,
         transport: target.transport(),
@@ -685,7 +791,10 @@ async fn bench(args: BenchArgs) -> Result<()> {
         timeout: args.timeout,
         rate: args.rate,
         rudp: target.rudp_config(),
-        dial: Default::default(),
+        dial: sockit::transport::stream::Dial {
+            unix,
+            ..Default::default()
+        },
     };
     let report = bench::run(&config, interrupt_token()?).await?;
     finish_bench(

@@ -1,0 +1,107 @@
+//! `serve` on unix sockets (stale files, `--mode`, removal on exit), the `--exec` banner, and
+//! `connect --exec`.
+
+use std::net::SocketAddr;
+
+use anyhow::{Context, Result};
+use sockit::exec::{self, ExecCommand, ExecEnv, ExecProto};
+use sockit::net::{PeerAddr, UnixName};
+use sockit::transport::stream::{Dial, connect_tcp_any};
+use sockit::transport::unix::{SocketFile, prepare_bind, set_mode};
+use sockit::{Server, ServerConfig, Service};
+
+/// Where `serve` listens.
+#[derive(Debug, Clone)]
+pub enum Bind {
+    /// An IP address and port (TCP, UDP or rudp, as the configuration says).
+    Inet(SocketAddr),
+    /// A unix stream socket, and `--mode` for its file.
+    Unix(UnixName, Option<u32>),
+}
+
+impl std::fmt::Display for Bind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Bind::Inet(a) => write!(f, "{a}"),
+            Bind::Unix(name, _) => write!(f, "unix:{name}"),
+        }
+    }
+}
+
+/// Binds a server on a unix socket: a stale socket file is replaced, a live one refused;
+/// `mode` is applied to the new file. The returned guard removes the file when dropped.
+pub fn bind_unix<S: Service>(
+    name: &UnixName,
+    mode: Option<u32>,
+    config: ServerConfig,
+    service: S,
+) -> Result<(Server<S>, Option<SocketFile>)> {
+    let context = || format!("cannot listen on unix:{name}");
+    prepare_bind(name, false).with_context(context)?;
+    let server = Server::bind_unix(name, config, service).with_context(context)?;
+    let file = SocketFile::bound(name);
+    if let Some(mode) = mode {
+        set_mode(name, mode).with_context(|| format!("cannot set mode {mode:04o} on {name}"))?;
+    }
+    Ok((server, file))
+}
+
+/// The `--exec`/`--sh-exec` command given, if any.
+pub fn exec_command(exec: Option<&str>, sh_exec: Option<&str>) -> Result<Option<ExecCommand>> {
+    Ok(match (exec, sh_exec) {
+        (Some(line), _) => Some(ExecCommand::words(line)?),
+        (None, Some(cmd)) => Some(ExecCommand::shell(cmd)?),
+        (None, None) => None,
+    })
+}
+
+/// How to reach a unix server, for the banner: sockit's own line and socat's.
+pub fn unix_hint(name: &UnixName, framing_flag: &str) -> String {
+    let socat = match name {
+        UnixName::Path(p) => format!("socat - UNIX-CONNECT:{}", p.display()),
+        UnixName::Abstract(n) => format!("socat - ABSTRACT-CONNECT:{n}"),
+    };
+    format!("connect with: sockit connect{framing_flag} unix:{name}  or:  {socat}")
+}
+
+/// `sockit connect --exec`: connects, runs `command` with the connection on its stdin and
+/// stdout, and returns the exit code to leave with (the program's).
+pub async fn connect_exec(
+    addrs: &[SocketAddr],
+    dial: &Dial,
+    timeout: std::time::Duration,
+    command: ExecCommand,
+    interrupted: tokio_util::sync::CancellationToken,
+) -> Result<u8> {
+    let command = command.inherit_stderr();
+    let (stream, peer, local): (sockit::transport::stream::BoxStream, PeerAddr, _) =
+        if dial.is_plain() {
+            let (stream, addr) = connect_tcp_any(addrs, timeout).await?;
+            let local = stream.local_addr().ok().map(PeerAddr::Inet);
+            (Box::new(stream), PeerAddr::Inet(addr), local)
+        } else {
+            let (stream, peer) = dial.connect(addrs, timeout).await?;
+            let peer = match (&dial.unix, peer) {
+                (Some(UnixName::Path(path)), _) => PeerAddr::Unix(Some(path.clone())),
+                (_, peer) => peer,
+            };
+            (stream, peer, None)
+        };
+    tracing::info!("connected to {}: running `{command}`", dial.describe(addrs));
+    let env = ExecEnv {
+        proto: match (&dial.unix, dial.layers.is_empty()) {
+            (Some(_), _) => ExecProto::Unix,
+            (None, true) => ExecProto::Tcp,
+            (None, false) => ExecProto::Tls,
+        },
+        peer: Some(peer),
+        local,
+        id: 1,
+    };
+    let report = exec::run(stream, &command, &env, interrupted.cancelled_owned())
+        .await
+        .with_context(|| format!("cannot run `{command}`"))?;
+    exec::log_report(1, &command, &report);
+    tracing::info!("connection closed: {report}");
+    Ok(report.exit_code())
+}
