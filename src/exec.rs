@@ -430,7 +430,8 @@ where
     let (mut rd, mut wr) = tokio::io::split(stream);
     let mut bytes_in = 0u64;
     let mut bytes_out = 0u64;
-    let (end, peer_eof) = {
+    let mut killed = false;
+    let (end, status, peer_done) = {
         // Peer → child. Finishing drops `stdin`, which closes the child's input.
         let up = copy_in(&mut rd, stdin, &mut bytes_in);
         // Child → peer, then half-close.
@@ -443,7 +444,7 @@ where
         let mut down = std::pin::pin!(down);
         let mut closing = std::pin::pin!(closing);
         let mut up_done = false;
-        let mut peer_eof = false;
+        // Both directions run until the child closes its output (or the connection ends).
         let end = loop {
             tokio::select! {
                 r = &mut down => break match r {
@@ -453,53 +454,62 @@ where
                 r = &mut up, if !up_done => {
                     up_done = true;
                     match r {
-                        // The peer half-closed: the child reads end of file and carries on.
-                        Ok(UpEnd::PeerEof) => peer_eof = true,
-                        // The child stopped reading; its output still goes to the peer.
-                        Ok(UpEnd::ChildClosedInput) => {}
+                        // The peer half-closed (the child reads end of file and carries on),
+                        // or the child stopped reading (its output still goes to the peer).
+                        Ok(UpEnd::PeerEof | UpEnd::ChildClosedInput) => {}
                         Err(e) => break ExecEnd::PeerGone(Some(e)),
                     }
                 }
                 () = &mut closing => break ExecEnd::Shutdown,
             }
         };
-        (end, peer_eof)
-    };
-
-    let mut killed = false;
-    let status = match end {
-        ExecEnd::ChildDone => {
-            // Its output is closed: it has exited or is about to. Reap it, and keep reading
-            // from the peer meanwhile so that closing does not reset the connection.
-            let exited = async {
-                match tokio::time::timeout(EXIT_GRACE, child.wait()).await {
-                    Ok(status) => status.ok(),
-                    Err(_) => {
-                        killed = true;
-                        terminate(&mut child, pid).await
+        let status = match end {
+            ExecEnd::ChildDone => {
+                // The child closed its output: normally it has exited. One that still reads
+                // (it half-closed) keeps getting the peer's bytes until it exits; once the
+                // peer is done too, it has a moment to exit before it is stopped.
+                let mut grace = std::pin::pin!(tokio::time::sleep(EXIT_GRACE));
+                loop {
+                    tokio::select! {
+                        status = child.wait() => break status.ok(),
+                        r = &mut up, if !up_done => {
+                            up_done = true;
+                            if r.is_err() {
+                                killed = true;
+                                break terminate(&mut child, pid).await;
+                            }
+                            grace
+                                .as_mut()
+                                .reset(tokio::time::Instant::now() + EXIT_GRACE);
+                        }
+                        () = &mut grace, if up_done => {
+                            killed = true;
+                            break terminate(&mut child, pid).await;
+                        }
+                        () = &mut closing => {
+                            killed = true;
+                            break terminate(&mut child, pid).await;
+                        }
                     }
                 }
-            };
-            let drain = async {
-                if !peer_eof {
-                    let _ = tokio::time::timeout(LINGER, drain(&mut rd)).await;
-                }
-            };
-            let (status, ()) = tokio::join!(exited, drain);
-            status
-        }
-        ExecEnd::PeerGone(_) | ExecEnd::Shutdown => {
-            // The connection is over: the child may already have exited (then this only
-            // reaps it), else it is stopped.
-            match child.try_wait() {
+            }
+            // The connection is over: the child may already have exited (then this only reaps
+            // it), else it is stopped.
+            ExecEnd::PeerGone(_) | ExecEnd::Shutdown => match child.try_wait() {
                 Ok(Some(status)) => Some(status),
                 _ => {
                     killed = true;
                     terminate(&mut child, pid).await
                 }
-            }
-        }
+            },
+        };
+        (end, status, up_done)
     };
+    // Closing with unread input would reset the connection and could destroy the child's last
+    // output before the peer reads it: read (and drop) what the peer still sends, briefly.
+    if matches!(end, ExecEnd::ChildDone) && !peer_done {
+        let _ = tokio::time::timeout(LINGER, drain(&mut rd)).await;
+    }
     if let Some(mut stderr_task) = stderr_task {
         if tokio::time::timeout(STDERR_GRACE, &mut stderr_task)
             .await
