@@ -132,6 +132,8 @@ enum Listener {
     /// TCP or a unix stream socket.
     Stream(stream::Listener),
     Udp(UdpSocket),
+    /// A unix datagram socket (datagram services) and its name.
+    Unixgram(tokio::net::UnixDatagram, UnixName),
     /// The rudp server and the token that stops its socket task.
     Rudp(RudpServer, CancellationToken),
 }
@@ -172,6 +174,7 @@ impl<S: Service> Server<S> {
         };
         let local = match &listener {
             Listener::Stream(l) => l.tcp_addr().ok_or_else(|| io::Error::other("no address"))?,
+            Listener::Unixgram(..) => return Err(io::Error::other("not an internet socket")),
             Listener::Udp(s) => s.local_addr()?,
             Listener::Rudp(s, _) => s.local_addr(),
         };
@@ -200,10 +203,25 @@ impl<S: Service> Server<S> {
         self.local
     }
 
-    /// The unix socket bound, for a unix server.
+    /// Binds a unix datagram socket at `name`: every datagram is a message, one session per
+    /// sender path (see [`crate::transport::unixgram`]). The caller deals with a stale socket
+    /// file and permissions first.
+    pub fn bind_unixgram(name: &UnixName, config: ServerConfig, service: S) -> io::Result<Self> {
+        let socket = crate::transport::unixgram::bind_unixgram(name)?;
+        Ok(Server {
+            listener: Listener::Unixgram(socket, name.clone()),
+            local: SocketAddr::from(([0, 0, 0, 0], 0)),
+            config,
+            service: Arc::new(service),
+        })
+    }
+
+    /// The unix socket bound, for a unix (stream or datagram) server.
     pub fn unix_name(&self) -> Option<&UnixName> {
         match &self.listener {
-            Listener::Stream(stream::Listener::Unix(_, name)) => Some(name),
+            Listener::Stream(stream::Listener::Unix(_, name)) | Listener::Unixgram(_, name) => {
+                Some(name)
+            }
             _ => None,
         }
     }
@@ -228,6 +246,25 @@ impl<S: Service> Server<S> {
             }
             Listener::Rudp(server, stop) => {
                 run_rudp(server, stop, self.service, self.config, shutdown).await
+            }
+            Listener::Unixgram(socket, _) => {
+                let settings = UdpSettings {
+                    quit_words: self.service.quit_words(),
+                    peer_idle: self.config.idle_timeout.unwrap_or(DEFAULT_PEER_IDLE),
+                    max_peers: self.config.max_conns,
+                    reply_rate: None,
+                };
+                let udp = crate::transport::unixgram::serve_unixgram(
+                    socket,
+                    self.service,
+                    settings,
+                    shutdown,
+                )
+                .await;
+                ServerReport {
+                    udp: Some(udp),
+                    ..ServerReport::default()
+                }
             }
             Listener::Udp(socket) => {
                 let settings = UdpSettings {

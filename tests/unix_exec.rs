@@ -503,3 +503,55 @@ fn exec_refuses_what_does_not_apply() {
     let out = sockit(&["connect", "127.0.0.1:9", "--exec", "cat", "-m", "x"], "");
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn unixgram_echo_answers_bound_clients_and_ignores_unbound_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gram.sock");
+    let addr = format!("unixgram:{}", path.display());
+    let server = Serve::start(&[&addr, "--service", "echo", "-v"]);
+    assert!(
+        server
+            .banner
+            .contains(&format!("unixgram {}", path.display())),
+        "{}",
+        server.banner
+    );
+    if let Some(socat) = peer_tool("socat") {
+        let mut cmd = Command::new(&socat);
+        cmd.args([
+            "-t",
+            "2",
+            "-",
+            &format!(
+                "UNIX-SENDTO:{},bind={}",
+                path.display(),
+                dir.path().join("c.sock").display()
+            ),
+        ]);
+        let out = run_with_input(cmd, "datagram via socat\n");
+        assert_eq!(text(&out.stdout), "datagram via socat\n");
+    }
+    // Unbound: nothing to answer; the server says so in its debug log and carries on.
+    let unbound = std::os::unix::net::UnixDatagram::unbound().unwrap();
+    unbound.send_to(b"hello?", &path).unwrap();
+    server.wait_log("not bound to a path");
+
+    let out = sockit(&["connect", &addr, "-m", "first", "-m", "second"], "");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "first\nsecond\n");
+    let out = sockit(&["connect", &addr], "line one\nline two\n");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "line one\nline two\n");
+    let log = server.stop();
+    assert!(!path.exists(), "{log}");
+
+    // Nobody listening: a clear error, not a hang.
+    let out = sockit(&["connect", &addr, "-m", "anyone"], "");
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("cannot connect to unixgram:"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -2,7 +2,7 @@
 //!
 //! What people type: `HOST PORT` (two arguments), or one argument `HOST:PORT`, `[V6]:PORT`,
 //! optionally behind a scheme — `tcp:`, `udp:`, `tls:` (`HOST:PORT` after it), or `unix:PATH`,
-//! `unix:@NAME` (an abstract socket). A scheme means the same as its flag (`udp:` is `--udp`).
+//! `unix:@NAME` (an abstract socket), `unixgram:PATH` (a unix datagram socket). A scheme means the same as its flag (`udp:` is `--udp`).
 //! Everything parses into one [`Address`]; a connection's far end is a [`PeerAddr`], which can
 //! also hold a unix-socket peer.
 
@@ -24,13 +24,15 @@ pub enum Scheme {
     Tls,
     /// A unix-domain stream socket (`unix:`).
     Unix,
+    /// A unix-domain datagram socket (`unixgram:`), for the datagram services.
+    Unixgram,
     /// Reliable UDP (`rudp:`, `--rudp`): sockit's own ARQ protocol over UDP.
     Rudp,
 }
 
 impl Scheme {
     /// Every scheme's prefix, without the colon.
-    pub const NAMES: &'static [&'static str] = &["tcp", "udp", "rudp", "tls", "unix"];
+    pub const NAMES: &'static [&'static str] = &["tcp", "udp", "rudp", "tls", "unix", "unixgram"];
 
     fn from_prefix(prefix: &str) -> Option<Scheme> {
         Some(match prefix.to_ascii_lowercase().as_str() {
@@ -38,6 +40,7 @@ impl Scheme {
             "udp" => Scheme::Udp,
             "tls" => Scheme::Tls,
             "unix" => Scheme::Unix,
+            "unixgram" => Scheme::Unixgram,
             "rudp" => Scheme::Rudp,
             _ => return None,
         })
@@ -51,6 +54,7 @@ impl fmt::Display for Scheme {
             Scheme::Udp => "udp",
             Scheme::Tls => "tls",
             Scheme::Unix => "unix",
+            Scheme::Unixgram => "unixgram",
             Scheme::Rudp => "rudp",
         })
     }
@@ -109,7 +113,10 @@ impl fmt::Display for Address {
                     scheme => write!(f, "{scheme}:{host}:{port}"),
                 }
             }
-            Endpoint::Unix(name) => write!(f, "unix:{name}"),
+            Endpoint::Unix(name) => match self.scheme {
+                Scheme::Unixgram => write!(f, "unixgram:{name}"),
+                _ => write!(f, "unix:{name}"),
+            },
         }
     }
 }
@@ -121,7 +128,7 @@ impl Address {
     /// error. A bare IPv6 address (`::1`) is a host without a port.
     pub fn parse(s: &str, default_port: Option<u16>) -> Result<Address, ConfigError> {
         let (scheme, rest) = split_scheme(s);
-        if scheme == Scheme::Unix {
+        if matches!(scheme, Scheme::Unix | Scheme::Unixgram) {
             return Ok(Address {
                 scheme,
                 endpoint: Endpoint::Unix(parse_unix(s, rest)?),
@@ -147,7 +154,7 @@ impl Address {
     /// Parses the two-argument form `HOST PORT` (the host may carry a scheme: `udp:HOST`).
     pub fn from_host_port(host: &str, port: &str) -> Result<Address, ConfigError> {
         let (scheme, rest) = split_scheme(host);
-        if scheme == Scheme::Unix {
+        if matches!(scheme, Scheme::Unix | Scheme::Unixgram) {
             return Err(ConfigError::BadAddress {
                 value: host.to_owned(),
                 reason: "a unix socket takes no port",
@@ -344,6 +351,12 @@ mod tests {
             Address::parse("unix:@sockit", None).unwrap().endpoint,
             Endpoint::Unix(UnixName::Abstract("sockit".into()))
         );
+        let gram = Address::parse("unixgram:/tmp/g.sock", None).unwrap();
+        assert_eq!(gram.scheme, Scheme::Unixgram);
+        assert_eq!(
+            gram.endpoint,
+            Endpoint::Unix(UnixName::Path("/tmp/g.sock".into()))
+        );
         for bad in ["unix:", "unix:@", &format!("unix:/{}", "x".repeat(200))] {
             assert!(Address::parse(bad, None).is_err(), "{bad}");
         }
@@ -383,7 +396,13 @@ mod tests {
 
     #[test]
     fn addresses_display_in_the_grammar_they_parse_from() {
-        for text in ["127.0.0.1:9000", "udp:[::1]:53", "unix:@x", "unix:/tmp/a"] {
+        for text in [
+            "127.0.0.1:9000",
+            "udp:[::1]:53",
+            "unix:@x",
+            "unix:/tmp/a",
+            "unixgram:/tmp/g",
+        ] {
             assert_eq!(Address::parse(text, None).unwrap().to_string(), text);
         }
         // A host named like a scheme keeps its scheme, or it would read back as one.

@@ -249,6 +249,12 @@ impl Relay {
                 "tls: addresses are not supported by the relay yet".into()
             ));
         }
+        if ls == Scheme::Unixgram || ts == Scheme::Unixgram {
+            return Err(bad(
+                "unixgram: addresses are for the datagram services of sockit serve, not the relay"
+                    .into(),
+            ));
+        }
         if ls == Scheme::Rudp || ts == Scheme::Rudp {
             return Err(bad(
                 "rudp: runs over UDP: relay it with udp: addresses (faults included)".into(),

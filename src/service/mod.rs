@@ -241,6 +241,8 @@ enum HandleTarget {
     Direct(mpsc::Sender<Push>),
     /// The UDP server's shared queue, tagged with the peer address.
     Tagged(mpsc::Sender<(SocketAddr, Push)>, SocketAddr),
+    /// A unix datagram server's shared queue, tagged with the peer's socket path.
+    TaggedPath(mpsc::Sender<(std::path::PathBuf, Push)>, std::path::PathBuf),
 }
 
 /// A cloneable, `Send` handle that pushes messages to one connection from any task.
@@ -266,6 +268,9 @@ impl ConnHandle {
         let sent = match &self.target {
             HandleTarget::Direct(tx) => tx.send(Push::Message(msg)).await.is_ok(),
             HandleTarget::Tagged(tx, addr) => tx.send((*addr, Push::Message(msg))).await.is_ok(),
+            HandleTarget::TaggedPath(tx, path) => {
+                tx.send((path.clone(), Push::Message(msg))).await.is_ok()
+            }
         };
         if sent { Ok(()) } else { Err(PushError::Closed) }
     }
@@ -280,6 +285,7 @@ impl ConnHandle {
         match &self.target {
             HandleTarget::Direct(tx) => tx.is_closed(),
             HandleTarget::Tagged(tx, _) => tx.is_closed(),
+            HandleTarget::TaggedPath(tx, _) => tx.is_closed(),
         }
     }
 
@@ -291,6 +297,9 @@ impl ConnHandle {
                 .map_err(|e| matches!(e, TrySendError::Full(_))),
             HandleTarget::Tagged(tx, addr) => tx
                 .try_send((*addr, push))
+                .map_err(|e| matches!(e, TrySendError::Full(_))),
+            HandleTarget::TaggedPath(tx, path) => tx
+                .try_send((path.clone(), push))
                 .map_err(|e| matches!(e, TrySendError::Full(_))),
         };
         result.map_err(|full| {
@@ -311,6 +320,8 @@ enum PushSource {
     Lazy(Option<(mpsc::Sender<Push>, mpsc::Receiver<Push>)>),
     /// UDP: one channel for the whole socket, owned by the UDP driver.
     Shared(mpsc::Sender<(SocketAddr, Push)>),
+    /// Unix datagrams: one channel for the whole socket, keyed by the peer's path.
+    SharedPath(mpsc::Sender<(std::path::PathBuf, Push)>),
 }
 
 /// What a session writes to: replies in order, a close request, and push handles.
@@ -357,6 +368,20 @@ impl Outbox {
             peer: PeerAddr::Inet(peer),
             push: PushSource::Shared(pushes),
             socket: Some(socket),
+            max_message: crate::codec::MAX_DATAGRAM,
+        }
+    }
+
+    /// An outbox shared by the peers of one unix datagram socket; see
+    /// [`Outbox::set_peer_path`].
+    pub(crate) fn for_unix_datagrams(pushes: mpsc::Sender<(std::path::PathBuf, Push)>) -> Self {
+        Outbox {
+            first: None,
+            queue: Vec::new(),
+            closing: false,
+            peer: PeerAddr::Unix(None),
+            push: PushSource::SharedPath(pushes),
+            socket: None,
             max_message: crate::codec::MAX_DATAGRAM,
         }
     }
@@ -430,6 +455,13 @@ impl Outbox {
                     .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
                 HandleTarget::Tagged(tx.clone(), addr)
             }
+            PushSource::SharedPath(tx) => {
+                let path = match &self.peer {
+                    PeerAddr::Unix(Some(path)) => path.clone(),
+                    _ => std::path::PathBuf::new(),
+                };
+                HandleTarget::TaggedPath(tx.clone(), path)
+            }
         };
         ConnHandle {
             target,
@@ -439,6 +471,12 @@ impl Outbox {
 
     pub(crate) fn set_peer(&mut self, peer: SocketAddr) {
         self.peer = PeerAddr::Inet(peer);
+        self.closing = false;
+    }
+
+    /// Unix datagrams: the peer the next messages concern.
+    pub(crate) fn set_peer_path(&mut self, peer: &std::path::Path) {
+        self.peer = PeerAddr::Unix(Some(peer.to_path_buf()));
         self.closing = false;
     }
 

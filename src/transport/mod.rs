@@ -21,6 +21,7 @@ pub mod stream;
 pub mod tcp;
 pub mod udp;
 pub mod unix;
+pub mod unixgram;
 
 pub use framed::FramedStream;
 

@@ -683,11 +683,21 @@ impl Target {
         Ok(address)
     }
 
-    /// The unix socket, for a `unix:` address.
+    /// The unix stream socket, for a `unix:` address.
     pub fn unix(&self) -> Option<UnixName> {
-        match self.address().ok()?.endpoint {
-            Endpoint::Unix(name) => Some(name),
-            Endpoint::Inet { .. } => None,
+        let address = self.address().ok()?;
+        match address.endpoint {
+            Endpoint::Unix(name) if address.scheme == Scheme::Unix => Some(name),
+            _ => None,
+        }
+    }
+
+    /// The unix datagram socket, for a `unixgram:` address.
+    pub fn unixgram(&self) -> Option<UnixName> {
+        let address = self.address().ok()?;
+        match address.endpoint {
+            Endpoint::Unix(name) if address.scheme == Scheme::Unixgram => Some(name),
+            _ => None,
         }
     }
 
@@ -778,7 +788,7 @@ fn parse_mtu(s: &str) -> Result<usize, String> {
 fn check_scheme(address: &Address, raw: &str, udp: bool) -> Result<(), String> {
     match address.scheme {
         Scheme::Unix if udp => Err(format!(
-            "'{address}' is a unix stream socket but --udp says UDP"
+            "'{address}' is a unix stream socket but --udp says UDP (use unixgram:PATH)"
         )),
         Scheme::Tls => Err(format!(
             "'{address}': TLS is not supported yet (use HOST:PORT)"
@@ -838,7 +848,13 @@ pub const DEFAULT_RETRIES: u32 = 2;
 /// Checks the `connect` arguments clap cannot: every `-m` must fit one message of the framing
 /// (or one datagram), and `--retries` needs `--udp`.
 pub fn validate_connect(args: &ConnectArgs) -> Result<(), String> {
-    let udp = args.target.is_udp();
+    let unixgram = args.target.unixgram().is_some();
+    let udp = args.target.is_udp() || unixgram;
+    if unixgram && args.target.framing.is_some() {
+        return Err(
+            "--framing applies to streams only: over unixgram every datagram is one message".into(),
+        );
+    }
     if args.retries.is_some() && !udp {
         return Err(
             "--retries applies to UDP only (--udp): TCP delivers or fails on its own".into(),
@@ -1037,6 +1053,12 @@ fn validate(cli: &Cli) -> Result<(), (&'static str, String)> {
         Command::Connect(a) => {
             a.target.address().map_err(|e| ("connect", e))?;
             validate_connect(a).map_err(|e| ("connect", e))?;
+            if a.target.unixgram().is_some() && (a.exec.is_some() || a.sh_exec.is_some()) {
+                return Err((
+                    "connect",
+                    "--exec and --sh-exec need a stream: not unixgram".into(),
+                ));
+            }
             if let Some(line) = &a.exec {
                 sockit::exec::ExecCommand::words(line).map_err(|e| ("connect", e.to_string()))?;
             }
@@ -1056,6 +1078,12 @@ fn validate(cli: &Cli) -> Result<(), (&'static str, String)> {
                 ));
             } else {
                 a.target.address().map_err(|e| ("bench", e))?;
+            }
+            if a.target.unixgram().is_some() {
+                return Err((
+                    "bench",
+                    "bench runs over TCP, unix, UDP or rudp: not unixgram".into(),
+                ));
             }
             validate_bench(a).map_err(|e| ("bench", e))?;
             check_target_rudp(&a.target).map_err(|e| ("bench", e))?;
@@ -1179,7 +1207,7 @@ pub fn listen_addr(args: &ServeArgs) -> Result<Listen, String> {
                     return Ok(Listen {
                         host: default_host(),
                         port: 0,
-                        udp: false,
+                        udp: address.scheme == Scheme::Unixgram,
                         rudp: false,
                         unix: Some(name),
                     });
@@ -1256,6 +1284,9 @@ fn check_exec_serve(args: &ServeArgs, listen: &Listen) -> Result<(), String> {
     }
     if let Some(cmd) = &args.sh_exec {
         sockit::exec::ExecCommand::shell(cmd).map_err(|e| e.to_string())?;
+    }
+    if listen.unix.is_some() && listen.udp && args.udp_rate.is_some() {
+        return Err("--udp-rate applies to UDP only: a unix socket cannot reflect traffic".into());
     }
     if args.mode.is_some() && !matches!(listen.unix, Some(UnixName::Path(_))) {
         return Err(

@@ -155,6 +155,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     }
     // `addr`, whatever it is, is where every service below listens.
     let addr = match &listen.unix {
+        Some(name) if listen.udp => Bind::Unixgram(name.clone(), args.mode),
         Some(name) => Bind::Unix(name.clone(), args.mode),
         None => Bind::Inet(resolve_all(&listen.host, listen.port).await?[0]),
     };
@@ -479,6 +480,7 @@ async fn serve_with<S: Service>(
             (server, None)
         }
         Bind::Unix(name, mode) => unixexec::bind_unix(name, *mode, config, service)?,
+        Bind::Unixgram(name, mode) => unixexec::bind_unixgram(name, *mode, config, service)?,
     };
     let local = server.local_addr();
     let unix = server.unix_name().cloned();
@@ -492,6 +494,7 @@ async fn serve_with<S: Service>(
         warn!("cannot print the banner: {e}");
     }
     let place = match &unix {
+        Some(name) if transport == Transport::Udp => format!("unixgram:{name}"),
         Some(name) => format!("unix:{name}"),
         None => format!("{transport} {local}"),
     };
@@ -532,6 +535,15 @@ fn print_banner(
     let exec = matches!(kind, Label::Exec(_));
     if let Some(name) = unix {
         let mut out = std::io::stdout().lock();
+        if transport == Transport::Udp {
+            writeln!(
+                out,
+                "sockit: {kind} listening on unixgram {name} (datagrams)"
+            )?;
+            writeln!(out, "{}", unixexec::unixgram_hint(name))?;
+            out.flush()?;
+            return Ok(());
+        }
         let (how, framing_flag) = match (exec, framing) {
             (true, _) => ("raw bytes".to_owned(), String::new()),
             (false, Framing::Line) => ("line framing".to_owned(), String::new()),
@@ -669,6 +681,15 @@ async fn connect(args: ConnectArgs) -> Result<()> {
     // Quiet unless asked: the output is the server's, the log only connection events.
     init_logging(args.verbose == 0, args.verbose.saturating_sub(1));
     let target = &args.target;
+    if let Some(name) = target.unixgram() {
+        let messages = args
+            .messages
+            .into_iter()
+            .map(|m| Bytes::from(m.into_encoded_bytes()))
+            .collect();
+        let retries = args.retries.unwrap_or(cli::DEFAULT_RETRIES);
+        return unixexec::connect_unixgram(&name, messages, args.timeout, retries).await;
+    }
     let unix = target.unix();
     let addrs = match unix {
         Some(_) => Vec::new(),

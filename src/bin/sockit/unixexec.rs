@@ -17,6 +17,8 @@ pub enum Bind {
     Inet(SocketAddr),
     /// A unix stream socket, and `--mode` for its file.
     Unix(UnixName, Option<u32>),
+    /// A unix datagram socket, and `--mode` for its file.
+    Unixgram(UnixName, Option<u32>),
 }
 
 impl std::fmt::Display for Bind {
@@ -24,6 +26,7 @@ impl std::fmt::Display for Bind {
         match self {
             Bind::Inet(a) => write!(f, "{a}"),
             Bind::Unix(name, _) => write!(f, "unix:{name}"),
+            Bind::Unixgram(name, _) => write!(f, "unixgram:{name}"),
         }
     }
 }
@@ -104,4 +107,106 @@ pub async fn connect_exec(
     exec::log_report(1, &command, &report);
     tracing::info!("connection closed: {report}");
     Ok(report.exit_code())
+}
+
+/// Binds a datagram server on a unix socket, like [`bind_unix`].
+pub fn bind_unixgram<S: Service>(
+    name: &UnixName,
+    mode: Option<u32>,
+    config: ServerConfig,
+    service: S,
+) -> Result<(Server<S>, Option<SocketFile>)> {
+    let context = || format!("cannot listen on unixgram:{name}");
+    prepare_bind(name, true).with_context(context)?;
+    let server = Server::bind_unixgram(name, config, service).with_context(context)?;
+    let file = SocketFile::bound(name);
+    if let Some(mode) = mode {
+        set_mode(name, mode).with_context(|| format!("cannot set mode {mode:04o} on {name}"))?;
+    }
+    Ok((server, file))
+}
+
+/// How to reach a unixgram server, for the banner. A client must bind a path of its own:
+/// that is where the replies go.
+pub fn unixgram_hint(name: &UnixName) -> String {
+    match name {
+        UnixName::Path(p) => format!(
+            "connect with: sockit connect unixgram:{name}  or:  socat - UNIX-SENDTO:{},bind=/tmp/client.sock",
+            p.display()
+        ),
+        UnixName::Abstract(_) => format!("connect with: sockit connect unixgram:{name}"),
+    }
+}
+
+/// `sockit connect unixgram:NAME`: binds a socket of its own in a private temporary directory
+/// (replies need an address), then sends each `-m` message, or each line of standard input
+/// (its line ending removed), as one datagram and prints the reply, resending up to `retries`
+/// times when none comes within `timeout`.
+pub async fn connect_unixgram(
+    name: &UnixName,
+    messages: Vec<bytes::Bytes>,
+    timeout: std::time::Duration,
+    retries: u32,
+) -> Result<()> {
+    use std::io::Write;
+    use tokio::io::AsyncBufReadExt;
+
+    let dir = tempfile::Builder::new()
+        .prefix("sockit-")
+        .tempdir()
+        .context("cannot make a directory for the client socket")?;
+    let socket = tokio::net::UnixDatagram::bind(dir.path().join("client.sock"))
+        .context("cannot bind the client socket")?;
+    let server = sockit::transport::stream::unix_socket_addr(name)?;
+    {
+        // Connected: only the server's datagrams are received.
+        let std = socket.into_std()?;
+        std.connect_addr(&server)
+            .with_context(|| format!("cannot connect to unixgram:{name}"))?;
+        let socket = tokio::net::UnixDatagram::from_std(std)?;
+        let mut buf = vec![0u8; 65_536];
+        let mut exchange = async |msg: &[u8]| -> Result<()> {
+            for attempt in 0..=retries {
+                socket
+                    .send(msg)
+                    .await
+                    .with_context(|| format!("cannot send to unixgram:{name}"))?;
+                match tokio::time::timeout(timeout, socket.recv(&mut buf)).await {
+                    Ok(Ok(n)) => {
+                        let mut out = std::io::stdout().lock();
+                        out.write_all(&buf[..n])?;
+                        if !buf[..n].ends_with(b"\n") {
+                            out.write_all(b"\n")?;
+                        }
+                        out.flush()?;
+                        return Ok(());
+                    }
+                    Ok(Err(e)) => {
+                        return Err(e).with_context(|| format!("unixgram:{name}"));
+                    }
+                    Err(_) if attempt < retries => {
+                        tracing::info!("no reply within {timeout:?}: resending");
+                    }
+                    Err(_) => {}
+                }
+            }
+            anyhow::bail!(
+                "no reply from unixgram:{name} within {}s",
+                timeout.as_secs_f64() * f64::from(retries + 1)
+            )
+        };
+        if messages.is_empty() {
+            let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+            while let Some(line) = lines.next_line().await.context("standard input")? {
+                let line = line.strip_suffix('\r').unwrap_or(&line);
+                exchange(line.as_bytes()).await?;
+            }
+        } else {
+            for msg in &messages {
+                exchange(msg).await?;
+            }
+        }
+    }
+    drop(dir);
+    Ok(())
 }

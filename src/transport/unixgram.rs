@@ -1,0 +1,331 @@
+//! Runs a datagram service over one unix datagram socket (`unixgram:PATH`): every datagram is
+//! a message, each sender gets a session of its own, and replies go to the sender's bound path.
+//!
+//! The same policy as UDP ([`crate::transport::udp`]): quit words, an idle limit per peer, and
+//! a bounded peer table whose least recently active peer makes room for a newcomer. A client
+//! socket that is not bound to a path (socat's `UNIX-SENDTO` without `bind=`, or one bound to an
+//! abstract name) has no address a reply could go to: its datagrams are dropped with a debug
+//! line, as they carry no way to answer.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use lru::LruCache;
+use tokio::net::UnixDatagram;
+use tokio::sync::mpsc;
+use tokio_util::codec::Encoder;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::codec::RawCodec;
+use crate::logging::RateLimited;
+use crate::message::Message;
+use crate::net::PeerAddr;
+use crate::service::{Outbox, PeerInfo, Push, Service, Session, Transport};
+use crate::transport::udp::{UdpReport, UdpSettings};
+
+/// Capacity of the queue shared by every push handle of the socket.
+const PUSH_QUEUE: usize = 8192;
+/// Receive buffer: the largest datagram accepted (longer ones are truncated by the kernel).
+const RECV_BUFFER: usize = 65_536;
+
+struct Peer<Se> {
+    session: Se,
+    codec: RawCodec,
+    last_seen: Instant,
+    datagrams: u64,
+}
+
+struct Driver<Sv: Service> {
+    socket: UnixDatagram,
+    service: Arc<Sv>,
+    settings: UdpSettings,
+    /// Most recently active first.
+    peers: LruCache<PathBuf, Peer<Sv::Session>>,
+    out: Outbox,
+    wbuf: BytesMut,
+    next_id: u64,
+    evictions: RateLimited,
+    unbound: RateLimited,
+    report: UdpReport,
+}
+
+/// Serves `service` on `socket` until `shutdown` is cancelled. `settings.reply_rate` does not
+/// apply (a unix socket cannot be used to reflect traffic at a forged address).
+pub async fn serve_unixgram<Sv: Service>(
+    socket: UnixDatagram,
+    service: Arc<Sv>,
+    settings: UdpSettings,
+    shutdown: CancellationToken,
+) -> UdpReport {
+    let (push_tx, mut push_rx) = mpsc::channel(PUSH_QUEUE);
+    let mut driver = Driver {
+        socket,
+        service,
+        peers: LruCache::unbounded(),
+        settings,
+        out: Outbox::for_unix_datagrams(push_tx),
+        wbuf: BytesMut::new(),
+        next_id: 0,
+        evictions: RateLimited::new(Duration::from_secs(1)),
+        unbound: RateLimited::new(Duration::from_secs(1)),
+        report: UdpReport::default(),
+    };
+    let mut buf = vec![0u8; RECV_BUFFER];
+    let mut sweep = tokio::time::interval(Duration::from_secs(1));
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            Some((path, push)) = push_rx.recv() => driver.on_push(path, push).await,
+            received = driver.socket.recv_from(&mut buf) => match received {
+                Ok((n, addr)) => match addr.as_pathname() {
+                    Some(path) => {
+                        let datagram = Bytes::copy_from_slice(&buf[..n]);
+                        driver.on_datagram(path.to_path_buf(), datagram).await;
+                    }
+                    None => {
+                        driver.report.datagrams_in += 1;
+                        debug!(
+                            "unixgram: {n}-byte datagram from a socket not bound to a path: \
+                             no address to answer, dropped"
+                        );
+                        if let Some(count) = driver.unbound.hit() {
+                            debug!("unixgram: {count} datagram(s) from unbound sockets dropped");
+                        }
+                    }
+                },
+                Err(e) => debug!("unixgram receive error: {e}"),
+            },
+            _ = sweep.tick() => driver.sweep(Instant::now()),
+        }
+    }
+    while let Some((path, mut peer)) = driver.peers.pop_lru() {
+        peer.session.on_close();
+        debug!("peer {} closed: server shutting down", path.display());
+    }
+    driver.report
+}
+
+impl<Sv: Service> Driver<Sv> {
+    async fn on_datagram(&mut self, path: PathBuf, datagram: Bytes) {
+        self.report.datagrams_in += 1;
+        let now = Instant::now();
+        if !self.peers.contains(&path) {
+            self.admit(&path, now).await;
+        }
+        let Some(peer) = self.peers.get_mut(&path) else {
+            return;
+        };
+        peer.last_seen = now;
+        peer.datagrams += 1;
+        debug!(
+            "datagram from unixgram:{}: {} bytes",
+            path.display(),
+            datagram.len()
+        );
+        let msg = peer.codec.decode_datagram(datagram);
+        self.out.set_peer_path(&path);
+        let quit =
+            self.settings.quit_words && peer.session.ends_on_quit_word() && msg.is_quit_word();
+        if quit {
+            self.out.send(Message::text("bye"));
+        } else {
+            peer.session.on_message(msg, &mut self.out).await;
+        }
+        self.flush(&path).await;
+        if quit || self.out.is_closing() {
+            self.forget(
+                &path,
+                if quit {
+                    "said bye"
+                } else {
+                    "closed by service"
+                },
+            );
+        }
+    }
+
+    async fn admit(&mut self, path: &Path, now: Instant) {
+        if self.peers.len() >= self.settings.max_peers {
+            self.sweep(now);
+        }
+        if self.peers.len() >= self.settings.max_peers {
+            if let Some((old, mut peer)) = self.peers.pop_lru() {
+                peer.session.on_close();
+                self.report.evicted += 1;
+                if let Some(n) = self.evictions.hit() {
+                    warn!(
+                        "peer table full ({} peers): evicted {n} least recently active peer(s) \
+                         (latest {})",
+                        self.settings.max_peers,
+                        old.display()
+                    );
+                }
+            }
+        }
+        self.next_id += 1;
+        self.report.peers += 1;
+        info!("new unixgram peer {}", path.display());
+        let info = PeerInfo {
+            id: self.next_id,
+            addr: PeerAddr::Unix(Some(path.to_path_buf())),
+            transport: Transport::Udp,
+            user: None,
+        };
+        let mut peer = Peer {
+            session: self.service.open(&info),
+            codec: RawCodec::new(RECV_BUFFER),
+            last_seen: now,
+            datagrams: 0,
+        };
+        self.out.set_peer_path(path);
+        peer.session.on_open(&mut self.out).await;
+        self.peers.put(path.to_path_buf(), peer);
+        self.flush(path).await;
+    }
+
+    async fn on_push(&mut self, path: PathBuf, push: Push) {
+        if !self.peers.contains(&path) {
+            return;
+        }
+        match push {
+            Push::Message(msg) => {
+                self.out.set_peer_path(&path);
+                self.out.send(msg);
+                self.flush(&path).await;
+            }
+            Push::Close => self.forget(&path, "closed by service"),
+        }
+    }
+
+    /// Sends everything in the outbox to `path`, one datagram per message.
+    async fn flush(&mut self, path: &Path) {
+        let Driver {
+            socket,
+            peers,
+            out,
+            wbuf,
+            report,
+            ..
+        } = self;
+        let Some(peer) = peers.peek_mut(path) else {
+            out.clear();
+            return;
+        };
+        for msg in out.drain() {
+            wbuf.clear();
+            if peer.codec.encode(&msg, wbuf).is_err() {
+                continue;
+            }
+            match socket.send_to(wbuf, path).await {
+                Ok(_) => report.datagrams_out += 1,
+                Err(e) => debug!(
+                    "cannot send {} bytes to unixgram:{}: {e}",
+                    wbuf.len(),
+                    path.display()
+                ),
+            }
+        }
+    }
+
+    fn forget(&mut self, path: &Path, why: &str) {
+        if let Some(mut peer) = self.peers.pop(path) {
+            peer.session.on_close();
+            info!(
+                "unixgram peer {} {why} ({} datagrams)",
+                path.display(),
+                peer.datagrams
+            );
+        }
+    }
+
+    /// Forgets peers silent for the idle limit, oldest first.
+    fn sweep(&mut self, now: Instant) {
+        let idle = self.settings.peer_idle;
+        while let Some((_, peer)) = self.peers.peek_lru() {
+            if now.saturating_duration_since(peer.last_seen) < idle {
+                break;
+            }
+            if let Some((path, mut peer)) = self.peers.pop_lru() {
+                peer.session.on_close();
+                info!(
+                    "unixgram peer {} expired after {}s of silence ({} datagrams)",
+                    path.display(),
+                    idle.as_secs_f64(),
+                    peer.datagrams
+                );
+            }
+        }
+    }
+}
+
+/// Binds a unix datagram socket at `name` (no stale-file handling: see
+/// [`crate::transport::unix::prepare_bind`]).
+pub fn bind_unixgram(name: &crate::net::UnixName) -> std::io::Result<UnixDatagram> {
+    let addr = crate::transport::stream::unix_socket_addr(name)?;
+    let std = std::os::unix::net::UnixDatagram::bind_addr(&addr)?;
+    std.set_nonblocking(true)?;
+    UnixDatagram::from_std(std)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn bound_peers_get_replies_and_unbound_ones_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let server_path = dir.path().join("srv.sock");
+        let socket = UnixDatagram::bind(&server_path).unwrap();
+        let stop = CancellationToken::new();
+        let settings = UdpSettings {
+            quit_words: true,
+            peer_idle: Duration::from_secs(60),
+            max_peers: 2,
+            reply_rate: None,
+        };
+        let running = tokio::spawn(serve_unixgram(
+            socket,
+            Arc::new(crate::service::echo::Echo),
+            settings,
+            stop.clone(),
+        ));
+        let client = UnixDatagram::bind(dir.path().join("c.sock")).unwrap();
+        client.send_to(b"hello", &server_path).await.unwrap();
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(5), client.recv(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&buf[..n], b"hello");
+
+        let unbound = UnixDatagram::unbound().unwrap();
+        unbound.send_to(b"anyone?", &server_path).await.unwrap();
+        // Three more peers through a table of two: the oldest are evicted, all are answered.
+        for i in 0..3 {
+            let c = UnixDatagram::bind(dir.path().join(format!("p{i}.sock"))).unwrap();
+            c.send_to(b"x\n", &server_path).await.unwrap();
+            let n = tokio::time::timeout(Duration::from_secs(5), c.recv(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(&buf[..n], b"x\n");
+        }
+        client.send_to(b"bye", &server_path).await.unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(5), client.recv(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&buf[..n], b"bye");
+        stop.cancel();
+        let report = running.await.unwrap();
+        assert_eq!(report.datagrams_in, 6);
+        assert_eq!(report.datagrams_out, 5);
+        // The first client was evicted by the later ones, and came back for its `bye`.
+        assert_eq!((report.peers, report.evicted), (5, 3), "{report:?}");
+    }
+}
