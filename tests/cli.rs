@@ -56,8 +56,8 @@ fn bad_addresses_are_usage_errors_that_say_why() {
     assert!(e.contains("brackets"), "{e}");
     let e = usage_error(&["connect", "127.0.0.1"]);
     assert!(e.contains("no port"), "{e}");
-    let e = usage_error(&["connect", "unix:/tmp/sockit.sock"]);
-    assert!(e.contains("not supported yet"), "{e}");
+    let e = usage_error(&["connect", "--udp", "unix:/tmp/sockit.sock"]);
+    assert!(e.contains("unix stream socket"), "{e}");
     let e = usage_error(&["bench", "bad host", "9000"]);
     assert!(e.contains("'bad host'"), "{e}");
 }

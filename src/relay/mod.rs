@@ -267,6 +267,8 @@ impl Relay {
         }
         let (listener, local) = match &config.listen.endpoint {
             Endpoint::Unix(name) => {
+                // A stale socket file is replaced, a live one refused (not stolen).
+                crate::transport::unix::prepare_bind(name, false)?;
                 let addr = unix_addr(name)?;
                 let std = std::os::unix::net::UnixListener::bind_addr(&addr)?;
                 std.set_nonblocking(true)?;
