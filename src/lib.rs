@@ -58,6 +58,7 @@ pub mod scan;
 pub mod server;
 pub mod service;
 pub mod shutdown;
+pub mod tls;
 pub mod transport;
 pub mod users;
 
