@@ -415,6 +415,28 @@ impl TlsClient {
     }
 }
 
+/// Moves the bytes of `stream` (a TLS stream, say) to and from one end of a new unix socket
+/// pair, in a task of its own, and returns the other end: code written for plain sockets
+/// (the relay's splice and copy paths) then runs over TLS unchanged. The task ends when both
+/// directions have ended, or on the first error.
+pub fn bridge<S>(stream: S) -> io::Result<tokio::net::UnixStream>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (near, far) = tokio::net::UnixStream::pair()?;
+    tokio::spawn(async move {
+        let mut stream = stream;
+        let mut near = near;
+        const BUF: usize = 64 * 1024;
+        if let Err(e) =
+            tokio::io::copy_bidirectional_with_sizes(&mut stream, &mut near, BUF, BUF).await
+        {
+            tracing::debug!("tls bridge ended: {e}");
+        }
+    });
+    Ok(far)
+}
+
 /// What `--tls-insecure` prints to stderr.
 pub const INSECURE_WARNING: &str = "WARNING: --tls-insecure: the server's certificate is NOT checked; anyone on the path can read and change this connection";
 

@@ -70,10 +70,11 @@ pub enum Command {
     Ping(PingArgs),
     /// Scan a host's ports: which are open, closed or filtered (TCP connect scan, or --udp).
     Scan(ScanArgs),
-    /// Forward a port (TCP, UDP, unix), show what passes (--hex, --trace) and inject faults.
+    /// Forward a port (TCP, UDP, unix, TLS), show what passes (--hex, --trace) and inject faults.
     ///
-    /// LISTEN and TARGET are addresses: HOST:PORT (TCP), udp:HOST:PORT, unix:PATH. TCP and unix
-    /// relay to each other in any pairing; UDP only to UDP. One log line per connection.
+    /// LISTEN and TARGET are addresses: HOST:PORT (TCP), udp:HOST:PORT, unix:PATH,
+    /// tls:HOST:PORT. TCP, TLS and unix relay to each other in any pairing; UDP only to UDP. One
+    /// log line per connection.
     Relay(RelayArgs),
 }
 
@@ -135,6 +136,9 @@ pub struct RelayArgs {
     /// Expect a PROXY protocol header (v1 or v2) from every client; its source is the client
     #[arg(long)]
     pub proxy_accept: bool,
+    /// TLS: a tls:HOST:PORT LISTEN terminates TLS, a tls:HOST:PORT TARGET originates it
+    #[command(flatten)]
+    pub tls: crate::tls_args::RelayTls,
     /// Only warnings and errors (no per-connection lines)
     #[arg(short, long, conflicts_with = "verbose")]
     pub quiet: bool,

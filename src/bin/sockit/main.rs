@@ -5,6 +5,7 @@
 mod cli;
 mod password;
 mod relay_cmd;
+mod tls_args;
 mod transfer;
 
 use std::fs::File;
