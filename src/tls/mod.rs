@@ -28,6 +28,9 @@ use rustls::{
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use crate::service::PeerInfo;
+use crate::transport::stream::{BoxFuture, BoxStream, ClientUpgrade, Upgrade};
+
 pub use cert::{CertInfo, CertSource, Fingerprint, Pin};
 pub use verify::PinMismatch;
 
@@ -184,8 +187,9 @@ impl TlsServer {
     }
 
     /// The banner lines: where the certificate is from, its fingerprints, and a ready
-    /// `sockit connect` line pinning it (for `host`:`port`, as a client would type them).
-    pub fn banner(&self, host: &str, port: u16) -> Vec<String> {
+    /// `sockit connect` line pinning it (for `host`:`port`, as a client would type them, with
+    /// `flags` such as ` --framing len32` after `connect`).
+    pub fn banner(&self, host: &str, port: u16, flags: &str) -> Vec<String> {
         let from = match &self.source {
             CertSource::Given(p) => format!("certificate {}", p.display()),
             CertSource::Stored(p) => format!("certificate {} (kept from before)", p.display()),
@@ -215,7 +219,7 @@ impl TlsServer {
                 host.to_owned()
             };
             lines.push(format!(
-                "tls: connect with: sockit connect {host} {port} --tls --tls-pin {spki}"
+                "connect with: sockit connect{flags} {host} {port} --tls --tls-pin {spki}"
             ));
         }
         lines
@@ -300,6 +304,7 @@ pub struct TlsClient {
     /// How servers are trusted.
     pub trust: Trust,
     timeout: Duration,
+    verbose: bool,
 }
 
 impl std::fmt::Debug for TlsClient {
@@ -387,7 +392,15 @@ impl TlsClient {
             sni: opts.sni.clone(),
             trust,
             timeout: opts.handshake_timeout,
+            verbose: false,
         })
+    }
+
+    /// Prints [`describe`] lines (and how the server was trusted) to stderr after each
+    /// handshake made as a [`ClientUpgrade`] layer (`connect -v`).
+    pub fn verbose(mut self, on: bool) -> TlsClient {
+        self.verbose = on;
+        self
     }
 
     /// The name sent (SNI) and checked: `--tls-sni`, else `host` as the user typed it.
@@ -425,7 +438,7 @@ where
 {
     let (near, far) = tokio::net::UnixStream::pair()?;
     tokio::spawn(async move {
-        let mut stream = stream;
+        let mut stream = EofTolerant(stream);
         let mut near = near;
         const BUF: usize = 64 * 1024;
         if let Err(e) =
@@ -435,6 +448,119 @@ where
         }
     });
     Ok(far)
+}
+
+/// A TLS stream whose peer may close without a `close_notify` alert: most do (openssl
+/// s_client, ncat, a killed process), and for a byte stream a plain close is the end of it, not
+/// an error worth a warning. Every other error passes through.
+#[derive(Debug)]
+pub struct EofTolerant<S>(pub S);
+
+impl<S: AsyncRead + Unpin> AsyncRead for EofTolerant<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match std::pin::Pin::new(&mut self.0).poll_read(cx, buf) {
+            std::task::Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                std::task::Poll::Ready(Ok(()))
+            }
+            other => other,
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for EofTolerant<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+impl Upgrade for TlsServer {
+    fn name(&self) -> &str {
+        "tls"
+    }
+
+    fn upgrade(
+        &self,
+        stream: BoxStream,
+        _peer: &PeerInfo,
+    ) -> BoxFuture<'static, io::Result<BoxStream>> {
+        let server = self.clone();
+        Box::pin(async move {
+            let tls = server.accept(stream).await?;
+            Ok(Box::new(EofTolerant(tls)) as BoxStream)
+        })
+    }
+}
+
+impl ClientUpgrade for TlsClient {
+    fn name(&self) -> &str {
+        "tls"
+    }
+
+    fn upgrade(
+        &self,
+        stream: BoxStream,
+        target: &str,
+    ) -> BoxFuture<'static, io::Result<BoxStream>> {
+        let client = self.clone();
+        let target = target.to_owned();
+        Box::pin(async move {
+            let tls = client.connect(&target, stream).await?;
+            if client.verbose {
+                let (_, conn) = tls.get_ref();
+                for line in describe(conn) {
+                    crate::logging::stderr_line(&line);
+                }
+                crate::logging::stderr_line(&match &client.trust {
+                    Trust::System => format!(
+                        "tls: verified {:?} against the system's CAs",
+                        client.name_for(&target)
+                    ),
+                    Trust::CaFile(p) => format!(
+                        "tls: verified {:?} against {}",
+                        client.name_for(&target),
+                        p.display()
+                    ),
+                    Trust::Pinned => "tls: verified by pin".to_owned(),
+                    Trust::Insecure => "tls: NOT verified (--tls-insecure)".to_owned(),
+                });
+            }
+            Ok(Box::new(EofTolerant(tls)) as BoxStream)
+        })
+    }
 }
 
 /// What `--tls-insecure` prints to stderr.
@@ -623,7 +749,7 @@ pub fn describe(state: &CommonState) -> Vec<String> {
             "tls: certificate {i}: {} (issuer {}, until {})",
             info.subject, info.issuer, info.not_after
         ));
-        lines.push(format!("tls:   sha256 {}", info.fingerprint));
+        lines.push(format!("tls:   certificate {}", info.fingerprint));
         if let Some(spki) = info.spki {
             lines.push(format!("tls:   public key {spki}"));
         }
@@ -744,7 +870,7 @@ mod tests {
     #[test]
     fn banner_has_fingerprints_and_a_connect_line() {
         let server = ephemeral_server(ServerOptions::default());
-        let lines = server.banner("::1", 4433).join("\n");
+        let lines = server.banner("::1", 4433, "").join("\n");
         assert!(
             lines.contains(&server.leaf.fingerprint.colon_hex()),
             "{lines}"

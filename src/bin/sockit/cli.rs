@@ -626,6 +626,9 @@ pub struct ServeArgs {
     /// Log more (-v every message, -vv everything)
     #[arg(short, long, action = ArgAction::Count)]
     pub verbose: u8,
+    /// TLS (--tls and its settings).
+    #[command(flatten)]
+    pub tls: crate::tls_args::ServeTls,
 }
 
 /// The server that `connect` and `bench` talk to, and how.
@@ -656,7 +659,7 @@ impl Target {
     /// with `--udp`.
     pub fn address(&self) -> Result<Address, String> {
         let mut address = parse_address(&self.addr, self.port.as_deref(), None)?;
-        check_scheme(&address, &self.addr, self.udp)?;
+        check_scheme_or_tls(&address, &self.addr, self.udp, self.rudp)?;
         check_rudp(&address, &self.addr, self.rudp)?;
         if self.udp {
             address.scheme = Scheme::Udp;
@@ -678,6 +681,11 @@ impl Target {
     /// rudp, by flag or by scheme.
     pub fn is_rudp(&self) -> bool {
         self.rudp || self.address().is_ok_and(|a| a.scheme == Scheme::Rudp)
+    }
+
+    /// Whether the address says `tls:`.
+    pub fn is_tls(&self) -> bool {
+        self.address().is_ok_and(|a| a.scheme == Scheme::Tls)
     }
 
     /// TCP, UDP or rudp.
@@ -752,6 +760,20 @@ fn parse_mtu(s: &str) -> Result<usize, String> {
     }
 }
 
+/// Like [`check_scheme`], but lets `tls:` through (TLS runs over TCP: not with --udp/--rudp).
+fn check_scheme_or_tls(address: &Address, raw: &str, udp: bool, rudp: bool) -> Result<(), String> {
+    if address.scheme != Scheme::Tls {
+        return check_scheme(address, raw, udp);
+    }
+    if udp || rudp {
+        return Err(format!(
+            "'{raw}' says tls: (over TCP) but --{} says otherwise",
+            if udp { "udp" } else { "rudp" }
+        ));
+    }
+    Ok(())
+}
+
 /// Refuses what the address grammar can say but this version cannot do yet, and a scheme that
 /// contradicts `--udp`.
 fn check_scheme(address: &Address, raw: &str, udp: bool) -> Result<(), String> {
@@ -799,9 +821,12 @@ pub struct ConnectArgs {
     /// exit 0 (like `nc -q`); without it, wait until the server closes
     #[arg(long, value_name = "SECS", value_parser = parse_secs)]
     pub quit_after: Option<Duration>,
-    /// Log connection events to stderr (-v events, -vv details)
+    /// Log connection events to stderr (-v events and the TLS session, -vv details)
     #[arg(short, long, action = ArgAction::Count)]
     pub verbose: u8,
+    /// TLS (--tls and its settings).
+    #[command(flatten)]
+    pub tls: crate::tls_args::ClientTls,
 }
 
 /// Default number of UDP resends for `connect`.
@@ -896,6 +921,13 @@ pub struct BenchArgs {
     /// addresses round-robin
     #[arg(value_name = "MORE")]
     pub more: Vec<String>,
+    /// A new connection (and with TLS a new handshake) for every message: measures
+    /// connections (handshakes) per second
+    #[arg(long, conflicts_with_all = ["chat", "rate"])]
+    pub reconnect: bool,
+    /// TLS (--tls and its settings).
+    #[command(flatten)]
+    pub tls: crate::tls_args::ClientTls,
 }
 
 /// The servers `bench --chat` loads: ADDR [PORT], then every further address (a second
@@ -949,6 +981,8 @@ pub struct Listen {
     pub udp: bool,
     /// rudp, by `--rudp` or by a `rudp:` address.
     pub rudp: bool,
+    /// TLS by a `tls:` address (`--tls` is in the TLS flags).
+    pub tls: bool,
 }
 
 impl Listen {
@@ -1132,7 +1166,7 @@ pub fn listen_addr(args: &ServeArgs) -> Result<Listen, String> {
         ),
         (Some(addr), port) => {
             let address = parse_address(addr, port.as_deref(), Some(DEFAULT_PORT))?;
-            check_scheme(&address, addr, args.udp)?;
+            check_scheme_or_tls(&address, addr, args.udp, args.rudp)?;
             check_rudp(&address, addr, args.rudp)?;
             match address.endpoint {
                 Endpoint::Inet { host, port } => (host, port, address.scheme),
@@ -1145,6 +1179,7 @@ pub fn listen_addr(args: &ServeArgs) -> Result<Listen, String> {
         port,
         udp: args.udp || scheme == Scheme::Udp,
         rudp: args.rudp || scheme == Scheme::Rudp,
+        tls: scheme == Scheme::Tls,
     })
 }
 
@@ -1454,7 +1489,10 @@ mod tests {
             port,
             udp,
             rudp: false,
+            tls: false,
         };
+        assert!(serve(&["tls:127.0.0.1:0"]).unwrap().tls);
+        assert!(serve(&["--udp", "tls:127.0.0.1:0"]).is_err());
         assert_eq!(serve(&[]).unwrap(), listen(9000, false));
         assert_eq!(serve(&["9001"]).unwrap(), listen(9001, false));
         assert_eq!(serve(&["127.0.0.1:9002"]).unwrap(), listen(9002, false));

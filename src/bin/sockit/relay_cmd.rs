@@ -127,7 +127,7 @@ pub async fn relay(args: RelayArgs) -> Result<()> {
         } else {
             tls_host.clone()
         };
-        for line in tls.banner(&host, port) {
+        for line in tls.banner(&host, port, "") {
             print_line(&line);
         }
     }
