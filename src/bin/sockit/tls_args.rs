@@ -159,6 +159,9 @@ fn build_client(options: &ClientOptions, resume: bool) -> anyhow::Result<Arc<Tls
     })?))
 }
 
+/// The relay's TLS server (a tls: LISTEN) and client (a tls: TARGET).
+pub type RelaySides = (Option<Arc<TlsServer>>, Option<Arc<TlsClient>>);
+
 /// `relay`'s TLS flags.
 #[derive(Debug, Args, Clone, Default)]
 pub struct RelayTls {
@@ -284,7 +287,7 @@ impl RelayTls {
         listen_tls: bool,
         target_tls: bool,
         listen_host: &str,
-    ) -> anyhow::Result<(Option<Arc<TlsServer>>, Option<Arc<TlsClient>>)> {
+    ) -> anyhow::Result<RelaySides> {
         let generic = self.generic_server()
             || self.generic_client()
             || self.tls_cert.is_some()
