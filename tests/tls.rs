@@ -819,3 +819,45 @@ fn bench_tls_reconnect_makes_a_handshake_per_message() {
     assert!(!out.status.success());
     assert!(text(&out).1.contains("need --tls"), "{:?}", text(&out));
 }
+
+#[test]
+fn tls_flags_that_fit_no_tls_side_are_errors() {
+    let pin = format!("sha256:{}", "0".repeat(64));
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &[
+                "relay",
+                "tls:127.0.0.1:0",
+                "tls:127.0.0.1:1",
+                "--tls-pin",
+                &pin,
+            ],
+            "say which side",
+        ),
+        (
+            &["relay", "127.0.0.1:0", "127.0.0.1:1", "--tls-pin", &pin],
+            "tls: TARGET",
+        ),
+        (
+            &["relay", "tls:127.0.0.1:0", "127.0.0.1:1", "--tls-pin", &pin],
+            "TARGET is not tls:",
+        ),
+        (
+            &["connect", "127.0.0.1", "9", "--tls-insecure", "-m", "x"],
+            "need --tls",
+        ),
+    ];
+    for (args, why) in cases {
+        let out = sockit(args);
+        let (_, stderr) = text(&out);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(stderr.contains(why), "{args:?}: {stderr}");
+    }
+    // TLS over UDP is refused.
+    let out = sockit(&["connect", "127.0.0.1", "9", "--udp", "--tls", "-m", "x"]);
+    assert!(
+        text(&out).1.contains("TLS runs over TCP"),
+        "{:?}",
+        text(&out)
+    );
+}

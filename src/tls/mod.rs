@@ -466,6 +466,21 @@ impl<S: AsyncRead + Unpin> AsyncRead for EofTolerant<S> {
             std::task::Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
                 std::task::Poll::Ready(Ok(()))
             }
+            // TLS 1.3 finishes the client's handshake before the server has checked the
+            // client's certificate: a refusal arrives as an alert on the first read.
+            std::task::Poll::Ready(Err(e)) => std::task::Poll::Ready(Err(match rustls_error(&e) {
+                Some(Error::AlertReceived(AlertDescription::CertificateRequired)) => {
+                    io::Error::new(
+                        e.kind(),
+                        "the peer requires a client certificate (give --tls-cert and --tls-key)",
+                    )
+                }
+                Some(Error::AlertReceived(a)) => io::Error::new(
+                    e.kind(),
+                    format!("the peer ended TLS with the alert {}", alert_text(a)),
+                ),
+                _ => e,
+            })),
             other => other,
         }
     }

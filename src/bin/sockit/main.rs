@@ -473,7 +473,12 @@ async fn serve_with<S: Service>(
     if let Err(e) = print_banner(local, transport, framing, kind) {
         warn!("cannot print the banner: {e}");
     }
-    info!("listening on {transport} {local}: {kind} service, {framing} framing");
+    let layer = if TLS_BANNER.get().is_some() {
+        "tls".to_owned()
+    } else {
+        transport.to_string()
+    };
+    info!("listening on {layer} {local}: {kind} service, {framing} framing");
     // On a worker thread, not in `block_on` on the main thread: the worker that polls the
     // socket then runs the loop itself, with no cross-thread wake-up per datagram.
     let report = tokio::spawn(server.run(shutdown))
