@@ -105,6 +105,21 @@ fn bench(port: u16, secs: usize, args: &[&str]) -> f64 {
     report["messages_per_sec"].as_f64().unwrap_or(0.0)
 }
 
+/// utime + stime, with reaped children's (ncat's `sh -c cat`), of `pid`, in seconds.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<u64> = after
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    // Fields 14-17 (utime, stime, cutime, cstime) are 11..=14 after the command name.
+    let ticks: u64 = f.get(11..15).map(|s| s.iter().sum()).unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    ticks as f64 / hz
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -123,8 +138,8 @@ fn main() {
     std::fs::write(&key_path, key.serialize_pem()).unwrap();
     let (c, k) = (cert_path.to_str().unwrap(), key_path.to_str().unwrap());
 
-    let (_tls, tls_port) = sockit_echo(&["--tls", "--tls-cert", c, "--tls-key", k], dir.path());
-    let (_plain, plain_port) = sockit_echo(&[], dir.path());
+    let (tls, tls_port) = sockit_echo(&["--tls", "--tls-cert", c, "--tls-key", k], dir.path());
+    let (plain, plain_port) = sockit_echo(&[], dir.path());
     let has = |tool: &str| {
         Command::new(tool)
             .arg("--version")
@@ -134,7 +149,7 @@ fn main() {
             .is_ok()
     };
     let ncat_port = free_port();
-    let _ncat = has("ncat").then(|| {
+    let ncat = has("ncat").then(|| {
         let p = Proc(
             Command::new("ncat")
                 .args(["--ssl", "-l", "-k", "127.0.0.1", &ncat_port.to_string()])
@@ -149,7 +164,7 @@ fn main() {
         p
     });
     let openssl_port = free_port();
-    let _openssl = has("openssl").then(|| {
+    let openssl = has("openssl").then(|| {
         let p = Proc(
             Command::new("openssl")
                 .args(["s_server", "-accept", &openssl_port.to_string(), "-rev"])
@@ -168,72 +183,106 @@ fn main() {
     println!(
         "TLS benchmark: 50 clients, 64-byte messages, {secs} s per measurement, {rounds} rounds (medians)"
     );
-    let mut rows: Vec<(&str, u16, Vec<&str>, Vec<f64>)> = vec![
-        (
-            "echo: sockit serve --tls",
-            tls_port,
-            tls_flags.to_vec(),
-            vec![],
+    let mut rows: Vec<Row> = vec![
+        Row::new("echo: sockit serve --tls", tls_port, tls.0.id(), &tls_flags),
+        Row::new(
+            "echo: sockit serve (plain TCP)",
+            plain_port,
+            plain.0.id(),
+            &[],
         ),
-        ("echo: sockit serve (plain TCP)", plain_port, vec![], vec![]),
-        (
+        Row::new(
             "handshakes: sockit serve --tls",
             tls_port,
-            reconnect.to_vec(),
-            vec![],
+            tls.0.id(),
+            &reconnect,
         ),
     ];
-    if _ncat.is_some() {
-        rows.push((
+    if let Some(p) = &ncat {
+        rows.push(Row::new(
             "echo: ncat --ssl --sh-exec cat",
             ncat_port,
-            tls_flags.to_vec(),
-            vec![],
+            p.0.id(),
+            &tls_flags,
         ));
     }
-    if _openssl.is_some() {
-        rows.push((
+    if let Some(p) = &openssl {
+        rows.push(Row::new(
             "handshakes: openssl s_server -rev",
             openssl_port,
-            reconnect.to_vec(),
-            vec![],
+            p.0.id(),
+            &reconnect,
         ));
     }
     for round in 1..=rounds {
-        for (name, port, args, results) in rows.iter_mut() {
+        for row in rows.iter_mut() {
             thread::sleep(Duration::from_millis(500));
-            let rate = bench(*port, secs, args);
-            println!("round {round}: {name:<36} {rate:>10.0}/s");
-            results.push(rate);
+            let before = cpu_secs(row.pid);
+            let args: Vec<&str> = row.args.iter().map(String::as_str).collect();
+            let rate = bench(row.port, secs, &args);
+            // ncat's children are reaped (and their time added) once their connections end.
+            thread::sleep(Duration::from_millis(300));
+            let cpu_us = (cpu_secs(row.pid) - before) * 1e6 / (rate * secs as f64).max(1.0);
+            println!(
+                "round {round}: {:<36} {rate:>10.0}/s  server CPU {cpu_us:>6.1} us per message",
+                row.name
+            );
+            row.rates.push(rate);
+            row.cpu.push(cpu_us);
         }
     }
-    let get = |name: &str| {
+    let mut get = |name: &str| {
         rows.iter_mut()
-            .find(|r| r.0 == name)
-            .map(|r| median(&mut r.3))
+            .find(|r| r.name == name)
+            .map(|r| (median(&mut r.rates), median(&mut r.cpu)))
     };
-    let tls = get("echo: sockit serve --tls").unwrap_or(0.0);
-    let plain = get("echo: sockit serve (plain TCP)").unwrap_or(0.0);
-    let hs = get("handshakes: sockit serve --tls").unwrap_or(0.0);
+    let (tls, tls_cpu) = get("echo: sockit serve --tls").unwrap_or_default();
+    let (plain, plain_cpu) = get("echo: sockit serve (plain TCP)").unwrap_or_default();
+    let (hs, hs_cpu) = get("handshakes: sockit serve --tls").unwrap_or_default();
     let ncat = get("echo: ncat --ssl --sh-exec cat");
     let openssl = get("handshakes: openssl s_server -rev");
     println!();
-    println!("| measure | sockit | peer | ratio | target |");
-    println!("|---|---:|---:|---:|---:|");
-    if let Some(ncat) = ncat {
+    println!(
+        "| measure | sockit | peer | ratio | target | server CPU per message, sockit / peer |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|");
+    if let Some((ncat, ncat_cpu)) = ncat {
         println!(
-            "| TLS echo, 50 clients (msg/s) vs ncat --ssl --sh-exec cat | {tls:.0} | {ncat:.0} | {:.2}x | >= 1.5x |",
+            "| TLS echo, 50 clients (msg/s) vs ncat --ssl --sh-exec cat | {tls:.0} | {ncat:.0} | {:.2}x | >= 1.5x | {tls_cpu:.1} / {ncat_cpu:.1} us |",
             tls / ncat.max(1.0)
         );
     }
-    if let Some(openssl) = openssl {
+    if let Some((openssl, openssl_cpu)) = openssl {
         println!(
-            "| handshakes/s, 50 clients, --reconnect vs openssl s_server -rev | {hs:.0} | {openssl:.0} | {:.2}x | >= 1.0x |",
+            "| handshakes/s, 50 clients, --reconnect vs openssl s_server -rev | {hs:.0} | {openssl:.0} | {:.2}x | >= 1.0x | {hs_cpu:.1} / {openssl_cpu:.1} us |",
             hs / openssl.max(1.0)
         );
     }
     println!(
-        "| TLS echo vs sockit plain-TCP echo, 50 clients (msg/s) | {tls:.0} | {plain:.0} | {:.2}x | >= 0.7x |",
+        "| TLS echo vs sockit plain-TCP echo, 50 clients (msg/s) | {tls:.0} | {plain:.0} | {:.2}x | >= 0.7x | {tls_cpu:.1} / {plain_cpu:.1} us |",
         tls / plain.max(1.0)
     );
+}
+
+/// One measurement: a server, the bench flags, and each round's results.
+struct Row {
+    name: &'static str,
+    port: u16,
+    pid: u32,
+    args: Vec<String>,
+    rates: Vec<f64>,
+    cpu: Vec<f64>,
+}
+
+impl Row {
+    fn new(name: &'static str, port: u16, pid: u32, args: &[&str]) -> Row {
+        Row {
+            name,
+            port,
+            pid,
+            args: args.iter().map(|a| a.to_string()).collect(),
+            rates: Vec::new(),
+            cpu: Vec::new(),
+        }
+    }
 }
