@@ -1193,14 +1193,79 @@ fn api_udp_proxy_with_a_loss_toxic() {
         r#"{"name":"lossy","type":"loss","stream":"upstream","attributes":{"probability":1.0}}"#,
     );
     assert_eq!(code, 200, "{body}");
-    // Toxics apply to new flows: a new client loses everything.
+    // The open flow takes the toxic at its next datagram, and so does a new client.
+    c.send_to(b"after", addr).unwrap();
+    assert!(recv(&c).is_none());
     let c2 = udp_client();
     c2.send_to(b"after", addr).unwrap();
     assert!(recv(&c2).is_none());
     assert_eq!(http(api, "DELETE", "/proxies/dns/toxics/lossy", "").0, 204);
+    c.send_to(b"healed", addr).unwrap();
+    assert_eq!(recv(&c).unwrap(), b"healed");
     let c3 = udp_client();
     c3.send_to(b"healed", addr).unwrap();
     assert_eq!(recv(&c3).unwrap(), b"healed");
+}
+
+/// One line through an open connection to the echo target, and how long its echo took.
+fn echo_line(c: &mut TcpStream, line: &[u8]) -> Duration {
+    let t = Instant::now();
+    c.write_all(line).unwrap();
+    let mut back = vec![0u8; line.len()];
+    c.read_exact(&mut back).unwrap();
+    assert_eq!(back, line);
+    t.elapsed()
+}
+
+#[test]
+fn api_toxic_changes_reach_connections_already_open() {
+    let relay = Relay::start("--api", "127.0.0.1:0", &[]);
+    let api = relay.addr;
+    let target = echo_target();
+    let (code, body) = http(
+        api,
+        "POST",
+        "/proxies",
+        &format!(r#"{{"name":"echo","listen":"127.0.0.1:0","upstream":"{target}"}}"#),
+    );
+    assert_eq!(code, 201, "{body}");
+    let listen: SocketAddr = json(&body)["listen"].as_str().unwrap().parse().unwrap();
+    let mut c = TcpStream::connect(listen).unwrap();
+    c.set_read_timeout(Some(PATIENCE)).unwrap();
+    echo_line(&mut c, b"before\n");
+
+    // Latency added while the connection is open (and spliced) delays its next bytes.
+    let (code, body) = http(
+        api,
+        "POST",
+        "/proxies/echo/toxics",
+        r#"{"name":"slow","type":"latency","stream":"downstream","attributes":{"latency":1500}}"#,
+    );
+    assert_eq!(code, 200, "{body}");
+    let slow = echo_line(&mut c, b"during\n");
+    assert!(slow >= Duration::from_millis(1400), "{slow:?}");
+    // Removed: the same connection is quick again.
+    assert_eq!(http(api, "DELETE", "/proxies/echo/toxics/slow", "").0, 204);
+    echo_line(&mut c, b"flush\n");
+    let quick = echo_line(&mut c, b"after\n");
+    assert!(quick < Duration::from_millis(1000), "{quick:?}");
+
+    // A connection-wide timer starts when its toxic is added, even on an idle connection.
+    let (code, body) = http(
+        api,
+        "POST",
+        "/proxies/echo/toxics",
+        r#"{"type":"reset_peer","stream":"upstream","attributes":{"timeout":200}}"#,
+    );
+    assert_eq!(code, 200, "{body}");
+    let mut buf = [0u8; 16];
+    let t = Instant::now();
+    match c.read(&mut buf) {
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+        Ok(n) => panic!("expected a reset, read {n} bytes"),
+    }
+    assert!(t.elapsed() < PATIENCE, "{:?}", t.elapsed());
+    relay.wait_log(&["reset_peer fault"]);
 }
 
 #[test]

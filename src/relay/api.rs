@@ -13,7 +13,6 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use arc_swap::ArcSwap;
 use axum::Json;
 use axum::Router;
 use axum::extract::{Path, State};
@@ -27,6 +26,7 @@ use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use crate::net::Address;
+use crate::relay::fault::FaultSet;
 use crate::relay::{ConnRecord, Fault, Relay, RelayConfig};
 
 /// Counters of one proxy, for `/metrics`.
@@ -80,7 +80,7 @@ struct Proxy {
     upstream: String,
     enabled: bool,
     toxics: Vec<Toxic>,
-    faults: Arc<ArcSwap<Vec<Fault>>>,
+    faults: Arc<FaultSet>,
     running: Option<Running>,
     counters: Arc<Counters>,
 }
@@ -97,9 +97,8 @@ impl Proxy {
     }
 
     fn publish(&self) {
-        self.faults.store(Arc::new(
-            self.toxics.iter().map(|t| t.fault.clone()).collect(),
-        ));
+        self.faults
+            .store(self.toxics.iter().map(|t| t.fault.clone()).collect());
     }
 }
 
@@ -154,7 +153,7 @@ impl Api {
             upstream: upstream.to_owned(),
             enabled,
             toxics: Vec::new(),
-            faults: Arc::new(ArcSwap::from_pointee(Vec::new())),
+            faults: FaultSet::live(Vec::new()),
             running: None,
             counters: Arc::new(Counters::default()),
         };

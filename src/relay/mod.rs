@@ -96,9 +96,9 @@ pub struct RelayConfig {
     pub no_splice: bool,
     /// The taps.
     pub inspect: Arc<Inspect>,
-    /// The faults, in order; read when a connection or flow starts, so they can be changed
-    /// while the relay runs (the API does).
-    pub faults: Arc<arc_swap::ArcSwap<Vec<Fault>>>,
+    /// The faults, in order; they can change while the relay runs (the API does), and
+    /// existing connections and flows follow.
+    pub faults: Arc<fault::FaultSet>,
     /// Seed of every random choice the faults make.
     pub seed: u64,
     /// Send a PROXY protocol header of this version to the target first (TCP/unix).
