@@ -1285,3 +1285,84 @@ fn the_relay_restarted_on_the_same_port_serves_again() {
     assert_eq!(relay.addr.port(), port);
     assert_eq!(round_trip(relay.connect(), b"after".to_vec()), b"after");
 }
+
+#[test]
+fn api_populate_creates_keeps_and_replaces_proxies() {
+    let relay = Relay::start("--api", "127.0.0.1:0", &[]);
+    let api = relay.addr;
+    let target = echo_target();
+    let (code, body) = http(
+        api,
+        "POST",
+        "/populate",
+        &format!(
+            r#"[{{"name":"a","listen":"127.0.0.1:0","upstream":"{target}"}},
+                {{"name":"b","listen":"127.0.0.1:0","upstream":"{target}","enabled":false}}]"#
+        ),
+    );
+    assert_eq!(code, 201, "{body}");
+    let proxies = json(&body)["proxies"].as_array().unwrap().clone();
+    assert_eq!(proxies.len(), 2);
+    let a_listen = proxies[0]["listen"].as_str().unwrap().to_owned();
+    assert_eq!(proxies[1]["enabled"], false);
+    let a: SocketAddr = a_listen.parse().unwrap();
+    let mut open = TcpStream::connect(a).unwrap();
+    open.set_read_timeout(Some(PATIENCE)).unwrap();
+    echo_line(&mut open, b"one\n");
+    let (code, _) = http(
+        api,
+        "POST",
+        "/proxies/a/toxics",
+        r#"{"name":"keep","type":"latency","attributes":{"latency":1}}"#,
+    );
+    assert_eq!(code, 200);
+
+    // Again with `a` unchanged (its bound address) and `b` enabled: `a` keeps its toxic and
+    // its open connection, `b` is replaced and now listens.
+    let (code, body) = http(
+        api,
+        "POST",
+        "/populate",
+        &format!(
+            r#"[{{"name":"a","listen":"{a_listen}","upstream":"{target}"}},
+                {{"name":"b","listen":"127.0.0.1:0","upstream":"{target}"}}]"#
+        ),
+    );
+    assert_eq!(code, 201, "{body}");
+    let proxies = json(&body)["proxies"].as_array().unwrap().clone();
+    assert_eq!(proxies[0]["toxics"].as_array().unwrap().len(), 1);
+    echo_line(&mut open, b"two\n");
+    let b: SocketAddr = proxies[1]["listen"].as_str().unwrap().parse().unwrap();
+    assert_eq!(
+        round_trip(TcpStream::connect(b).unwrap(), b"b".to_vec()),
+        b"b"
+    );
+
+    // Bad bodies change nothing.
+    for bad in [
+        "{}",
+        r#"[{"name":"","listen":"127.0.0.1:0","upstream":"127.0.0.1:1"}]"#,
+        r#"[{"name":"c","listen":"127.0.0.1:0","upstream":"x:1"},{"name":"c","listen":"127.0.0.1:0","upstream":"x:1"}]"#,
+    ] {
+        let (code, body) = http(api, "POST", "/populate", bad);
+        assert_eq!(code, 400, "{bad}: {body}");
+    }
+    // A proxy that cannot start: 400, with the ones done before it.
+    let (code, body) = http(
+        api,
+        "POST",
+        "/populate",
+        &format!(
+            r#"[{{"name":"a","listen":"{a_listen}","upstream":"{target}"}},
+                {{"name":"d","listen":"{a_listen}","upstream":"{target}"}}]"#
+        ),
+    );
+    assert_eq!(code, 400, "{body}");
+    let v = json(&body);
+    assert!(
+        v["error"].as_str().unwrap().contains("cannot listen"),
+        "{body}"
+    );
+    assert_eq!(v["proxies"].as_array().unwrap().len(), 1);
+    assert_eq!(http(api, "GET", "/proxies/d", "").0, 404);
+}
