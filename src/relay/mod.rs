@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio::net::{TcpListener, UdpSocket, UnixListener};
+use tokio::net::{TcpListener, TcpSocket, UdpSocket, UnixListener};
 use tokio_util::sync::CancellationToken;
 
 use crate::net::ip::parse_input;
@@ -280,7 +280,16 @@ impl Relay {
                     let local = sock.local_addr()?;
                     (Listener::Udp(Arc::new(sock)), format!("udp {local}"))
                 } else {
-                    let sock = TcpListener::bind(addr).await?;
+                    // A deep backlog: a burst of clients waits in it instead of having its
+                    // SYNs dropped (a second's retransmit each) while the loop catches up.
+                    let socket = if addr.is_ipv4() {
+                        TcpSocket::new_v4()?
+                    } else {
+                        TcpSocket::new_v6()?
+                    };
+                    socket.set_reuseaddr(true)?;
+                    socket.bind(addr)?;
+                    let sock = socket.listen(4096)?;
                     let local = sock.local_addr()?;
                     (Listener::Tcp(sock), format!("tcp {local}"))
                 }

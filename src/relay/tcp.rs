@@ -57,13 +57,35 @@ struct Counters {
     target_failed: AtomicU64,
 }
 
+/// Descriptors kept for the listener, the runtime, logs and the pipes of chunks in flight.
+const RESERVED_FDS: u64 = 64;
+
+/// `max_conns`, lowered (with one warning) to what the open-file limit can hold: each relayed
+/// connection takes two descriptors. Past it, clients are refused at once with a log line
+/// instead of failing later, at the target's connect.
+fn fd_capped(max_conns: usize) -> usize {
+    let Ok(limit) = crate::server::fd_limit() else {
+        return max_conns;
+    };
+    let room = (limit.saturating_sub(RESERVED_FDS) / 2).max(1);
+    if (max_conns as u64) <= room {
+        return max_conns;
+    }
+    warn!(
+        "the open file limit ({limit}) holds {room} relayed connections, not --max-conns \
+         {max_conns}: relaying at most {room} (raise it with `ulimit -n`)"
+    );
+    room as usize
+}
+
 /// The accept loop.
 pub(crate) async fn run(
     listener: Accept,
     config: Arc<RelayConfig>,
     shutdown: CancellationToken,
 ) -> RelayReport {
-    let permits = Arc::new(Semaphore::new(config.max_conns.min(Semaphore::MAX_PERMITS)));
+    let max_conns = fd_capped(config.max_conns);
+    let permits = Arc::new(Semaphore::new(max_conns.min(Semaphore::MAX_PERMITS)));
     let counters = Arc::new(Counters::default());
     let mut report = RelayReport::default();
     let mut next_id = 0u64;
@@ -101,10 +123,11 @@ pub(crate) async fn run(
             continue;
         }
         let Ok(permit) = permits.clone().try_acquire_owned() else {
-            info!(
-                "conn {id} from {peer} refused: --max-conns {} reached",
-                config.max_conns
-            );
+            if max_conns == config.max_conns {
+                info!("conn {id} from {peer} refused: --max-conns {max_conns} reached");
+            } else {
+                info!("conn {id} from {peer} refused: the open file limit allows {max_conns}");
+            }
             report.refused += 1;
             continue;
         };
