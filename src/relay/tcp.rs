@@ -71,7 +71,8 @@ fn fd_capped(max_conns: usize) -> usize {
     if (max_conns as u64) <= room {
         return max_conns;
     }
-    warn!(
+    // The default --max-conns meets a common hard limit of 20,000 here: a note, not a warning.
+    info!(
         "the open file limit ({limit}) holds {room} relayed connections, not --max-conns \
          {max_conns}: relaying at most {room} (raise it with `ulimit -n`)"
     );
