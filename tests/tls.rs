@@ -861,3 +861,36 @@ fn tls_flags_that_fit_no_tls_side_are_errors() {
         text(&out)
     );
 }
+
+#[test]
+fn a_client_that_never_finishes_its_handshake_is_closed_after_the_timeout() {
+    let data = tempfile::tempdir().unwrap();
+    let server = TlsServe::echo(
+        data.path(),
+        &["--tls-ephemeral", "--tls-handshake-timeout", "300ms"],
+    );
+    let mut silent = std::net::TcpStream::connect(server.addr).unwrap();
+    silent.set_read_timeout(Some(PATIENCE)).unwrap();
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let _ = silent.read_to_end(&mut rest);
+    assert!(started.elapsed() < PATIENCE, "not closed");
+    assert!(rest.is_empty(), "{rest:?}");
+    let line = server.log_line("disconnect");
+    assert!(
+        line.contains("timed out") || line.contains("not finished"),
+        "{line}"
+    );
+    // And the server goes on.
+    let out = sockit(&[
+        "connect",
+        "127.0.0.1",
+        &server.port(),
+        "--tls",
+        "--tls-pin",
+        &server.spki_pin(),
+        "-m",
+        "after",
+    ]);
+    assert_eq!(text(&out).0.trim(), "after", "{:?}", text(&out));
+}

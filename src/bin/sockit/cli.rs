@@ -1418,7 +1418,7 @@ fn parse_secs(s: &str) -> Result<Duration, String> {
     }
 }
 
-fn parse_positive_secs(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_positive_secs(s: &str) -> Result<Duration, String> {
     match parse_secs(s)? {
         d if d.is_zero() => Err("must be more than 0 seconds".into()),
         d => Ok(d),

@@ -42,6 +42,9 @@ pub struct ServeTls {
     /// Offer this ALPN protocol (repeat for more, most preferred first)
     #[arg(long, value_name = "PROTO", value_parser = parse_alpn, help_heading = "TLS")]
     pub tls_alpn: Vec<String>,
+    /// Close a connection whose handshake is not done in this long (30, 500ms, 2s) [default: 10s]
+    #[arg(long, value_name = "DURATION", value_parser = crate::cli::parse_positive_secs, help_heading = "TLS")]
+    pub tls_handshake_timeout: Option<std::time::Duration>,
 }
 
 impl ServeTls {
@@ -51,6 +54,7 @@ impl ServeTls {
             || self.tls_client_ca.is_some()
             || self.tls_ephemeral
             || !self.tls_alpn.is_empty()
+            || self.tls_handshake_timeout.is_some()
     }
 
     /// The library's options.
@@ -61,7 +65,9 @@ impl ServeTls {
             client_ca: self.tls_client_ca.clone(),
             ephemeral: self.tls_ephemeral,
             alpn: self.tls_alpn.clone(),
-            ..ServerOptions::default()
+            handshake_timeout: self
+                .tls_handshake_timeout
+                .unwrap_or(sockit::tls::DEFAULT_HANDSHAKE_TIMEOUT),
         }
     }
 
