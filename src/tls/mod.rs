@@ -440,7 +440,8 @@ where
     tokio::spawn(async move {
         let mut stream = EofTolerant(stream);
         let mut near = near;
-        const BUF: usize = 64 * 1024;
+        // One TLS record at most per read: 2 × 16 KiB per relayed connection.
+        const BUF: usize = 16 * 1024;
         if let Err(e) =
             tokio::io::copy_bidirectional_with_sizes(&mut stream, &mut near, BUF, BUF).await
         {
