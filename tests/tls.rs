@@ -679,6 +679,7 @@ fn relay_terminates_tls_in_front_of_tcp_and_originates_it_towards_tls() {
             "tls:127.0.0.1:0",
             &plain.addr.to_string(),
             "--tls-ephemeral",
+            "--hex",
         ],
     );
     let front_pin = front.spki_pin();
@@ -693,6 +694,8 @@ fn relay_terminates_tls_in_front_of_tcp_and_originates_it_towards_tls() {
         "through the front",
     ]);
     assert_eq!(text(&out).0.trim(), "through the front", "{:?}", text(&out));
+    // The relay sees (and --hex shows) the plaintext.
+    front.log_line("through ");
     front.log_line("conn 1 tls");
     // A relay originating TLS (tcp → tls) towards the first relay: plain nc in, TLS between.
     let mut back = Command::new(sockit_bin())
