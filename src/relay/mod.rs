@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio::net::{TcpListener, UdpSocket, UnixListener};
+use tokio::net::{TcpListener, TcpSocket, UdpSocket, UnixListener};
 use tokio_util::sync::CancellationToken;
 
 use crate::net::ip::parse_input;
@@ -96,9 +96,9 @@ pub struct RelayConfig {
     pub no_splice: bool,
     /// The taps.
     pub inspect: Arc<Inspect>,
-    /// The faults, in order; read when a connection or flow starts, so they can be changed
-    /// while the relay runs (the API does).
-    pub faults: Arc<arc_swap::ArcSwap<Vec<Fault>>>,
+    /// The faults, in order; they can change while the relay runs (the API does), and
+    /// existing connections and flows follow.
+    pub faults: Arc<fault::FaultSet>,
     /// Seed of every random choice the faults make.
     pub seed: u64,
     /// Send a PROXY protocol header of this version to the target first (TCP/unix).
@@ -108,6 +108,11 @@ pub struct RelayConfig {
     pub proxy_accept: bool,
     /// Where connection records go.
     pub records: Arc<dyn Fn(&ConnRecord) + Send + Sync>,
+    /// TLS on the listening side (a `tls:` LISTEN): each client's handshake, then the relay
+    /// sees the plaintext.
+    pub listen_tls: Option<Arc<crate::tls::TlsServer>>,
+    /// TLS to the target (a `tls:` TARGET), checked against the target's host name.
+    pub target_tls: Option<Arc<crate::tls::TlsClient>>,
 }
 
 /// How one side of a relayed connection ended.
@@ -146,7 +151,7 @@ impl fmt::Display for Close {
 pub struct ConnRecord {
     /// Connection number, from 1.
     pub conn: u64,
-    /// `tcp`, `unix` or `udp` (of the listening side).
+    /// `tcp`, `tls`, `unix` or `udp` (of the listening side).
     pub proto: &'static str,
     /// The client's address.
     pub client: String,
@@ -244,9 +249,19 @@ impl Relay {
     pub async fn bind(config: RelayConfig) -> io::Result<Relay> {
         let bad = |m: String| io::Error::new(io::ErrorKind::InvalidInput, m);
         let (ls, ts) = (config.listen.scheme, config.target.scheme);
-        if ls == Scheme::Tls || ts == Scheme::Tls {
+        if ls == Scheme::Tls && config.listen_tls.is_none() {
             return Err(bad(
-                "tls: addresses are not supported by the relay yet".into()
+                "a tls: LISTEN address needs the TLS server settings".into()
+            ));
+        }
+        if ts == Scheme::Tls && config.target_tls.is_none() {
+            return Err(bad(
+                "a tls: TARGET address needs the TLS client settings".into()
+            ));
+        }
+        if ls == Scheme::Tls && config.proxy_accept {
+            return Err(bad(
+                "--proxy-accept with a tls: LISTEN address is not supported".into(),
             ));
         }
         if ls == Scheme::Unixgram || ts == Scheme::Unixgram {
@@ -288,7 +303,16 @@ impl Relay {
                     let local = sock.local_addr()?;
                     (Listener::Udp(Arc::new(sock)), format!("udp {local}"))
                 } else {
-                    let sock = TcpListener::bind(addr).await?;
+                    // A deep backlog: a burst of clients waits in it instead of having its
+                    // SYNs dropped (a second's retransmit each) while the loop catches up.
+                    let socket = if addr.is_ipv4() {
+                        TcpSocket::new_v4()?
+                    } else {
+                        TcpSocket::new_v6()?
+                    };
+                    socket.set_reuseaddr(true)?;
+                    socket.bind(addr)?;
+                    let sock = socket.listen(4096)?;
                     let local = sock.local_addr()?;
                     (Listener::Tcp(sock), format!("tcp {local}"))
                 }

@@ -5,6 +5,7 @@
 mod cli;
 mod password;
 mod relay_cmd;
+mod tls_args;
 mod transfer;
 mod unixexec;
 
@@ -160,6 +161,13 @@ async fn serve(args: ServeArgs) -> Result<()> {
         None => Bind::Inet(resolve_all(&listen.host, listen.port).await?[0]),
     };
     let transport = listen.transport();
+    let tls = args.tls.build(listen.tls, &listen.host.to_string())?;
+    if tls.is_some() && transport != Transport::Tcp {
+        bail!("TLS runs over TCP: it cannot be used with --udp or --rudp");
+    }
+    if tls.is_some() && listen.unix.is_some() {
+        bail!("TLS runs over TCP: it cannot be used with a unix socket");
+    }
     let optional = |d: Duration| (!d.is_zero()).then_some(d);
     // One budget for the connections' buffers and the services' own memory (chat room logs).
     let budget = MemoryBudget::new(args.max_memory);
@@ -179,8 +187,20 @@ async fn serve(args: ServeArgs) -> Result<()> {
         budget: Some(budget.clone()),
         udp_rate: args.udp_rate.map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
         rudp: cli::rudp_config(args.mtu),
+        handshake_timeout: tls
+            .as_ref()
+            .map_or(sockit::server::DEFAULT_HANDSHAKE_TIMEOUT, |t| {
+                t.handshake_timeout()
+            }),
+        upgrades: match &tls {
+            Some(t) => vec![std::sync::Arc::new(t.clone()) as _],
+            None => Vec::new(),
+        },
         ..ServerConfig::default()
     };
+    if let Some(t) = &tls {
+        TLS_BANNER.get_or_init(|| t.clone());
+    }
     // Checked before binding: a malformed users file is an error naming its line, exit 1.
     let login = match &args.login {
         Some(path) => {
@@ -221,7 +241,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     };
     if let Some(command) = unixexec::exec_command(args.exec.as_deref(), args.sh_exec.as_deref())? {
         let label = Label::Exec(command.to_string());
-        let exec = sockit::exec::Exec::new(command, false);
+        let exec = sockit::exec::Exec::new(command, tls.is_some());
         return serve_with(addr, config, exec, label).await;
     }
     let kind = args.service;
@@ -299,6 +319,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
         }
     }
 }
+
+/// The TLS server, whose certificate the serve banner describes.
+static TLS_BANNER: OnceLock<sockit::tls::TlsServer> = OnceLock::new();
 
 /// The serve banner's cluster line, once the cluster link has started.
 static CLUSTER_BANNER: OnceLock<String> = OnceLock::new();
@@ -496,6 +519,7 @@ async fn serve_with<S: Service>(
     let place = match &unix {
         Some(name) if transport == Transport::Udp => format!("unixgram:{name}"),
         Some(name) => format!("unix:{name}"),
+        None if TLS_BANNER.get().is_some() => format!("tls {local}"),
         None => format!("{transport} {local}"),
     };
     match &kind {
@@ -554,7 +578,7 @@ fn print_banner(
         out.flush()?;
         return Ok(());
     }
-    if exec {
+    if exec && TLS_BANNER.get().is_none() {
         let mut out = std::io::stdout().lock();
         let reach = match local.ip() {
             ip if ip.is_unspecified() && local.is_ipv4() => "127.0.0.1".to_owned(),
@@ -573,9 +597,7 @@ fn print_banner(
         out.flush()?;
         return Ok(());
     }
-    let Label::Service(kind) = *kind else {
-        return Ok(());
-    };
+    let files = matches!(kind, Label::Service(ServiceKind::Files));
     let reach = match local.ip() {
         ip if ip.is_unspecified() && local.is_ipv4() => "127.0.0.1".to_owned(),
         ip if ip.is_unspecified() => "::1".to_owned(),
@@ -588,22 +610,45 @@ fn print_banner(
         Transport::Tcp => ("", ""),
     };
     let framing_flag = match (transport, framing) {
+        _ if exec => String::new(),
         (Transport::Tcp, Framing::Line) | (Transport::Udp | Transport::Rudp, _) => String::new(),
         (Transport::Tcp, f) => format!(" --framing {f}"),
     };
+    let tls = TLS_BANNER.get();
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "sockit: {kind} service listening on {transport} {local} ({})",
+        "sockit: {kind} listening on {} {local} ({})",
+        if tls.is_some() {
+            "tls".to_owned()
+        } else {
+            transport.to_string()
+        },
         if transport == Transport::Udp {
             "datagrams".to_owned()
         } else if transport == Transport::Rudp {
             "whole messages".to_owned()
+        } else if exec {
+            "raw bytes".to_owned()
         } else {
             format!("{framing} framing")
         }
     )?;
-    if kind == ServiceKind::Files {
+    if let Some(tls) = tls {
+        for line in tls.banner(&reach, port, &framing_flag) {
+            writeln!(out, "{line}")?;
+        }
+        writeln!(
+            out,
+            "or: openssl s_client -connect {}:{port}  |  ncat --ssl {reach} {port}",
+            if reach.contains(':') {
+                format!("[{reach}]")
+            } else {
+                reach.clone()
+            }
+        )?;
+    }
+    if files {
         writeln!(
             out,
             "use: sockit send {reach} {port} FILE...  |  sockit get {reach} {port} NAME  |  sockit ls {reach} {port}"
@@ -618,10 +663,12 @@ fn print_banner(
     } else {
         String::new()
     };
-    writeln!(
-        out,
-        "connect with: sockit connect{udp_flag}{framing_flag} {reach} {port}{nc}"
-    )?;
+    if tls.is_none() {
+        writeln!(
+            out,
+            "connect with: sockit connect{udp_flag}{framing_flag} {reach} {port}{nc}"
+        )?;
+    }
     if let Some(line) = CLUSTER_BANNER.get() {
         writeln!(out, "{line}")?;
     }
@@ -695,10 +742,8 @@ async fn connect(args: ConnectArgs) -> Result<()> {
         Some(_) => Vec::new(),
         None => resolve_target(target).await?,
     };
-    let dial = sockit::transport::stream::Dial {
-        unix,
-        ..Default::default()
-    };
+    let mut dial = client_dial(target, &args.tls, args.verbose > 0, true)?;
+    dial.unix = unix;
     if let Some(command) = unixexec::exec_command(args.exec.as_deref(), args.sh_exec.as_deref())? {
         let code = unixexec::connect_exec(&addrs, &dial, args.timeout, command, interrupt_token()?)
             .await?;
@@ -785,6 +830,9 @@ async fn bench(args: BenchArgs) -> Result<()> {
         Err(e) => warn!("cannot raise the open file limit: {e}"),
     }
     let target = &args.target;
+    if args.chat && (args.tls.tls || args.tls.any_setting() || target.is_tls()) {
+        bail!("bench --chat does not speak TLS yet: load a plain TCP chat server");
+    }
     if args.chat {
         let mut addrs = Vec::new();
         for address in cli::chat_targets(&args).map_err(anyhow::Error::msg)? {
@@ -801,6 +849,9 @@ async fn bench(args: BenchArgs) -> Result<()> {
         Some(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
         None => resolve_target(target).await?[0],
     };
+    // --reconnect measures handshakes: full ones, not resumed sessions.
+    let mut dial = client_dial(target, &args.tls, false, !args.reconnect)?;
+    dial.unix = unix;
     let config = BenchConfig {
         addr,
         transport: target.transport(),
@@ -812,10 +863,8 @@ async fn bench(args: BenchArgs) -> Result<()> {
         timeout: args.timeout,
         rate: args.rate,
         rudp: target.rudp_config(),
-        dial: sockit::transport::stream::Dial {
-            unix,
-            ..Default::default()
-        },
+        dial,
+        reconnect: args.reconnect,
     };
     let report = bench::run(&config, interrupt_token()?).await?;
     finish_bench(
@@ -825,6 +874,33 @@ async fn bench(args: BenchArgs) -> Result<()> {
         report.interrupted,
         report.failure(),
     )
+}
+
+/// How `connect` and `bench` reach `target`: with TLS (by --tls or a tls: address) a TLS
+/// layer verifying the host as typed (`verbose`: describing the session on stderr; `resume`:
+/// resuming earlier sessions).
+fn client_dial(
+    target: &cli::Target,
+    tls: &tls_args::ClientTls,
+    verbose: bool,
+    resume: bool,
+) -> Result<sockit::transport::stream::Dial> {
+    let Some(client) = tls.build(target.is_tls(), resume)? else {
+        return Ok(Default::default());
+    };
+    if target.transport() != Transport::Tcp {
+        bail!("TLS runs over TCP: it cannot be used with --udp or --rudp");
+    }
+    let address = target.address().map_err(anyhow::Error::msg)?;
+    let (host, port) = address
+        .inet()
+        .ok_or_else(|| anyhow::anyhow!("{address}: not an internet address"))?;
+    let client = std::sync::Arc::unwrap_or_clone(client).verbose(verbose);
+    Ok(sockit::transport::stream::Dial {
+        target: Some((host.to_string(), port)),
+        layers: vec![std::sync::Arc::new(client)],
+        ..Default::default()
+    })
 }
 
 /// Ctrl-C stops the work (bench clients, ping probes) and still prints what was done; a second
