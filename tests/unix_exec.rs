@@ -555,3 +555,41 @@ fn unixgram_echo_answers_bound_clients_and_ignores_unbound_ones() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn exec_runs_under_tls_and_connect_exec_dials_tls() {
+    let server = Serve::start(&[
+        "127.0.0.1",
+        "0",
+        "--tls",
+        "--tls-ephemeral",
+        "--sh-exec",
+        "echo $SOCKIT_PROTO; tr a-z A-Z",
+    ]);
+    let port = server.addr().port().to_string();
+    let out = sockit(
+        &["connect", "127.0.0.1", &port, "--tls", "--tls-insecure"],
+        "secret\n",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "tls\nSECRET\n");
+    let out = sockit(
+        &[
+            "connect",
+            "127.0.0.1",
+            &port,
+            "--tls",
+            "--tls-insecure",
+            "--sh-exec",
+            "echo $SOCKIT_PROTO; exec 1>&-; cat >&2",
+        ],
+        "",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("tls\nTLS\n"),
+        "{}",
+        text(&out.stderr)
+    );
+    server.stop();
+}
