@@ -37,6 +37,7 @@
 //! - [`relay`]: `sockit relay`: forwarding, inspection, faults and the toxiproxy-compatible API.
 //! - [`rudp`]: reliable UDP, sans-IO: connection state machine, stateless-cookie endpoint,
 //!   wire format, and a deterministic network simulator.
+//! - [`exec`]: `--exec`/`--sh-exec`: a program per connection, on its stdin and stdout.
 //! - [`error`]: the library's error enums.
 //! - [`logging`]: a log sink that never blocks or crashes the process on a closed stderr.
 //!

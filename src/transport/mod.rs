@@ -3,6 +3,8 @@
 //! - [`framed`]: a byte stream plus a codec, with buffers that exist only while there is data.
 //! - [`tcp`]: runs one session over one framed stream (replies, pushes, timeouts, shutdown).
 //! - [`udp`]: runs one session per peer address over a single UDP socket.
+//! - [`unixgram`]: the same over a unix datagram socket, one session per sender path.
+//! - [`unix`]: unix socket files: stale ones replaced safely, `--mode`, removal on shutdown.
 //! - [`stream`]: any byte stream (TCP, unix, layered by TLS or a hex tap), the listener that
 //!   accepts them, the layers' traits, and the client's [`stream::Dial`].
 //! - [`messages`]: runs one session over a connection that carries whole messages (rudp).
