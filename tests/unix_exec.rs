@@ -237,6 +237,8 @@ fn abstract_sockets_serve_and_connect_and_bench() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["messages"], 200, "{report}");
+    assert_eq!(report["transport"], "unix", "{report}");
+    assert_eq!(report["addr"], format!("unix:@{name}"), "{report}");
     server.stop();
 }
 

@@ -637,7 +637,7 @@ pub async fn run(
     if tasks.is_empty() && !cancel.is_cancelled() {
         if let Some(error) = first_connect_error {
             return Err(BenchError::Connect {
-                addr: config.addrs[0],
+                addr: config.addrs[0].to_string(),
                 error,
             });
         }

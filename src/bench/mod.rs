@@ -296,8 +296,8 @@ pub enum BenchError {
     /// No client could connect.
     #[error("cannot connect to {addr}: {error}")]
     Connect {
-        /// The server.
-        addr: SocketAddr,
+        /// The server (an address, or `unix:PATH`).
+        addr: String,
         /// The first client's error.
         error: io::Error,
     },
@@ -602,7 +602,7 @@ pub async fn run(
         // One connection first, so that an unreachable server is one clear error.
         if let Err(error) = connect(config).await {
             return Err(BenchError::Connect {
-                addr: config.addr,
+                addr: config.dial.describe(&[config.addr]),
                 error,
             });
         }
@@ -625,7 +625,10 @@ pub async fn run(
                 None => break,
                 Some(Ok(socket)) => sockets.push(socket),
                 Some(Err(e)) => {
-                    totals.fail(format!("cannot connect to {}: {e}", config.addr));
+                    totals.fail(format!(
+                        "cannot connect to {}: {e}",
+                        config.dial.describe(&[config.addr])
+                    ));
                     first_connect_error.get_or_insert(e);
                 }
             }
@@ -634,7 +637,7 @@ pub async fn run(
     if sockets.is_empty() && !cancel.is_cancelled() {
         if let Some(error) = first_connect_error {
             return Err(BenchError::Connect {
-                addr: config.addr,
+                addr: config.dial.describe(&[config.addr]),
                 error,
             });
         }
@@ -722,13 +725,17 @@ pub async fn run(
         _ => elapsed.as_secs_f64(),
     };
     Ok(BenchReport {
-        transport: config.transport.to_string(),
+        transport: if config.dial.unix.is_some() {
+            "unix".to_owned()
+        } else {
+            config.transport.to_string()
+        },
         framing: if config.transport == Transport::Tcp {
             config.framing.to_string()
         } else {
             "datagram".into()
         },
-        addr: config.addr.to_string(),
+        addr: config.dial.describe(&[config.addr]),
         conns: config.conns,
         size: config.size,
         duration_secs: secs,
