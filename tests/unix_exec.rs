@@ -595,3 +595,16 @@ fn exec_runs_under_tls_and_connect_exec_dials_tls() {
     );
     server.stop();
 }
+
+#[test]
+fn a_program_that_cannot_start_closes_its_connection_and_is_logged() {
+    let server = Serve::start(&["127.0.0.1", "0", "--exec", "/nonexistent/program arg"]);
+    let addr = server.addr();
+    for _ in 0..2 {
+        let s = tcp(addr);
+        assert_eq!(read_all(&s), "");
+    }
+    let log = server.wait_log("(#2): cannot run `/nonexistent/program arg`");
+    assert!(log.contains("(#1): cannot run"), "{log}");
+    server.stop();
+}
