@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::process::{Child, ChildStderr, Command};
 
@@ -316,6 +317,8 @@ pub enum ExecEnd {
     PeerGone(Option<io::Error>),
     /// The server is shutting down (or, for `connect`, the user interrupted).
     Shutdown,
+    /// Nothing went either way for this long (`--idle-timeout`).
+    Idle(Duration),
 }
 
 impl fmt::Display for ExecEnd {
@@ -325,6 +328,7 @@ impl fmt::Display for ExecEnd {
             ExecEnd::PeerGone(None) => f.write_str("peer closed before the program finished"),
             ExecEnd::PeerGone(Some(e)) => write!(f, "connection failed: {e}"),
             ExecEnd::Shutdown => f.write_str("shutting down"),
+            ExecEnd::Idle(d) => write!(f, "idle for {}s", d.as_secs_f64()),
         }
     }
 }
@@ -399,13 +403,15 @@ fn status_text(status: Option<ExitStatus>) -> String {
 
 /// Runs `command` for one connection: spawns it with `env`, wires `stream` to its stdin and
 /// stdout, logs its stderr, and returns once both the connection and the child are finished
-/// (the child killed if it outlived the connection). `closing` ends the connection early.
+/// (the child killed if it outlived the connection). `closing` ends the connection early, and
+/// so does `idle`: no byte either way for that long.
 ///
 /// Fails only if the program cannot be started.
 pub async fn run<St, F>(
     stream: St,
     command: &ExecCommand,
     env: &ExecEnv,
+    idle: Option<Duration>,
     closing: F,
 ) -> io::Result<ExecReport>
 where
@@ -428,15 +434,16 @@ where
         .map(|stderr| tokio::spawn(log_stderr(stderr, id)));
 
     let (mut rd, mut wr) = tokio::io::split(stream);
-    let mut bytes_in = 0u64;
-    let mut bytes_out = 0u64;
+    let bytes_in = AtomicU64::new(0);
+    let bytes_out = AtomicU64::new(0);
     let mut killed = false;
+    let mut watchdog = Watchdog::new(idle);
     let (end, status, peer_done) = {
         // Peer → child. Finishing drops `stdin`, which closes the child's input.
-        let up = copy_in(&mut rd, stdin, &mut bytes_in);
+        let up = copy_in(&mut rd, stdin, &bytes_in);
         // Child → peer, then half-close.
         let down = async {
-            let r = copy_out(&mut stdout, &mut wr, &mut bytes_out).await;
+            let r = copy_out(&mut stdout, &mut wr, &bytes_out).await;
             let shut = wr.shutdown().await;
             r.and(shut)
         };
@@ -461,6 +468,7 @@ where
                     }
                 }
                 () = &mut closing => break ExecEnd::Shutdown,
+                d = watchdog.expired(&bytes_in, &bytes_out) => break ExecEnd::Idle(d),
             }
         };
         let status = match end {
@@ -490,12 +498,16 @@ where
                             killed = true;
                             break terminate(&mut child, pid).await;
                         }
+                        _ = watchdog.expired(&bytes_in, &bytes_out) => {
+                            killed = true;
+                            break terminate(&mut child, pid).await;
+                        }
                     }
                 }
             }
             // The connection is over: the child may already have exited (then this only reaps
             // it), else it is stopped.
-            ExecEnd::PeerGone(_) | ExecEnd::Shutdown => match child.try_wait() {
+            ExecEnd::PeerGone(_) | ExecEnd::Shutdown | ExecEnd::Idle(_) => match child.try_wait() {
                 Ok(Some(status)) => Some(status),
                 _ => {
                     killed = true;
@@ -523,10 +535,47 @@ where
         end,
         status,
         killed,
-        bytes_in,
-        bytes_out,
+        bytes_in: bytes_in.into_inner(),
+        bytes_out: bytes_out.into_inner(),
         duration: started.elapsed(),
     })
+}
+
+/// `--idle-timeout` for a connection with a child: fires once no byte has moved either way for
+/// the limit (checked a few times per limit, so it fires within a quarter of it late).
+struct Watchdog {
+    idle: Option<Duration>,
+    seen: u64,
+    since: tokio::time::Instant,
+}
+
+impl Watchdog {
+    fn new(idle: Option<Duration>) -> Watchdog {
+        Watchdog {
+            idle,
+            seen: 0,
+            since: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Resolves with the limit once it has passed without traffic; never without a limit.
+    async fn expired(&mut self, a: &AtomicU64, b: &AtomicU64) -> Duration {
+        let Some(idle) = self.idle else {
+            return std::future::pending().await;
+        };
+        let step = (idle / 4).max(Duration::from_millis(10));
+        loop {
+            tokio::time::sleep(step).await;
+            let now = tokio::time::Instant::now();
+            let total = a.load(Ordering::Relaxed) + b.load(Ordering::Relaxed);
+            if total != self.seen {
+                self.seen = total;
+                self.since = now;
+            } else if now.duration_since(self.since) >= idle {
+                return idle;
+            }
+        }
+    }
 }
 
 /// How copying the peer's bytes to the child ended without an error.
@@ -538,7 +587,7 @@ enum UpEnd {
 async fn copy_in<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     rd: &mut R,
     mut stdin: W,
-    count: &mut u64,
+    count: &AtomicU64,
 ) -> io::Result<UpEnd> {
     let mut buf = vec![0u8; COPY_BUFFER];
     loop {
@@ -547,7 +596,9 @@ async fn copy_in<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
             return Ok(UpEnd::PeerEof);
         }
         match stdin.write_all(&buf[..n]).await {
-            Ok(()) => *count += n as u64,
+            Ok(()) => {
+                count.fetch_add(n as u64, Ordering::Relaxed);
+            }
             // The child closed its stdin (or exited): stop reading from the peer, which
             // leaves what it sends in the socket buffers (back-pressure, not memory).
             Err(_) => return Ok(UpEnd::ChildClosedInput),
@@ -558,7 +609,7 @@ async fn copy_in<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
 async fn copy_out<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     stdout: &mut R,
     wr: &mut W,
-    count: &mut u64,
+    count: &AtomicU64,
 ) -> io::Result<()> {
     let mut buf = vec![0u8; COPY_BUFFER];
     loop {
@@ -570,7 +621,7 @@ async fn copy_out<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         };
         wr.write_all(&buf[..n]).await?;
         wr.flush().await?;
-        *count += n as u64;
+        count.fetch_add(n as u64, Ordering::Relaxed);
     }
     wr.flush().await
 }
@@ -740,7 +791,8 @@ impl StreamHandler for ExecHandler {
                 local: ctx.local.clone(),
                 id: ctx.peer.id,
             };
-            let reason = match run(stream, &self.command, &env, ctx.closing).await {
+            let run = run(stream, &self.command, &env, ctx.idle_timeout, ctx.closing);
+            let reason = match run.await {
                 Ok(report) => {
                     let reason = match &report.end {
                         ExecEnd::ChildDone => CloseReason::ServiceClosed,
@@ -749,6 +801,7 @@ impl StreamHandler for ExecHandler {
                             CloseReason::Io(io::Error::new(e.kind(), e.to_string()))
                         }
                         ExecEnd::Shutdown => CloseReason::Shutdown,
+                        ExecEnd::Idle(d) => CloseReason::IdleTimeout(*d),
                     };
                     log_report(env.id, &self.command, &report);
                     return ConnReport {
@@ -868,7 +921,7 @@ mod tests {
         let cmd = ExecCommand::shell("tr a-z A-Z; echo \"$SOCKIT_PEER_PORT\"").unwrap();
         let env = env();
         let server = tokio::spawn(async move {
-            run(theirs, &cmd, &env, std::future::pending())
+            run(theirs, &cmd, &env, None, std::future::pending())
                 .await
                 .unwrap()
         });
@@ -900,7 +953,7 @@ mod tests {
         let env = env();
         let started = Instant::now();
         let server = tokio::spawn(async move {
-            run(theirs, &cmd, &env, std::future::pending())
+            run(theirs, &cmd, &env, None, std::future::pending())
                 .await
                 .unwrap()
         });
@@ -939,6 +992,7 @@ mod tests {
             theirs,
             &cmd,
             &env(),
+            None,
             tokio::time::sleep(Duration::from_millis(50)),
         )
         .await
@@ -948,7 +1002,7 @@ mod tests {
 
         let (_mine, theirs) = tokio::io::duplex(1024);
         let cmd = ExecCommand::shell("echo oops >&2; exit 3").unwrap();
-        let report = run(theirs, &cmd, &env(), std::future::pending())
+        let report = run(theirs, &cmd, &env(), None, std::future::pending())
             .await
             .unwrap();
         assert_eq!(report.exit_code(), 3);
@@ -956,10 +1010,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_idle_connection_is_closed_and_its_child_stopped() {
+        let (mut mine, theirs) = tokio::io::duplex(1024);
+        // Echoes for a while, then goes quiet without exiting.
+        let cmd = ExecCommand::shell("head -n 1; sleep 30").unwrap();
+        let server = tokio::spawn(async move {
+            let idle = Some(Duration::from_millis(200));
+            run(theirs, &cmd, &env(), idle, std::future::pending())
+                .await
+                .unwrap()
+        });
+        // Traffic keeps it open past the limit.
+        for _ in 0..3 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            mine.write_all(b"x").await.unwrap();
+        }
+        mine.write_all(b"\n").await.unwrap();
+        let report = tokio::time::timeout(Duration::from_secs(10), server)
+            .await
+            .expect("idle limit not applied")
+            .unwrap();
+        assert!(matches!(report.end, ExecEnd::Idle(_)), "{report}");
+        assert!(report.killed);
+        assert_eq!(report.bytes_out, 4, "the line came back first");
+        assert!(report.duration >= Duration::from_millis(450), "{report}");
+    }
+
+    #[tokio::test]
     async fn a_missing_program_is_an_error() {
         let (_mine, theirs) = tokio::io::duplex(64);
         let cmd = ExecCommand::words("/nonexistent/program").unwrap();
-        let e = run(theirs, &cmd, &env(), std::future::pending())
+        let e = run(theirs, &cmd, &env(), None, std::future::pending())
             .await
             .unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::NotFound);

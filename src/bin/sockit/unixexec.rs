@@ -101,7 +101,7 @@ pub async fn connect_exec(
         local,
         id: 1,
     };
-    let report = exec::run(stream, &command, &env, interrupted.cancelled_owned())
+    let report = exec::run(stream, &command, &env, None, interrupted.cancelled_owned())
         .await
         .with_context(|| format!("cannot run `{command}`"))?;
     exec::log_report(1, &command, &report);
