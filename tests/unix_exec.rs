@@ -608,3 +608,43 @@ fn a_program_that_cannot_start_closes_its_connection_and_is_logged() {
     assert!(log.contains("(#1): cannot run"), "{log}");
     server.stop();
 }
+
+#[test]
+fn unixgram_chat_members_hear_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("chat.sock");
+    let server = Serve::start(&[&format!("unixgram:{}", path.display()), "--service", "chat"]);
+    let script = r#"
+import socket, sys
+srv, d = sys.argv[1], sys.argv[2]
+def member(name):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.bind(d + "/" + name + ".sock")
+    s.settimeout(5)
+    return s
+def line(s):
+    return s.recv(65536).decode().rstrip("\n")
+a, b = member("a"), member("b")
+a.sendto(b"/join r\n", srv); print(line(a))
+b.sendto(b"/join r\n", srv); print(line(b)); print(line(a))
+a.sendto(b"hello bob\n", srv); print(line(b))
+b.sendto(b"hi alice\n", srv); print(line(a))
+"#;
+    let out = common::python(
+        script,
+        &[
+            &path.display().to_string(),
+            &dir.path().display().to_string(),
+        ],
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].contains("in r (1 member)"), "{out}");
+    assert!(lines[1].contains("in r (2 members)"), "{out}");
+    assert!(lines[2].contains("joined"), "{out}");
+    assert_eq!(
+        lines[3..],
+        ["<guest1> hello bob", "<guest2> hi alice"],
+        "{out}"
+    );
+    server.stop();
+}

@@ -2,13 +2,17 @@
 //! a message, each sender gets a session of its own, and replies go to the sender's bound path.
 //!
 //! The same policy as UDP ([`crate::transport::udp`]): quit words, an idle limit per peer, and
-//! a bounded peer table whose least recently active peer makes room for a newcomer. A client
+//! a bounded peer table whose least recently active peer makes room for a newcomer. Sessions
+//! with traffic of their own (a chat room) are polled for it ([`Session::poll_feed`]) whenever
+//! they wake the driver, a bounded number of batches per turn. A client
 //! socket that is not bound to a path (socat's `UNIX-SENDTO` without `bind=`, or one bound to an
 //! abstract name) has no address a reply could go to: its datagrams are dropped with a debug
 //! line, as they carry no way to answer.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -31,11 +35,35 @@ const PUSH_QUEUE: usize = 8192;
 /// Receive buffer: the largest datagram accepted (longer ones are truncated by the kernel).
 const RECV_BUFFER: usize = 65_536;
 
+/// Most feed batches (see [`Session::poll_feed`]) sent to one peer before others get a turn.
+const FEED_TURN: usize = 16;
+
 struct Peer<Se> {
     session: Se,
     codec: RawCodec,
     last_seen: Instant,
     datagrams: u64,
+    feed: Arc<FeedWaker>,
+}
+
+/// Wakes the driver for one peer whose session has traffic of its own to send (a chat room's
+/// lines). Queued at most once until the driver polls that peer, so the queue stays bounded.
+struct FeedWaker {
+    path: PathBuf,
+    queued: AtomicBool,
+    tx: mpsc::UnboundedSender<PathBuf>,
+}
+
+impl Wake for FeedWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if !self.queued.swap(true, Ordering::AcqRel) {
+            let _ = self.tx.send(self.path.clone());
+        }
+    }
 }
 
 struct Driver<Sv: Service> {
@@ -47,6 +75,7 @@ struct Driver<Sv: Service> {
     out: Outbox,
     wbuf: BytesMut,
     next_id: u64,
+    feed_tx: mpsc::UnboundedSender<PathBuf>,
     evictions: RateLimited,
     unbound: RateLimited,
     report: UdpReport,
@@ -61,6 +90,7 @@ pub async fn serve_unixgram<Sv: Service>(
     shutdown: CancellationToken,
 ) -> UdpReport {
     let (push_tx, mut push_rx) = mpsc::channel(PUSH_QUEUE);
+    let (feed_tx, mut feed_rx) = mpsc::unbounded_channel();
     let mut driver = Driver {
         socket,
         service,
@@ -69,6 +99,7 @@ pub async fn serve_unixgram<Sv: Service>(
         out: Outbox::for_unix_datagrams(push_tx),
         wbuf: BytesMut::new(),
         next_id: 0,
+        feed_tx,
         evictions: RateLimited::new(Duration::from_secs(1)),
         unbound: RateLimited::new(Duration::from_secs(1)),
         report: UdpReport::default(),
@@ -81,6 +112,7 @@ pub async fn serve_unixgram<Sv: Service>(
             biased;
             () = shutdown.cancelled() => break,
             Some((path, push)) = push_rx.recv() => driver.on_push(path, push).await,
+            Some(path) = feed_rx.recv() => driver.feed(&path).await,
             received = driver.socket.recv_from(&mut buf) => match received {
                 Ok((n, addr)) => match addr.as_pathname() {
                     Some(path) => {
@@ -146,6 +178,38 @@ impl<Sv: Service> Driver<Sv> {
                     "closed by service"
                 },
             );
+            return;
+        }
+        self.feed(&path).await;
+    }
+
+    /// Sends the peer's own traffic (a chat room's lines) that its session has ready, a
+    /// bounded number of batches per turn; the session's waker brings the driver back.
+    async fn feed(&mut self, path: &Path) {
+        for _ in 0..FEED_TURN {
+            let Some(peer) = self.peers.peek_mut(path) else {
+                return;
+            };
+            // Cleared before polling: a wake-up during the poll queues the peer again.
+            peer.feed.queued.store(false, Ordering::Release);
+            self.out.set_peer_path(path);
+            let ready = {
+                let waker = Waker::from(peer.feed.clone());
+                let mut cx = Context::from_waker(&waker);
+                peer.session.poll_feed(&mut cx, &mut self.out).is_ready()
+            };
+            self.flush(path).await;
+            if self.out.is_closing() {
+                self.forget(path, "closed by service");
+                return;
+            }
+            if !ready {
+                return;
+            }
+        }
+        // More is ready: come back after the other peers had a turn.
+        if let Some(peer) = self.peers.peek(path) {
+            peer.feed.wake_by_ref();
         }
     }
 
@@ -181,6 +245,11 @@ impl<Sv: Service> Driver<Sv> {
             codec: RawCodec::new(RECV_BUFFER),
             last_seen: now,
             datagrams: 0,
+            feed: Arc::new(FeedWaker {
+                path: path.to_path_buf(),
+                queued: AtomicBool::new(false),
+                tx: self.feed_tx.clone(),
+            }),
         };
         self.out.set_peer_path(path);
         peer.session.on_open(&mut self.out).await;
@@ -197,6 +266,9 @@ impl<Sv: Service> Driver<Sv> {
                 self.out.set_peer_path(&path);
                 self.out.send(msg);
                 self.flush(&path).await;
+                if self.out.is_closing() {
+                    self.forget(&path, "closed by service");
+                }
             }
             Push::Close => self.forget(&path, "closed by service"),
         }
