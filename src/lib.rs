@@ -52,6 +52,7 @@ pub mod logging;
 pub mod message;
 pub mod net;
 pub mod ping;
+pub mod proxy;
 pub mod relay;
 pub mod rudp;
 pub mod scan;

@@ -13,6 +13,7 @@
 use tokio::io::{AsyncRead, AsyncWrite};
 
 pub mod framed;
+pub mod hex;
 pub mod messages;
 pub mod rudp;
 pub mod tcp;
