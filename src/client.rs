@@ -38,6 +38,7 @@ use crate::codec::{FrameCodec, Framing, Limits};
 use crate::error::CodecError;
 use crate::message::Message;
 use crate::service::Transport;
+use crate::transport::stream::{BoxStream, Dial, DialError};
 
 /// How long to watch for the server closing after a reply that starts with `error:`: a
 /// server's error notice is followed by a close, an echo of `error: x` is not.
@@ -72,6 +73,8 @@ pub struct ClientConfig {
     pub quit_after: Option<Duration>,
     /// rudp: the connection's settings (MTU, windows, timers).
     pub rudp: crate::rudp::Config,
+    /// Stream connections: a unix socket instead of TCP, a proxy, layers (TLS, a hex tap).
+    pub dial: Dial,
 }
 
 impl Default for ClientConfig {
@@ -84,6 +87,7 @@ impl Default for ClientConfig {
             retries: 2,
             quit_after: None,
             rudp: crate::rudp::Config::default(),
+            dial: Dial::default(),
         }
     }
 }
@@ -146,7 +150,7 @@ pub enum ClientError {
     #[error("no reply from {addr} within {secs}s")]
     NoReply {
         /// The server.
-        addr: SocketAddr,
+        addr: String,
         /// Total time waited.
         secs: f64,
     },
@@ -192,6 +196,9 @@ pub enum ClientError {
     /// Writing the output failed (other than it being closed, which ends the run quietly).
     #[error("cannot write the output")]
     Output(#[source] io::Error),
+    /// Connecting over a unix socket, a proxy or a layer (TLS) failed.
+    #[error(transparent)]
+    Dial(#[from] DialError),
     /// A socket operation failed.
     #[error("network i/o failed")]
     Io(#[from] io::Error),
@@ -289,13 +296,135 @@ where
     R: Read + Send + 'static,
     W: Write + AsFd + Send + 'static,
 {
+    let quit_after = config.quit_after;
+    if !config.dial.is_plain() {
+        let (stream, _) = config.dial.connect(addrs, config.timeout).await?;
+        let target = config.dial.describe(addrs);
+        info!("connected to {target}");
+        let rx = pipe_async(stream, target, input, output)?;
+        return tokio::task::spawn_blocking(move || wait_copies(&rx, quit_after))
+            .await
+            .map_err(io::Error::other)?;
+    }
     let (stream, addr) = connect_tcp(addrs, config.timeout).await?;
     let stream = stream.into_std()?;
     stream.set_nonblocking(false)?;
-    let quit_after = config.quit_after;
     tokio::task::spawn_blocking(move || pipe_blocking(stream, addr, input, output, quit_after))
         .await
         .map_err(io::Error::other)?
+}
+
+/// The byte pipe over any stream (unix, TLS, a proxy): the input and the output are read and
+/// written on threads of their own, the stream by two tasks; chunks wait in small bounded
+/// queues. Reports the same events as the TCP threads.
+fn pipe_async<R, W>(
+    stream: BoxStream,
+    target: String,
+    mut input: R,
+    mut output: W,
+) -> io::Result<std::sync::mpsc::Receiver<Copied>>
+where
+    R: Read + Send + 'static,
+    W: Write + Send + 'static,
+{
+    use tokio::io::AsyncReadExt;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let (in_tx, mut in_rx) = mpsc::channel::<io::Result<Vec<u8>>>(4);
+    std::thread::Builder::new()
+        .name("sockit-in".into())
+        .spawn(move || {
+            loop {
+                let mut buf = vec![0u8; PIPE_CHUNK];
+                let sent = match input.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        buf.truncate(n);
+                        in_tx.blocking_send(Ok(buf))
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => in_tx.blocking_send(Err(e)),
+                };
+                if sent.is_err() {
+                    break;
+                }
+            }
+        })?;
+    let up_tx = tx.clone();
+    tokio::spawn(async move {
+        let mut total = 0u64;
+        let result = loop {
+            match in_rx.recv().await {
+                None => break Ok(total),
+                Some(Err(e)) => break Err(e),
+                Some(Ok(chunk)) => {
+                    if let Err(e) = wr.write_all(&chunk).await {
+                        break Err(e);
+                    }
+                    total += chunk.len() as u64;
+                }
+            }
+        };
+        // Like `nc -N`: our input is over, keep reading the replies.
+        let _ = wr.shutdown().await;
+        if let Ok(n) = &result {
+            info!("input ended after {n} bytes: half-closed the connection to {target}");
+        }
+        let _ = up_tx.send(Copied::Up(result));
+    });
+    let (out_tx, out_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+    let (out_err_tx, mut out_err_rx) = mpsc::channel::<io::Error>(1);
+    std::thread::Builder::new()
+        .name("sockit-out".into())
+        .spawn(move || {
+            for chunk in out_rx {
+                if let Err(e) = output.write_all(&chunk).and_then(|()| output.flush()) {
+                    let _ = out_err_tx.blocking_send(e);
+                    return;
+                }
+            }
+        })?;
+    tokio::spawn(async move {
+        let mut total = 0u64;
+        let result = loop {
+            let mut buf = vec![0u8; PIPE_CHUNK];
+            let n = tokio::select! {
+                e = out_err_rx.recv() => match e {
+                    Some(e) => break Err((e, Side::Output)),
+                    None => break Ok(total),
+                },
+                n = rd.read(&mut buf) => n,
+            };
+            match n {
+                Ok(0) => break Ok(total),
+                Ok(n) => {
+                    buf.truncate(n);
+                    total += n as u64;
+                    // The output thread is slow only when the output is: wait for it there.
+                    let out = out_tx.clone();
+                    let queued = tokio::task::spawn_blocking(move || out.send(buf)).await;
+                    if !matches!(queued, Ok(Ok(()))) {
+                        match out_err_rx.recv().await {
+                            Some(e) => break Err((e, Side::Output)),
+                            None => break Ok(total),
+                        }
+                    }
+                }
+                Err(e) => break Err((e, Side::Network)),
+            }
+        };
+        // Everything read is written before the end is reported.
+        drop(out_tx);
+        let result = match result {
+            Ok(n) => match out_err_rx.recv().await {
+                Some(e) => Err((e, Side::Output)),
+                None => Ok(n),
+            },
+            other => other,
+        };
+        let _ = tx.send(Copied::Down(result));
+    });
+    Ok(rx)
 }
 
 /// How one copy thread ended.
@@ -346,6 +475,14 @@ where
             let _ = tx.send(Copied::Down(result));
         })?;
 
+    wait_copies(&rx, quit_after)
+}
+
+/// Waits for the copies' events and decides how the pipe ends.
+fn wait_copies(
+    rx: &std::sync::mpsc::Receiver<Copied>,
+    quit_after: Option<Duration>,
+) -> Result<ClientSummary, ClientError> {
     let mut summary = ClientSummary::default();
     let mut deadline: Option<Instant> = None;
     loop {
@@ -783,10 +920,15 @@ fn notice_error(notice: &[u8]) -> ClientError {
     }
 }
 
+/// The reading half of a stream connection (TCP, unix, layered).
+type BoxRead = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
+/// The writing half of a stream connection.
+type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
+
 /// Where a connection's messages go: a TCP stream through the framing, or a rudp connection
 /// (its own task) one message per message.
 enum Writer {
-    Tcp(FramedWrite<tokio::net::tcp::OwnedWriteHalf, FrameCodec>),
+    Tcp(FramedWrite<BoxWrite, FrameCodec>),
     Rudp(tokio_util::sync::PollSender<Bytes>),
 }
 
@@ -849,7 +991,7 @@ async fn connect_rudp<W>(
     config: &ClientConfig,
     output: W,
     flush_each: bool,
-) -> Result<(Writer, Printer, SocketAddr), ClientError>
+) -> Result<(Writer, Printer, String), ClientError>
 where
     W: AsyncWrite + Send + Unpin + 'static,
 {
@@ -916,7 +1058,7 @@ where
     Ok((
         Writer::Rudp(tokio_util::sync::PollSender::new(out_tx)),
         printer,
-        addr,
+        addr.to_string(),
     ))
 }
 
@@ -926,16 +1068,25 @@ async fn connect_framed<W>(
     config: &ClientConfig,
     output: W,
     flush_each: bool,
-) -> Result<(Writer, Printer, SocketAddr), ClientError>
+) -> Result<(Writer, Printer, String), ClientError>
 where
     W: AsyncWrite + Send + Unpin + 'static,
 {
     if config.transport == Transport::Rudp {
         return connect_rudp(addrs, config, output, flush_each).await;
     }
-    let (stream, addr) = connect_tcp(addrs, config.timeout).await?;
-    let _ = stream.set_nodelay(true);
-    let (rd, wr) = stream.into_split();
+    let (rd, wr, addr): (BoxRead, BoxWrite, String) = if config.dial.is_plain() {
+        let (stream, addr) = connect_tcp(addrs, config.timeout).await?;
+        let _ = stream.set_nodelay(true);
+        let (rd, wr) = stream.into_split();
+        (Box::new(rd), Box::new(wr), addr.to_string())
+    } else {
+        let (stream, _) = config.dial.connect(addrs, config.timeout).await?;
+        let target = config.dial.describe(addrs);
+        info!("connected to {target}");
+        let (rd, wr) = tokio::io::split(stream);
+        (Box::new(rd), Box::new(wr), target)
+    };
     let writer = FramedWrite::new(wr, FrameCodec::new(config.framing, config.limits));
     let reader = FramedRead::new(rd, FrameCodec::new(config.framing, config.limits));
     let printer = Printer::spawn(
@@ -1223,7 +1374,10 @@ where
                 note(&format!("sockit: no reply within {secs}s\n"));
                 continue;
             }
-            return Err(ClientError::NoReply { addr, secs });
+            return Err(ClientError::NoReply {
+                addr: addr.to_string(),
+                secs,
+            });
         };
         let msg = Message::new(reply);
         let printed = async {

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use futures_util::FutureExt;
-use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
+use tokio::net::{TcpSocket, UdpSocket};
 use tokio::sync::Semaphore;
 use tokio_util::codec::Encoder;
 use tokio_util::sync::CancellationToken;
@@ -26,15 +26,16 @@ use crate::budget::{Charge, DEFAULT_MAX_MEMORY, MemoryBudget};
 use crate::codec::{FrameCodec, Framing, Limits};
 use crate::logging::RateLimited;
 use crate::message::Message;
-use crate::net::PeerAddr;
+use crate::net::{PeerAddr, UnixName};
 use crate::rudp::EndpointConfig;
 use crate::service::{PeerInfo, Service, StreamContext, Transport};
 use crate::shutdown::ShutdownSignal;
-use crate::transport::FramedStream;
 use crate::transport::messages::serve_messages;
 use crate::transport::rudp::RudpServer;
+use crate::transport::stream::{self, Conn, Upgrade, upgrade_all};
 use crate::transport::tcp::{ConnReport, ConnSettings, DEFAULT_MIN_RATE, serve_connection};
 use crate::transport::udp::{DEFAULT_PEER_IDLE, UdpReport, UdpSettings, serve_udp};
+use crate::transport::{FramedStream, Stream};
 
 /// Address `sockit serve` binds when none is given.
 pub const DEFAULT_HOST: &str = "127.0.0.1";
@@ -44,6 +45,8 @@ pub const DEFAULT_PORT: u16 = 9000;
 pub const DEFAULT_MAX_CONNS: usize = 10_000;
 /// Default frame (and write) stall timeout.
 pub const DEFAULT_FRAME_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default for [`ServerConfig::handshake_timeout`].
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Listen backlog requested from the kernel (which caps it at `net.core.somaxconn`).
 const LISTEN_BACKLOG: u32 = 4096;
 const MIN_BACKOFF: Duration = Duration::from_millis(5);
@@ -82,6 +85,11 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// rudp: the settings of every connection (MTU, windows, timers).
     pub rudp: crate::rudp::Config,
+    /// Layers run over every accepted stream before its session starts (TLS, a hex tap), in
+    /// order, inside the connection's task.
+    pub upgrades: Vec<Arc<dyn Upgrade>>,
+    /// How long the layers may take (a TLS handshake); past it the connection is closed.
+    pub handshake_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -100,6 +108,8 @@ impl Default for ServerConfig {
             udp_rate: None,
             shutdown_grace: Duration::from_secs(4),
             rudp: crate::rudp::Config::default(),
+            upgrades: Vec::new(),
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
         }
     }
 }
@@ -119,7 +129,8 @@ pub struct ServerReport {
 
 #[derive(Debug)]
 enum Listener {
-    Tcp(TcpListener),
+    /// TCP or a unix stream socket.
+    Stream(stream::Listener),
     Udp(UdpSocket),
     /// The rudp server and the token that stops its socket task.
     Rudp(RudpServer, CancellationToken),
@@ -146,7 +157,7 @@ impl<S: Service> Server<S> {
                 };
                 socket.set_reuseaddr(true)?;
                 socket.bind(addr)?;
-                Listener::Tcp(socket.listen(LISTEN_BACKLOG)?)
+                Listener::Stream(stream::Listener::Tcp(socket.listen(LISTEN_BACKLOG)?))
             }
             Transport::Udp => Listener::Udp(UdpSocket::bind(addr).await?),
             Transport::Rudp => {
@@ -160,7 +171,7 @@ impl<S: Service> Server<S> {
             }
         };
         let local = match &listener {
-            Listener::Tcp(l) => l.local_addr()?,
+            Listener::Stream(l) => l.tcp_addr().ok_or_else(|| io::Error::other("no address"))?,
             Listener::Udp(s) => s.local_addr()?,
             Listener::Rudp(s, _) => s.local_addr(),
         };
@@ -172,9 +183,29 @@ impl<S: Service> Server<S> {
         })
     }
 
-    /// The address actually bound.
+    /// Binds a unix stream socket at `name` (TCP-like services over a local socket). The
+    /// caller deals with a stale socket file and permissions first.
+    pub fn bind_unix(name: &UnixName, config: ServerConfig, service: S) -> io::Result<Self> {
+        let listener = stream::bind_unix_listener(name)?;
+        Ok(Server {
+            listener: Listener::Stream(stream::Listener::Unix(listener, name.clone())),
+            local: SocketAddr::from(([0, 0, 0, 0], 0)),
+            config,
+            service: Arc::new(service),
+        })
+    }
+
+    /// The address actually bound (`0.0.0.0:0` for a unix socket: see [`Server::unix_name`]).
     pub fn local_addr(&self) -> SocketAddr {
         self.local
+    }
+
+    /// The unix socket bound, for a unix server.
+    pub fn unix_name(&self) -> Option<&UnixName> {
+        match &self.listener {
+            Listener::Stream(stream::Listener::Unix(_, name)) => Some(name),
+            _ => None,
+        }
     }
 
     /// The service, shared with every connection (e.g. to call [`Service::reload`]).
@@ -192,7 +223,9 @@ impl<S: Service> Server<S> {
     pub async fn run(self, shutdown: CancellationToken) -> ServerReport {
         self.service.start();
         match self.listener {
-            Listener::Tcp(listener) => run_tcp(listener, self.service, self.config, shutdown).await,
+            Listener::Stream(listener) => {
+                run_stream(listener, self.service, self.config, shutdown).await
+            }
             Listener::Rudp(server, stop) => {
                 run_rudp(server, stop, self.service, self.config, shutdown).await
             }
@@ -224,8 +257,22 @@ fn is_per_connection(e: &io::Error) -> bool {
     ) || e.raw_os_error() == Some(libc::EPROTO)
 }
 
-async fn run_tcp<S: Service>(
-    listener: TcpListener,
+/// What every connection task of a stream server shares.
+struct Shared<S> {
+    service: Arc<S>,
+    handler: Option<Arc<dyn crate::service::StreamHandler>>,
+    settings: Arc<ConnSettings>,
+    budget: Arc<MemoryBudget>,
+    framing: Framing,
+    limits: Limits,
+    idle_timeout: Option<Duration>,
+    frame_timeout: Option<Duration>,
+    upgrades: Vec<Arc<dyn Upgrade>>,
+    handshake_timeout: Duration,
+}
+
+async fn run_stream<S: Service>(
+    listener: stream::Listener,
     service: Arc<S>,
     config: ServerConfig,
     shutdown: CancellationToken,
@@ -239,20 +286,36 @@ async fn run_tcp<S: Service>(
         .unwrap_or_else(|| MemoryBudget::new(config.max_memory));
     let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
     let tracker = TaskTracker::new();
-    let settings = Arc::new(ConnSettings {
-        quit_words: service.quit_words(),
+    let shared = Arc::new(Shared {
+        settings: Arc::new(ConnSettings {
+            quit_words: service.quit_words(),
+            idle_timeout: config.idle_timeout,
+            frame_timeout: config.frame_timeout,
+            min_rate: config.min_rate,
+            ..ConnSettings::default()
+        }),
+        handler: service.stream_handler(),
+        service,
+        budget,
+        framing: config.framing,
+        limits: config.limits,
         idle_timeout: config.idle_timeout,
         frame_timeout: config.frame_timeout,
-        min_rate: config.min_rate,
-        ..ConnSettings::default()
+        upgrades: config.upgrades.clone(),
+        handshake_timeout: config.handshake_timeout,
     });
+    // A refusal line in the clear means nothing to a TLS client: under layers, just close.
+    let refusal_framing = if config.upgrades.is_empty() {
+        Some(config.framing)
+    } else {
+        None
+    };
     let mut report = ServerReport::default();
     let mut refusals = RateLimited::new(Duration::from_secs(1));
     let mut ip_refusals = RateLimited::new(Duration::from_secs(1));
     // Connections watch this rather than the token: see `crate::shutdown`.
     let closing = ShutdownSignal::new();
     let mut backoff = MIN_BACKOFF;
-    let stream_handler = service.stream_handler();
 
     loop {
         let accepted = tokio::select! {
@@ -261,11 +324,10 @@ async fn run_tcp<S: Service>(
             accepted = listener.accept() => accepted,
         };
         match accepted {
-            Ok((stream, addr)) => {
+            Ok((conn, addr)) => {
                 backoff = MIN_BACKOFF;
-                let ip_slot = match &per_ip {
-                    None => None,
-                    Some(per_ip) => match per_ip.try_acquire(addr.ip()) {
+                let ip_slot = match (&per_ip, addr.ip()) {
+                    (Some(per_ip), Some(ip)) => match per_ip.try_acquire(ip) {
                         Some(slot) => Some(slot),
                         None => {
                             report.refused += 1;
@@ -274,7 +336,7 @@ async fn run_tcp<S: Service>(
                                  try again later",
                                 per_ip.max
                             );
-                            refuse(stream, &config, text, &refusing, &tracker);
+                            refuse(conn, refusal_framing, &config, text, &refusing, &tracker);
                             if let Some(n) = ip_refusals.hit() {
                                 warn!(
                                     "refused {n} connection(s) (latest from {addr}): \
@@ -285,6 +347,7 @@ async fn run_tcp<S: Service>(
                             continue;
                         }
                     },
+                    _ => None,
                 };
                 match limit.clone().try_acquire_owned() {
                     Ok(permit) => {
@@ -292,49 +355,18 @@ async fn run_tcp<S: Service>(
                         let id = report.connections;
                         info!("connect from {addr} (#{id})");
                         // Replies are small and interactive: do not hold them back.
-                        let _ = stream.set_nodelay(true);
+                        conn.set_nodelay();
                         let peer = PeerInfo {
                             id,
-                            addr: PeerAddr::Inet(addr),
+                            addr,
                             transport: Transport::Tcp,
                             user: None,
                         };
-                        if let Some(handler) = &stream_handler {
-                            let ctx = StreamContext {
-                                peer,
-                                budget: budget.clone(),
-                                idle_timeout: config.idle_timeout,
-                                frame_timeout: config.frame_timeout,
-                                closing: closing.listen(),
-                            };
-                            let task = handler.clone().serve(stream, ctx).map(move |report| {
-                                log_disconnect(addr, id, &report);
+                        let task = serve_accepted(conn, peer, shared.clone(), closing.listen())
+                            .map(move |()| {
                                 drop(permit);
                                 drop(ip_slot);
                             });
-                            tracker.spawn(task);
-                            continue;
-                        }
-                        let session = service.open(&peer);
-                        let mut conn = FramedStream::new(
-                            stream,
-                            FrameCodec::new(config.framing, config.limits),
-                        );
-                        conn.set_budget(Charge::new(budget.clone()));
-                        // `map` wraps the connection future in place; another async block
-                        // around it would store it a second time.
-                        let task = serve_connection(
-                            conn,
-                            session,
-                            peer.addr,
-                            settings.clone(),
-                            closing.listen(),
-                        )
-                        .map(move |report| {
-                            log_disconnect(addr, id, &report);
-                            drop(permit);
-                            drop(ip_slot);
-                        });
                         tracker.spawn(task);
                     }
                     Err(_) => {
@@ -342,7 +374,7 @@ async fn run_tcp<S: Service>(
                         let text = format!(
                             "error: server busy ({max_conns} connections open), try again later"
                         );
-                        refuse(stream, &config, text, &refusing, &tracker);
+                        refuse(conn, refusal_framing, &config, text, &refusing, &tracker);
                         if let Some(n) = refusals.hit() {
                             warn!(
                                 "refused {n} connection(s) (latest from {addr}): limit of {max_conns} reached"
@@ -380,6 +412,85 @@ async fn run_tcp<S: Service>(
         );
     }
     report
+}
+
+/// Serves one accepted connection to its end: the layers, then the service's stream handler
+/// or a session over the framing; logs how it ended.
+async fn serve_accepted<S: Service>(
+    conn: Conn,
+    peer: PeerInfo,
+    shared: Arc<Shared<S>>,
+    closing: crate::shutdown::ShutdownListener,
+) {
+    let id = peer.id;
+    let addr = peer.addr.clone();
+    let local = conn.local_addr();
+    let report = if shared.upgrades.is_empty() {
+        match &shared.handler {
+            Some(handler) => {
+                let ctx = stream_context(&shared, peer, local, closing);
+                handler.clone().serve(conn.boxed(), ctx).await
+            }
+            None => serve_framed(conn, peer, &shared, closing).await,
+        }
+    } else {
+        let layered = tokio::time::timeout(
+            shared.handshake_timeout,
+            upgrade_all(&shared.upgrades, conn.boxed(), &peer),
+        )
+        .await;
+        let stream = match layered {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                warn!("disconnect {addr} (#{id}): {e}");
+                return;
+            }
+            Err(_) => {
+                warn!(
+                    "disconnect {addr} (#{id}): handshake not finished within {:?}",
+                    shared.handshake_timeout
+                );
+                return;
+            }
+        };
+        match &shared.handler {
+            Some(handler) => {
+                let ctx = stream_context(&shared, peer, local, closing);
+                handler.clone().serve(stream, ctx).await
+            }
+            None => serve_framed(stream, peer, &shared, closing).await,
+        }
+    };
+    log_disconnect(&addr, id, &report);
+}
+
+fn stream_context<S>(
+    shared: &Shared<S>,
+    peer: PeerInfo,
+    local: Option<PeerAddr>,
+    closing: crate::shutdown::ShutdownListener,
+) -> StreamContext {
+    StreamContext {
+        peer,
+        budget: shared.budget.clone(),
+        idle_timeout: shared.idle_timeout,
+        frame_timeout: shared.frame_timeout,
+        closing,
+        local,
+    }
+}
+
+/// A session over the server's framing.
+async fn serve_framed<S: Service, St: Stream>(
+    stream: St,
+    peer: PeerInfo,
+    shared: &Shared<S>,
+    closing: crate::shutdown::ShutdownListener,
+) -> ConnReport {
+    let session = shared.service.open(&peer);
+    let mut conn = FramedStream::new(stream, FrameCodec::new(shared.framing, shared.limits));
+    conn.set_budget(Charge::new(shared.budget.clone()));
+    serve_connection(conn, session, peer.addr, shared.settings.clone(), closing).await
 }
 
 /// Serves rudp connections: each accepted connection runs one session, over the message
@@ -420,7 +531,7 @@ async fn run_rudp<S: Service>(
         };
         let session = service.open(&peer);
         let task = serve_messages(conn, session, peer.addr, settings.clone(), closing.listen())
-            .map(move |report| log_disconnect(addr, id, &report));
+            .map(move |report| log_disconnect(&PeerAddr::Inet(addr), id, &report));
         tracker.spawn(task);
     }
     closing.trigger();
@@ -437,7 +548,7 @@ async fn run_rudp<S: Service>(
     report
 }
 
-fn log_disconnect(addr: SocketAddr, id: u64, report: &ConnReport) {
+fn log_disconnect(addr: &PeerAddr, id: u64, report: &ConnReport) {
     if report.reason.is_error() {
         warn!("disconnect {addr} (#{id}): {report}");
     } else {
@@ -457,17 +568,21 @@ const REFUSAL_TIME: Duration = Duration::from_secs(1);
 /// whatever the client had already sent: closing a socket with unread input makes the kernel
 /// send a reset, which destroys the refusal before the client reads it.
 fn refuse(
-    stream: TcpStream,
+    stream: Conn,
+    framing: Option<Framing>,
     config: &ServerConfig,
     mut text: String,
     refusing: &Arc<Semaphore>,
     tracker: &TaskTracker,
 ) {
-    if config.framing == Framing::Raw {
+    let Some(framing) = framing else {
+        return;
+    };
+    if framing == Framing::Raw {
         text.push('\n');
     }
     let mut buf = BytesMut::new();
-    let mut codec = FrameCodec::new(config.framing, config.limits);
+    let mut codec = FrameCodec::new(framing, config.limits);
     if codec.encode(&Message::text(text), &mut buf).is_err() {
         return;
     }
@@ -481,7 +596,7 @@ fn refuse(
     });
 }
 
-async fn tell_and_drain(mut stream: TcpStream, line: &[u8]) {
+async fn tell_and_drain(mut stream: Conn, line: &[u8]) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     if stream.write_all(line).await.is_err() || stream.shutdown().await.is_err() {
         return;

@@ -68,6 +68,8 @@ pub struct BenchConfig {
     pub rate: Option<f64>,
     /// rudp: the connections' settings (MTU, windows, timers).
     pub rudp: crate::rudp::Config,
+    /// Stream connections: a unix socket instead of TCP, layers (TLS). Plain by default.
+    pub dial: crate::transport::stream::Dial,
 }
 
 /// Latency percentiles, in microseconds.
@@ -463,6 +465,8 @@ impl Totals {
 /// A connected client socket.
 enum Socket {
     Tcp(TcpStream),
+    /// Any other stream: unix, TLS.
+    Stream(crate::transport::stream::BoxStream),
     Udp(UdpSocket),
     Rudp(crate::transport::rudp::RudpConnection),
 }
@@ -470,6 +474,14 @@ enum Socket {
 async fn connect(config: &BenchConfig) -> io::Result<Socket> {
     let attempt = async {
         match config.transport {
+            Transport::Tcp if !config.dial.is_plain() => {
+                let (stream, _) = config
+                    .dial
+                    .connect(&[config.addr], config.timeout)
+                    .await
+                    .map_err(|e| io::Error::other(e.to_string()))?;
+                Ok(Socket::Stream(stream))
+            }
             Transport::Tcp => {
                 let stream = TcpStream::connect(config.addr).await?;
                 // Ping-pong: a small message must leave now, not after the delayed ACK.
@@ -639,12 +651,18 @@ pub async fn run(
                 };
                 return match socket {
                     Socket::Tcp(s) => tokio::spawn(rate::tcp_client(s, shared, schedule, cancel)),
+                    Socket::Stream(s) => {
+                        tokio::spawn(rate::stream_client(s, shared, schedule, cancel))
+                    }
                     Socket::Udp(s) => tokio::spawn(rate::udp_client(s, shared, schedule, cancel)),
                     Socket::Rudp(c) => tokio::spawn(rate::rudp_client(c, shared, schedule, cancel)),
                 };
             }
             match socket {
                 Socket::Tcp(s) => tokio::spawn(tcp::client(s, shared, request.clone(), cancel)),
+                Socket::Stream(s) => {
+                    tokio::spawn(tcp::stream_client(s, shared, request.clone(), cancel))
+                }
                 Socket::Udp(s) => tokio::spawn(udp::client(s, shared, cancel)),
                 Socket::Rudp(c) => tokio::spawn(rudp_client(c, shared, cancel)),
             }

@@ -187,12 +187,17 @@ trait Pipe {
     fn close(&mut self) {}
 }
 
-struct TcpPipe {
-    reader: FramedRead<tokio::net::tcp::OwnedReadHalf, FrameCodec>,
-    writer: FramedWrite<tokio::net::tcp::OwnedWriteHalf, FrameCodec>,
+/// A framed stream: TCP's owned halves, or any stream's split halves.
+struct TcpPipe<R, W> {
+    reader: FramedRead<R, FrameCodec>,
+    writer: FramedWrite<W, FrameCodec>,
 }
 
-impl Pipe for TcpPipe {
+impl<R, W> Pipe for TcpPipe<R, W>
+where
+    R: tokio::io::AsyncRead + Unpin + Send,
+    W: tokio::io::AsyncWrite + Unpin + Send,
+{
     const ORDERED: bool = true;
 
     async fn recv(&mut self) -> Result<Option<Bytes>, String> {
@@ -347,6 +352,23 @@ pub(super) async fn tcp_client(
     let framing = shared.framing;
     let limits = Limits::default();
     let (rd, wr) = stream.into_split();
+    let pipe = TcpPipe {
+        reader: FramedRead::new(rd, FrameCodec::new(framing, limits)),
+        writer: FramedWrite::new(wr, FrameCodec::new(framing, limits)),
+    };
+    run(pipe, shared, schedule, framing == Framing::Line, cancel).await
+}
+
+/// An open-loop client over any other stream (unix, TLS) with the given framing.
+pub(super) async fn stream_client(
+    stream: crate::transport::stream::BoxStream,
+    shared: Arc<Shared>,
+    schedule: Schedule,
+    cancel: CancellationToken,
+) -> Tally {
+    let framing = shared.framing;
+    let limits = Limits::default();
+    let (rd, wr) = tokio::io::split(stream);
     let pipe = TcpPipe {
         reader: FramedRead::new(rd, FrameCodec::new(framing, limits)),
         writer: FramedWrite::new(wr, FrameCodec::new(framing, limits)),

@@ -1,5 +1,6 @@
-//! The TCP ping-pong client: send one framed message, check the reply as it streams in, and
-//! repeat until the run ends, the connection fails, or a reply does not come in time.
+//! The stream ping-pong client (TCP, unix, TLS): send one framed message, check the reply as
+//! it streams in, and repeat until the run ends, the connection fails, or a reply does not
+//! come in time.
 
 use std::cell::RefCell;
 use std::fmt;
@@ -10,15 +11,15 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio_util::sync::CancellationToken;
 
 use super::reply::{FILL, ReplyChecker, ReplyError, Verdict};
 use super::{Shared, Tally};
 use crate::codec::Framing;
 use crate::codec::length::put_uint;
+use crate::transport::stream::BoxStream;
 
 /// Read buffer size; one per worker thread, not per client.
 const READ_BUF: usize = 64 * 1024;
@@ -81,7 +82,7 @@ impl Request {
         }
     }
 
-    async fn write(&self, out: &mut WriteHalf<'_>) -> io::Result<()> {
+    async fn write<W: AsyncWrite + Unpin>(&self, out: &mut W) -> io::Result<()> {
         if let Some(whole) = &self.whole {
             return out.write_all(whole).await;
         }
@@ -127,8 +128,8 @@ impl fmt::Display for Stop {
 ///
 /// Reads go through `poll_read`, not `try_read`: tokio's `poll_read` knows that a short read
 /// drained the socket and skips the `recv` that would only say `EAGAIN` next time.
-async fn read_reply(
-    input: &mut ReadHalf<'_>,
+async fn read_reply<R: AsyncRead + Unpin>(
+    input: &mut R,
     checker: &mut ReplyChecker,
 ) -> Result<(Verdict, u64), Stop> {
     let mut extra = 0;
@@ -169,9 +170,32 @@ async fn read_reply(
     .await
 }
 
-/// One client: runs until the run ends, `cancel` fires, or the connection fails.
+/// One TCP client: runs until the run ends, `cancel` fires, or the connection fails.
 pub(super) async fn client(
     mut stream: TcpStream,
+    shared: Arc<Shared>,
+    request: Arc<Request>,
+    cancel: CancellationToken,
+) -> Tally {
+    // Borrowed halves: no lock between the two directions.
+    let (input, output) = stream.split();
+    run(input, output, shared, request, cancel).await
+}
+
+/// One client over any other stream (unix, TLS).
+pub(super) async fn stream_client(
+    stream: BoxStream,
+    shared: Arc<Shared>,
+    request: Arc<Request>,
+    cancel: CancellationToken,
+) -> Tally {
+    let (input, output) = tokio::io::split(stream);
+    run(input, output, shared, request, cancel).await
+}
+
+async fn run<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    mut input: R,
+    mut output: W,
     shared: Arc<Shared>,
     request: Arc<Request>,
     cancel: CancellationToken,
@@ -179,7 +203,6 @@ pub(super) async fn client(
     let mut tally = Tally::default();
     let mut checker = ReplyChecker::new(shared.framing, shared.size);
     let mut cancelled = pin!(cancel.cancelled());
-    let (mut input, mut output) = stream.split();
     loop {
         let t0 = Instant::now();
         if shared.done(tally.counts.sent, t0) {

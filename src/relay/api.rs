@@ -13,7 +13,6 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use arc_swap::ArcSwap;
 use axum::Json;
 use axum::Router;
 use axum::extract::{Path, State};
@@ -27,6 +26,7 @@ use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use crate::net::Address;
+use crate::relay::fault::FaultSet;
 use crate::relay::{ConnRecord, Fault, Relay, RelayConfig};
 
 /// Counters of one proxy, for `/metrics`.
@@ -80,7 +80,7 @@ struct Proxy {
     upstream: String,
     enabled: bool,
     toxics: Vec<Toxic>,
-    faults: Arc<ArcSwap<Vec<Fault>>>,
+    faults: Arc<FaultSet>,
     running: Option<Running>,
     counters: Arc<Counters>,
 }
@@ -97,9 +97,8 @@ impl Proxy {
     }
 
     fn publish(&self) {
-        self.faults.store(Arc::new(
-            self.toxics.iter().map(|t| t.fault.clone()).collect(),
-        ));
+        self.faults
+            .store(self.toxics.iter().map(|t| t.fault.clone()).collect());
     }
 }
 
@@ -154,7 +153,7 @@ impl Api {
             upstream: upstream.to_owned(),
             enabled,
             toxics: Vec::new(),
-            faults: Arc::new(ArcSwap::from_pointee(Vec::new())),
+            faults: FaultSet::live(Vec::new()),
             running: None,
             counters: Arc::new(Counters::default()),
         };
@@ -210,6 +209,7 @@ impl Api {
                 "/proxies/{proxy}/toxics/{toxic}",
                 get(show_toxic).post(update_toxic).delete(delete_toxic),
             )
+            .route("/populate", post(populate))
             .route("/reset", post(reset))
             .route("/metrics", get(metrics))
             .with_state(self.clone());
@@ -269,6 +269,59 @@ async fn create(State(api): State<Shared>, bytes: axum::body::Bytes) -> Response
         Err(e) if e.contains("already exists") => error(StatusCode::CONFLICT, e),
         Err(e) => bad(e),
     }
+}
+
+/// `POST /populate`: makes the listed proxies exist as given. A proxy that already exists
+/// with the same `listen`, `upstream` and `enabled` is kept (with its toxics and open
+/// connections); one that differs is replaced; others are left alone. Answers 201 with
+/// `{"proxies":[…]}`, or 400 with the error and the proxies populated before it.
+async fn populate(State(api): State<Shared>, bytes: axum::body::Bytes) -> Response {
+    let reqs: Vec<NewProxy> = match body(&bytes) {
+        Ok(r) => r,
+        Err(e) => return bad(e),
+    };
+    let mut seen = std::collections::HashSet::new();
+    for req in &reqs {
+        if req.name.is_empty() {
+            return bad("missing required field: name");
+        }
+        if !seen.insert(req.name.as_str()) {
+            return bad(format!("proxy {} is listed twice", req.name));
+        }
+    }
+    let mut done = Vec::new();
+    for req in reqs {
+        let enabled = req.enabled.unwrap_or(true);
+        let old = {
+            let mut proxies = api.proxies.lock().await;
+            match proxies.get(&req.name) {
+                Some(p)
+                    if p.listen == req.listen
+                        && p.upstream == req.upstream
+                        && p.enabled == enabled =>
+                {
+                    done.push(p.json());
+                    continue;
+                }
+                Some(_) => proxies.remove(&req.name),
+                None => None,
+            }
+        };
+        if let Some(running) = old.and_then(|p| p.running) {
+            running.stop().await;
+        }
+        match api
+            .create(&req.name, &req.listen, &req.upstream, enabled)
+            .await
+        {
+            Ok(v) => done.push(v),
+            Err(e) => {
+                let body = json!({ "error": e, "status": 400, "proxies": done });
+                return (StatusCode::BAD_REQUEST, Json(body)).into_response();
+            }
+        }
+    }
+    (StatusCode::CREATED, Json(json!({ "proxies": done }))).into_response()
 }
 
 async fn show(State(api): State<Shared>, Path(name): Path<String>) -> Response {

@@ -506,6 +506,59 @@ impl Rng {
     }
 }
 
+/// A relay's faults, changeable while it runs (the API does): every connection and flow
+/// follows a change, existing ones included — a stream direction at its next chunk, the
+/// connection-wide timers (`timeout`, `reset_peer`) at once.
+#[derive(Debug)]
+pub struct FaultSet {
+    faults: arc_swap::ArcSwap<Vec<Fault>>,
+    changes: tokio::sync::watch::Sender<u64>,
+    live: bool,
+}
+
+impl FaultSet {
+    /// Faults fixed for the relay's life (the command line).
+    pub fn fixed(faults: Vec<Fault>) -> std::sync::Arc<FaultSet> {
+        Self::make(faults, false)
+    }
+
+    /// Faults that may change while the relay runs (an API proxy): UDP flows then always pass
+    /// through the fault stage, ready for faults that come later.
+    pub fn live(faults: Vec<Fault>) -> std::sync::Arc<FaultSet> {
+        Self::make(faults, true)
+    }
+
+    fn make(faults: Vec<Fault>, live: bool) -> std::sync::Arc<FaultSet> {
+        std::sync::Arc::new(FaultSet {
+            faults: arc_swap::ArcSwap::from_pointee(faults),
+            changes: tokio::sync::watch::Sender::new(0),
+            live,
+        })
+    }
+
+    /// Whether the faults may change.
+    pub fn is_live(&self) -> bool {
+        self.live
+    }
+
+    /// The faults now.
+    pub fn load(&self) -> std::sync::Arc<Vec<Fault>> {
+        self.faults.load_full()
+    }
+
+    /// Replaces the faults and tells every connection.
+    pub fn store(&self, faults: Vec<Fault>) {
+        self.faults.store(std::sync::Arc::new(faults));
+        self.changes.send_modify(|v| *v += 1);
+    }
+
+    /// A receiver that sees every change after this call (subscribe, then load, so that no
+    /// change falls between the two).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+}
+
 /// The faults that apply to one connection or flow in one direction (the `p` draws done).
 pub fn active(faults: &[Fault], dir: Dir, seed: u64, conn: u64) -> Vec<FaultKind> {
     let mut rng = Rng::new(seed, conn);

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio::net::{TcpListener, UdpSocket, UnixListener};
+use tokio::net::{TcpListener, TcpSocket, UdpSocket, UnixListener};
 use tokio_util::sync::CancellationToken;
 
 use crate::net::ip::parse_input;
@@ -96,9 +96,9 @@ pub struct RelayConfig {
     pub no_splice: bool,
     /// The taps.
     pub inspect: Arc<Inspect>,
-    /// The faults, in order; read when a connection or flow starts, so they can be changed
-    /// while the relay runs (the API does).
-    pub faults: Arc<arc_swap::ArcSwap<Vec<Fault>>>,
+    /// The faults, in order; they can change while the relay runs (the API does), and
+    /// existing connections and flows follow.
+    pub faults: Arc<fault::FaultSet>,
     /// Seed of every random choice the faults make.
     pub seed: u64,
     /// Send a PROXY protocol header of this version to the target first (TCP/unix).
@@ -280,7 +280,16 @@ impl Relay {
                     let local = sock.local_addr()?;
                     (Listener::Udp(Arc::new(sock)), format!("udp {local}"))
                 } else {
-                    let sock = TcpListener::bind(addr).await?;
+                    // A deep backlog: a burst of clients waits in it instead of having its
+                    // SYNs dropped (a second's retransmit each) while the loop catches up.
+                    let socket = if addr.is_ipv4() {
+                        TcpSocket::new_v4()?
+                    } else {
+                        TcpSocket::new_v6()?
+                    };
+                    socket.set_reuseaddr(true)?;
+                    socket.bind(addr)?;
+                    let sock = socket.listen(4096)?;
                     let local = sock.local_addr()?;
                     (Listener::Tcp(sock), format!("tcp {local}"))
                 }

@@ -59,6 +59,25 @@ impl Sock {
         .await
     }
 
+    /// Reads some bytes once the socket is readable, unless `stop` says so first: then
+    /// `None`, with nothing read (the faults changed: the caller rebuilds before reading).
+    pub(crate) async fn read_unless(
+        &self,
+        buf: &mut [u8],
+        stop: &impl Fn() -> bool,
+    ) -> io::Result<Option<usize>> {
+        let fd = self.fd();
+        self.io(Interest::READABLE, || {
+            if stop() {
+                return Ok(None);
+            }
+            // SAFETY: `buf` is valid for `buf.len()` bytes and `fd` is open while `self` is.
+            let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+            cvt(n).map(Some)
+        })
+        .await
+    }
+
     /// Writes all of `buf`.
     pub(crate) async fn write_all(&self, mut buf: &[u8]) -> io::Result<()> {
         let fd = self.fd();
@@ -203,6 +222,8 @@ pub(crate) enum End {
     Write(io::Error),
     /// A `limit_data` fault used up its bytes.
     Limit,
+    /// The faults changed: nothing is in flight; run this direction again with the new ones.
+    Reconfigure,
 }
 
 fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
@@ -248,18 +269,34 @@ enum Got {
     Spliced(usize),
     /// Bytes read into the fallback buffer (no pipe could be had).
     Copied(usize),
+    /// Nothing read: the faults changed.
+    Changed,
 }
 
 /// Moves bytes from `src` to `dst` with splice(2) through a pooled pipe, never copying them
 /// to user space, until `src` ends; `count` is called with each amount moved. If no pipe can
 /// be created (descriptors exhausted), a chunk is copied through a buffer instead.
-pub(crate) async fn splice_pump(src: &Sock, dst: &Sock, mut count: impl FnMut(usize)) -> End {
+///
+/// Before each chunk, `changed` is asked whether the faults changed; if so the pump returns
+/// [`End::Reconfigure`] with nothing read and nothing in flight.
+pub(crate) async fn splice_pump(
+    src: &Sock,
+    dst: &Sock,
+    mut count: impl FnMut(usize),
+    changed: impl Fn() -> bool,
+) -> End {
     let (src_fd, dst_fd) = (src.fd(), dst.fd());
     let mut slot: Option<Pipe> = None;
     let mut buf: Vec<u8> = Vec::new();
     loop {
         let got = src
             .io(Interest::READABLE, || {
+                if changed() {
+                    if let Some(pipe) = slot.take() {
+                        put_pipe(pipe);
+                    }
+                    return Ok(Got::Changed);
+                }
                 if slot.is_none() {
                     slot = take_pipe().ok();
                 }
@@ -307,6 +344,7 @@ pub(crate) async fn splice_pump(src: &Sock, dst: &Sock, mut count: impl FnMut(us
                 continue;
             }
             Ok(Got::Spliced(n)) => n,
+            Ok(Got::Changed) => return End::Reconfigure,
             Err(e) => return End::Read(e),
         };
         let Some(mut pipe) = slot.take() else {

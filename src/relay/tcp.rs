@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tokio::time::{sleep, sleep_until, timeout, timeout_at};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -57,13 +57,35 @@ struct Counters {
     target_failed: AtomicU64,
 }
 
+/// Descriptors kept for the listener, the runtime, logs and the pipes of chunks in flight.
+const RESERVED_FDS: u64 = 64;
+
+/// `max_conns`, lowered (with one warning) to what the open-file limit can hold: each relayed
+/// connection takes two descriptors. Past it, clients are refused at once with a log line
+/// instead of failing later, at the target's connect.
+fn fd_capped(max_conns: usize) -> usize {
+    let Ok(limit) = crate::server::fd_limit() else {
+        return max_conns;
+    };
+    let room = (limit.saturating_sub(RESERVED_FDS) / 2).max(1);
+    if (max_conns as u64) <= room {
+        return max_conns;
+    }
+    warn!(
+        "the open file limit ({limit}) holds {room} relayed connections, not --max-conns \
+         {max_conns}: relaying at most {room} (raise it with `ulimit -n`)"
+    );
+    room as usize
+}
+
 /// The accept loop.
 pub(crate) async fn run(
     listener: Accept,
     config: Arc<RelayConfig>,
     shutdown: CancellationToken,
 ) -> RelayReport {
-    let permits = Arc::new(Semaphore::new(config.max_conns.min(Semaphore::MAX_PERMITS)));
+    let max_conns = fd_capped(config.max_conns);
+    let permits = Arc::new(Semaphore::new(max_conns.min(Semaphore::MAX_PERMITS)));
     let counters = Arc::new(Counters::default());
     let mut report = RelayReport::default();
     let mut next_id = 0u64;
@@ -101,10 +123,11 @@ pub(crate) async fn run(
             continue;
         }
         let Ok(permit) = permits.clone().try_acquire_owned() else {
-            info!(
-                "conn {id} from {peer} refused: --max-conns {} reached",
-                config.max_conns
-            );
+            if max_conns == config.max_conns {
+                info!("conn {id} from {peer} refused: --max-conns {max_conns} reached");
+            } else {
+                info!("conn {id} from {peer} refused: the open file limit allows {max_conns}");
+            }
             report.refused += 1;
             continue;
         };
@@ -288,78 +311,93 @@ async fn handle(
             return record;
         }
     };
-    let faults = config.faults.load_full();
-    let up_faults = fault::active(&faults, Dir::Up, config.seed, id);
-    let down_faults = fault::active(&faults, Dir::Down, config.seed, id);
-    let tcp_only = |v: Vec<FaultKind>| v.into_iter().filter(|f| f.for_tcp()).collect::<Vec<_>>();
-    let (up_faults, down_faults) = (tcp_only(up_faults), tcp_only(down_faults));
-    // Pipes come from a shared pool while a chunk is in flight, so an idle connection holds
-    // none (two descriptors per connection, not six).
-    let splice = !config.no_splice
-        && !config.inspect.is_on()
-        && up_faults.is_empty()
-        && down_faults.is_empty();
-    record.path = if splice { "splice" } else { "copy" };
+    // Subscribe before loading: a change in between is seen (as one needless rebuild).
+    let changes = config.faults.subscribe();
+    let mut plan = Plan::new(config, id, start.elapsed());
+    record.path = if plan.splice(Dir::Up) && plan.splice(Dir::Down) {
+        "splice"
+    } else {
+        "copy"
+    };
     let stats = Stats {
         start,
         up: AtomicU64::new(0),
         down: AtomicU64::new(0),
         last: AtomicU64::new(0),
     };
-    // Connection-wide timers from the faults (either direction's).
-    let both = || up_faults.iter().chain(down_faults.iter());
-    let close_at = both()
-        .filter_map(|f| match f {
-            FaultKind::Timeout { after } if !after.is_zero() => Some(*after),
-            _ => None,
-        })
-        .min();
-    let reset_at = both()
-        .filter_map(|f| match f {
-            FaultKind::ResetPeer { after } => Some(*after),
-            _ => None,
-        })
-        .min();
-    let (up, down): (PumpFuture<'_>, PumpFuture<'_>) = match splice {
-        true => {
-            let (client, target, stats) = (&client, &target, &stats);
-            (
-                Box::pin(splice_pump(client, target, move |n| stats.add(Dir::Up, n))),
-                Box::pin(splice_pump(target, client, move |n| {
-                    stats.add(Dir::Down, n)
-                })),
-            )
+    let (client, target, stats) = (&client, &target, &stats);
+    // One direction's pump, with the faults of the plan; it returns `End::Reconfigure` at a
+    // chunk boundary when the faults change, and is then built again.
+    let pump = |dir: Dir, plan: &Plan, rx: watch::Receiver<u64>| -> PumpFuture<'_> {
+        let (src, dst) = match dir {
+            Dir::Up => (client, target),
+            Dir::Down => (target, client),
+        };
+        let changed = move || rx.has_changed().unwrap_or(false);
+        if plan.splice(dir) {
+            return Box::pin(splice_pump(src, dst, move |n| stats.add(dir, n), changed));
         }
-        false => {
-            let mk = |dir: Dir| Pump {
+        let faults = plan.faults(dir).clone();
+        Box::pin(async move {
+            Pump {
                 dir,
                 tap: (config.inspect.is_on()).then(|| Tap::new(config.inspect.clone(), id, dir)),
                 rng: Rng::new(config.seed, id ^ ((dir as u64 + 1) << 40)),
-                stats: &stats,
-            };
-            (
-                Box::pin(mk(Dir::Up).run(&client, &target, &up_faults)),
-                Box::pin(mk(Dir::Down).run(&target, &client, &down_faults)),
-            )
-        }
+                stats,
+            }
+            .run(src, dst, &faults, &changed)
+            .await
+        })
     };
-    let (mut up, mut down) = (up, down);
-    let dog = watchdog(&stats, config.idle_timeout, close_at, reset_at);
+    let mut up = pump(Dir::Up, &plan, changes.clone());
+    let mut down = pump(Dir::Down, &plan, changes.clone());
+    let mut changes = changes;
+    let mut watching = true;
+    let dog = watchdog(stats, config.idle_timeout, plan.close_at, plan.reset_at);
     tokio::pin!(dog);
     let (mut up_end, mut down_end): (Option<()>, Option<()>) = (None, None);
     loop {
         tokio::select! {
             end = &mut up, if up_end.is_none() => {
+                if matches!(end, End::Reconfigure) {
+                    let rx = config.faults.subscribe();
+                    plan = plan.refreshed(config, id, start.elapsed());
+                    if !plan.splice(Dir::Up) {
+                        record.path = "copy";
+                    }
+                    up = pump(Dir::Up, &plan, rx);
+                    continue;
+                }
                 up_end = Some(());
-                if side_ended(end, &client, &target, &mut record.client_close, &mut record.target_close, &mut record.error) {
+                if side_ended(end, client, target, &mut record.client_close, &mut record.target_close, &mut record.error) {
                     break;
                 }
             }
             end = &mut down, if down_end.is_none() => {
+                if matches!(end, End::Reconfigure) {
+                    let rx = config.faults.subscribe();
+                    plan = plan.refreshed(config, id, start.elapsed());
+                    if !plan.splice(Dir::Down) {
+                        record.path = "copy";
+                    }
+                    down = pump(Dir::Down, &plan, rx);
+                    continue;
+                }
                 down_end = Some(());
-                if side_ended(end, &target, &client, &mut record.target_close, &mut record.client_close, &mut record.error) {
+                if side_ended(end, target, client, &mut record.target_close, &mut record.client_close, &mut record.error) {
                     break;
                 }
+            }
+            changed = changes.changed(), if watching => {
+                if changed.is_err() {
+                    // The fault set is gone: nothing more will change.
+                    watching = false;
+                    continue;
+                }
+                changes.borrow_and_update();
+                // The timers start now; each direction takes the new faults at its next chunk.
+                plan = plan.refreshed(config, id, start.elapsed());
+                dog.set(watchdog(stats, config.idle_timeout, plan.close_at, plan.reset_at));
             }
             fire = &mut dog => {
                 match fire {
@@ -391,6 +429,84 @@ async fn handle(
     record.bytes_down = stats.down.load(Ordering::Relaxed);
     record.duration_secs = start.elapsed().as_secs_f64();
     record
+}
+
+/// The faults a connection applies now, per direction, and the connection-wide timers they
+/// set (measured from the connection's start).
+struct Plan {
+    up: Arc<Vec<FaultKind>>,
+    down: Arc<Vec<FaultKind>>,
+    splice_ok: bool,
+    close_at: Option<Duration>,
+    reset_at: Option<Duration>,
+    /// The fault texts the timers came from, so that a change elsewhere does not restart them.
+    timer_source: Vec<FaultKind>,
+}
+
+impl Plan {
+    /// The plan for the relay's faults now; timers count from `now` (since the start).
+    fn new(config: &RelayConfig, id: u64, now: Duration) -> Plan {
+        let faults = config.faults.load();
+        let tcp_only = |dir: Dir| {
+            fault::active(&faults, dir, config.seed, id)
+                .into_iter()
+                .filter(|f| f.for_tcp())
+                .collect::<Vec<_>>()
+        };
+        let (up, down) = (tcp_only(Dir::Up), tcp_only(Dir::Down));
+        let timers: Vec<FaultKind> = up
+            .iter()
+            .chain(down.iter())
+            .filter(|f| matches!(f, FaultKind::Timeout { .. } | FaultKind::ResetPeer { .. }))
+            .cloned()
+            .collect();
+        let close_at = timers
+            .iter()
+            .filter_map(|f| match f {
+                FaultKind::Timeout { after } if !after.is_zero() => Some(now + *after),
+                _ => None,
+            })
+            .min();
+        let reset_at = timers
+            .iter()
+            .filter_map(|f| match f {
+                FaultKind::ResetPeer { after } => Some(now + *after),
+                _ => None,
+            })
+            .min();
+        Plan {
+            up: Arc::new(up),
+            down: Arc::new(down),
+            // Pipes come from a shared pool while a chunk is in flight, so an idle connection
+            // holds none (two descriptors per connection, not six).
+            splice_ok: !config.no_splice && !config.inspect.is_on(),
+            close_at,
+            reset_at,
+            timer_source: timers,
+        }
+    }
+
+    /// The plan after a change: timers that did not change keep their time.
+    fn refreshed(&self, config: &RelayConfig, id: u64, now: Duration) -> Plan {
+        let mut next = Plan::new(config, id, now);
+        if next.timer_source == self.timer_source {
+            next.close_at = self.close_at;
+            next.reset_at = self.reset_at;
+        }
+        next
+    }
+
+    fn faults(&self, dir: Dir) -> &Arc<Vec<FaultKind>> {
+        match dir {
+            Dir::Up => &self.up,
+            Dir::Down => &self.down,
+        }
+    }
+
+    /// Whether `dir` can move bytes with splice (nothing to look at or change in it).
+    fn splice(&self, dir: Dir) -> bool {
+        self.splice_ok && self.faults(dir).is_empty()
+    }
 }
 
 /// One direction's transfer, splice or copy.
@@ -441,6 +557,8 @@ fn side_ended(
             *error = Some("limit_data fault: connection closed".into());
             true
         }
+        // Handled by the caller (the direction is rebuilt); never an end.
+        End::Reconfigure => false,
     }
 }
 
@@ -465,6 +583,8 @@ enum Item {
     Eof,
     /// `limit_data` used up.
     Limit,
+    /// The faults changed (nothing more was read).
+    Reconfigure,
 }
 
 /// Writes chunks with the shaping faults (slicer, bandwidth; latency when not pipelined).
@@ -475,7 +595,13 @@ struct Shaper<'a> {
 }
 
 impl Pump<'_> {
-    async fn run(self, src: &Sock, dst: &Sock, faults: &[FaultKind]) -> End {
+    async fn run(
+        self,
+        src: &Sock,
+        dst: &Sock,
+        faults: &[FaultKind],
+        changed: &impl Fn() -> bool,
+    ) -> End {
         let latency = faults.iter().find_map(|f| match f {
             FaultKind::Latency { delay, jitter } => Some((*delay, *jitter)),
             _ => None,
@@ -495,7 +621,7 @@ impl Pump<'_> {
             // No delay line: read, then write, one chunk at a time.
             let mut reader = Reader::new(tap, stats, faults);
             loop {
-                match reader.next(src).await {
+                match reader.next(src, changed).await {
                     Ok(Some(data)) => {
                         let n = data.len();
                         let limit_hit = reader.take(n);
@@ -507,6 +633,9 @@ impl Pump<'_> {
                         }
                     }
                     Ok(None) => {
+                        if reader.changed {
+                            return End::Reconfigure;
+                        }
                         if reader.limit_hit {
                             return End::Limit;
                         }
@@ -524,7 +653,7 @@ impl Pump<'_> {
             let mut reader = Reader::new(tap, stats, faults);
             let mut last_due = tokio::time::Instant::now();
             loop {
-                match reader.next(src).await {
+                match reader.next(src, changed).await {
                     Ok(Some(data)) => {
                         let n = data.len();
                         let limit_hit = reader.take(n);
@@ -544,7 +673,9 @@ impl Pump<'_> {
                         }
                     }
                     Ok(None) => {
-                        let item = if reader.limit_hit {
+                        let item = if reader.changed {
+                            Item::Reconfigure
+                        } else if reader.limit_hit {
                             Item::Limit
                         } else {
                             Item::Eof
@@ -567,6 +698,8 @@ impl Pump<'_> {
                     }
                     Item::Eof => return finish(dst, slow_close).await,
                     Item::Limit => return End::Limit,
+                    // Everything read before the change is written: rebuild.
+                    Item::Reconfigure => return End::Reconfigure,
                 }
             }
             End::Eof
@@ -603,6 +736,8 @@ struct Reader<'a, 'f> {
     passed: u64,
     limit_hit: bool,
     eof: bool,
+    /// The last `next` stopped because the faults changed.
+    changed: bool,
     _faults: &'f [FaultKind],
 }
 
@@ -629,19 +764,23 @@ impl<'a, 'f> Reader<'a, 'f> {
             passed: 0,
             limit_hit: false,
             eof: false,
+            changed: false,
             _faults: faults,
         }
     }
 
-    /// The next chunk to forward (`buf[..len]`), or `None` at the end of the stream (or
-    /// when the byte limit is spent).
-    async fn next(&mut self, src: &Sock) -> io::Result<Option<&[u8]>> {
+    /// The next chunk to forward (`buf[..len]`), or `None` at the end of the stream, when
+    /// the byte limit is spent, or when `changed` says the faults changed (`self.changed`).
+    async fn next(&mut self, src: &Sock, changed: &impl Fn() -> bool) -> io::Result<Option<&[u8]>> {
         loop {
             if self.eof || self.limit_hit || self.limit == Some(0) {
                 self.limit_hit |= self.limit == Some(0);
                 return Ok(None);
             }
-            let mut n = src.read(&mut self.buf).await?;
+            let Some(mut n) = src.read_unless(&mut self.buf, changed).await? else {
+                self.changed = true;
+                return Ok(None);
+            };
             if n == 0 {
                 return Ok(None);
             }

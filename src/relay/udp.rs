@@ -91,7 +91,9 @@ pub(crate) async fn run(
                     continue;
                 }
                 next_id += 1;
+                // Live faults (the API) may come later: such flows keep the fault stage.
                 let inline = !config.inspect.is_on()
+                    && !config.faults.is_live()
                     && !config.faults.load().iter().any(|f| f.kind.for_udp());
                 match new_flow(next_id, client, &sock, &config, &table, inline).await {
                     Ok(f) => {
@@ -153,10 +155,8 @@ async fn new_flow(
     let cancel = CancellationToken::new();
     let egress = |dir: Dir, out: Out| -> mpsc::Sender<Vec<u8>> {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let faults: Vec<FaultKind> = fault::active(&config.faults.load(), dir, config.seed, id)
-            .into_iter()
-            .filter(|f| f.for_udp())
-            .collect();
+        let changes = config.faults.subscribe();
+        let faults = udp_faults(config, dir, id);
         let tap = config
             .inspect
             .is_on()
@@ -165,6 +165,10 @@ async fn new_flow(
         tokio::spawn(
             Egress {
                 faults,
+                changes,
+                config: config.clone(),
+                dir,
+                id,
                 tap,
                 rng,
                 out,
@@ -351,8 +355,21 @@ struct Held {
 const REORDER_MAX_WAIT: Duration = Duration::from_millis(200);
 
 /// One direction of one flow with faults or taps.
+/// The UDP faults of flow `id` in `dir`, as the relay's faults are now.
+fn udp_faults(config: &RelayConfig, dir: Dir, id: u64) -> Vec<FaultKind> {
+    fault::active(&config.faults.load(), dir, config.seed, id)
+        .into_iter()
+        .filter(|f| f.for_udp())
+        .collect()
+}
+
 struct Egress {
     faults: Vec<FaultKind>,
+    /// Tells of fault changes: the next datagram takes the new faults.
+    changes: tokio::sync::watch::Receiver<u64>,
+    config: Arc<RelayConfig>,
+    dir: Dir,
+    id: u64,
     tap: Option<Tap>,
     rng: Rng,
     out: Out,
@@ -390,6 +407,10 @@ impl Egress {
     }
 
     async fn process(&mut self, data: Vec<u8>) {
+        if self.changes.has_changed().unwrap_or(false) {
+            self.changes.borrow_and_update();
+            self.faults = udp_faults(&self.config, self.dir, self.id);
+        }
         self.count += 1;
         if let Some(tap) = &mut self.tap {
             tap.chunk(&data);

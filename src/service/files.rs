@@ -18,9 +18,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use indicatif::{MultiProgress, ProgressBar};
 use serde_json::{Map, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, ReadHalf, WriteHalf};
 use tracing::{debug, info, warn};
 
 use crate::codec::ByteOrder;
@@ -31,6 +29,7 @@ use crate::files::wire::{CHUNK, FirstFrame, FrameReader, Head, Op, WireError, wr
 use crate::files::{DEFAULT_MAX_FILE_SIZE, DEFAULT_PARTIAL_TTL, progress_bar, summary};
 use crate::message::Message;
 use crate::service::{Outbox, PeerInfo, Service, Session, StreamContext, StreamHandler};
+use crate::transport::stream::BoxStream;
 use crate::transport::tcp::{CloseReason, ConnReport};
 
 /// Entries per listing frame body (JSON lines), before a new frame starts.
@@ -161,12 +160,12 @@ impl Session for NeedsStream {
 impl StreamHandler for Inner {
     fn serve(
         self: Arc<Self>,
-        stream: TcpStream,
+        stream: BoxStream,
         ctx: StreamContext,
     ) -> Pin<Box<dyn Future<Output = ConnReport> + Send>> {
         Box::pin(async move {
             let started = Instant::now();
-            let (rd, wr) = stream.into_split();
+            let (rd, wr) = tokio::io::split(stream);
             let mut conn = Conn {
                 inner: self,
                 reader: FrameReader::new(
@@ -260,8 +259,8 @@ enum Outcome {
 
 struct Conn {
     inner: Arc<Inner>,
-    reader: FrameReader<BufReader<OwnedReadHalf>>,
-    writer: OwnedWriteHalf,
+    reader: FrameReader<BufReader<ReadHalf<BoxStream>>>,
+    writer: WriteHalf<BoxStream>,
     order: ByteOrder,
     ctx: StreamContext,
     bytes_in: u64,

@@ -167,14 +167,17 @@ pub struct StreamContext {
     pub frame_timeout: Option<std::time::Duration>,
     /// Fires when the server shuts down.
     pub closing: crate::shutdown::ShutdownListener,
+    /// The server's end of the connection (for a child's environment, say).
+    pub local: Option<PeerAddr>,
 }
 
-/// Serves whole TCP connections (see [`Service::stream_handler`]).
+/// Serves whole stream connections (see [`Service::stream_handler`]): TCP, unix, or either
+/// under a layer such as TLS.
 pub trait StreamHandler: Send + Sync + 'static {
     /// Serves one connection to its end.
     fn serve(
         self: Arc<Self>,
-        stream: tokio::net::TcpStream,
+        stream: crate::transport::stream::BoxStream,
         ctx: StreamContext,
     ) -> std::pin::Pin<Box<dyn Future<Output = crate::transport::tcp::ConnReport> + Send>>;
 }

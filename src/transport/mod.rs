@@ -3,12 +3,14 @@
 //! - [`framed`]: a byte stream plus a codec, with buffers that exist only while there is data.
 //! - [`tcp`]: runs one session over one framed stream (replies, pushes, timeouts, shutdown).
 //! - [`udp`]: runs one session per peer address over a single UDP socket.
+//! - [`stream`]: any byte stream (TCP, unix, layered by TLS or a hex tap), the listener that
+//!   accepts them, the layers' traits, and the client's [`stream::Dial`].
 //! - [`messages`]: runs one session over a connection that carries whole messages (rudp).
 //! - [`rudp`](mod@rudp): reliable UDP connections (the [`crate::rudp`] core) on a UDP socket:
 //!   a server serving many connections on one socket, and a client.
 //!
-//! Adding a stream transport (TLS, say): implement [`Stream`] for its stream type and hand it to
-//! [`tcp::serve_connection`]; the session code and the codecs are reused unchanged.
+//! Adding a stream layer (TLS, say): implement [`stream::Upgrade`] (server) and
+//! [`stream::ClientUpgrade`] (client); the session code and the codecs are reused unchanged.
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -16,6 +18,7 @@ pub mod framed;
 pub mod hex;
 pub mod messages;
 pub mod rudp;
+pub mod stream;
 pub mod tcp;
 pub mod udp;
 

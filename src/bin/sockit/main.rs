@@ -596,6 +596,7 @@ async fn connect(args: ConnectArgs) -> Result<()> {
         retries: args.retries.unwrap_or(cli::DEFAULT_RETRIES),
         quit_after: args.quit_after,
         rudp: target.rudp_config(),
+        dial: Default::default(),
     };
     let stdin = std::io::stdin();
     let input = if !args.messages.is_empty() {
@@ -684,6 +685,7 @@ async fn bench(args: BenchArgs) -> Result<()> {
         timeout: args.timeout,
         rate: args.rate,
         rudp: target.rudp_config(),
+        dial: Default::default(),
     };
     let report = bench::run(&config, interrupt_token()?).await?;
     finish_bench(

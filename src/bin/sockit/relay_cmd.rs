@@ -78,7 +78,7 @@ pub async fn relay(args: RelayArgs) -> Result<()> {
         proxy_send: args.proxy_send,
         proxy_accept: args.proxy_accept,
         inspect,
-        faults: Arc::new(arc_swap::ArcSwap::from_pointee(faults)),
+        faults: sockit::relay::fault::FaultSet::fixed(faults),
         seed,
         records,
     };
