@@ -539,6 +539,32 @@ impl Proxy {
     }
 }
 
+impl crate::transport::stream::Via for Proxy {
+    fn describe(&self) -> String {
+        format!(
+            "{} proxy {}:{}",
+            self.spec.kind, self.spec.host, self.spec.port
+        )
+    }
+
+    fn connect(
+        &self,
+        host: &str,
+        port: u16,
+        timeout: Duration,
+    ) -> crate::transport::stream::BoxFuture<'static, io::Result<crate::transport::stream::BoxStream>>
+    {
+        let host = parse_host(host).unwrap_or_else(|_| Host::Name(host.to_owned()));
+        let target = Target { host, port };
+        let proxy = self.clone();
+        Box::pin(async move {
+            let stream = Proxy::connect(&proxy, &target, timeout).await?;
+            let stream: crate::transport::stream::BoxStream = Box::new(stream);
+            Ok(stream)
+        })
+    }
+}
+
 /// Runs the SOCKS5 greeting, optional RFC 1929 login and CONNECT on `stream`. It reads exactly
 /// the proxy's answers, so the stream carries the target's bytes when it returns `Ok`.
 pub async fn socks5_handshake<S: AsyncRead + AsyncWrite + Unpin>(

@@ -9,6 +9,7 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -16,6 +17,77 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use crate::logging::LogSink;
 use crate::relay::fault::Dir;
 use crate::relay::inspect::{Inspect, Tap};
+use crate::service::PeerInfo;
+use crate::transport::stream::{BoxFuture, BoxStream, ClientUpgrade, Upgrade};
+
+/// `serve --hex`: taps every accepted connection, numbered by the server's connection id.
+/// Put it last among the server's upgrades, so that it sees the plaintext above TLS.
+#[derive(Debug, Clone)]
+pub struct HexUpgrade {
+    sink: LogSink,
+}
+
+impl HexUpgrade {
+    /// Dumps to `sink` (usually [`LogSink::stderr`]).
+    pub fn new(sink: LogSink) -> HexUpgrade {
+        HexUpgrade { sink }
+    }
+}
+
+impl Upgrade for HexUpgrade {
+    fn name(&self) -> &str {
+        "hex"
+    }
+
+    fn upgrade(
+        &self,
+        stream: BoxStream,
+        peer: &PeerInfo,
+    ) -> BoxFuture<'static, io::Result<BoxStream>> {
+        let tapped: BoxStream = Box::new(HexTap::new(
+            stream,
+            self.sink.clone(),
+            peer.id,
+            Side::Server,
+        ));
+        Box::pin(async move { Ok(tapped) })
+    }
+}
+
+/// `connect --hex`: taps the connected stream; connections are numbered from 1. Put it last
+/// among the dial's layers, so that it sees the plaintext above TLS.
+#[derive(Debug)]
+pub struct HexLayer {
+    sink: LogSink,
+    next: AtomicU64,
+}
+
+impl HexLayer {
+    /// Dumps to `sink` (usually [`LogSink::stderr`]).
+    pub fn new(sink: LogSink) -> HexLayer {
+        HexLayer {
+            sink,
+            next: AtomicU64::new(1),
+        }
+    }
+}
+
+impl ClientUpgrade for HexLayer {
+    fn name(&self) -> &str {
+        "hex"
+    }
+
+    fn upgrade(
+        &self,
+        stream: BoxStream,
+        _target: &str,
+    ) -> BoxFuture<'static, io::Result<BoxStream>> {
+        let conn = self.next.fetch_add(1, Ordering::Relaxed);
+        let tapped: BoxStream =
+            Box::new(HexTap::new(stream, self.sink.clone(), conn, Side::Client));
+        Box::pin(async move { Ok(tapped) })
+    }
+}
 
 /// Which end of the connection the tapped stream is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

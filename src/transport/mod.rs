@@ -5,6 +5,8 @@
 //! - [`udp`]: runs one session per peer address over a single UDP socket.
 //! - [`stream`]: any byte stream (TCP, unix, layered by TLS or a hex tap), the listener that
 //!   accepts them, the layers' traits, and the client's [`stream::Dial`].
+//! - [`hex`]: the `--hex` tap on `serve` and `connect` connections (the relay's dump format).
+//! - [`stall`]: a write deadline, so a peer that stops reading cannot block a writer forever.
 //! - [`messages`]: runs one session over a connection that carries whole messages (rudp).
 //! - [`rudp`](mod@rudp): reliable UDP connections (the [`crate::rudp`] core) on a UDP socket:
 //!   a server serving many connections on one socket, and a client.
@@ -18,6 +20,7 @@ pub mod framed;
 pub mod hex;
 pub mod messages;
 pub mod rudp;
+pub mod stall;
 pub mod stream;
 pub mod tcp;
 pub mod udp;
