@@ -3,6 +3,7 @@
 //! 2 bad arguments (printed by clap with the usage line). A closed stdout is not an error.
 
 mod cli;
+mod extras;
 mod password;
 mod relay_cmd;
 mod transfer;
@@ -68,6 +69,8 @@ fn main() -> ExitCode {
             Command::Get(args) => transfer::get(args).await,
             Command::Ls(args) => transfer::ls(args).await,
             Command::Relay(args) => relay_cmd::relay(args).await,
+            Command::Completions(args) => extras::completions(&args),
+            Command::Man(args) => extras::man(&args),
         }
     });
     // Do not wait on a thread still blocked reading a terminal.
@@ -76,6 +79,7 @@ fn main() -> ExitCode {
         // The last lines (the shutdown summary) are worth a short wait, never a long one.
         sink.flush(Duration::from_millis(500));
     }
+    extras::flush_hex();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
@@ -174,6 +178,11 @@ async fn serve(args: ServeArgs) -> Result<()> {
         rudp: cli::rudp_config(args.mtu),
         ..ServerConfig::default()
     };
+    // --hex goes last, above any other layer (TLS), so that it shows plaintext.
+    let mut config = config;
+    config
+        .upgrades
+        .extend(extras::serve_hex(extras::hex_sink(args.hex)?));
     // Checked before binding: a malformed users file is an error naming its line, exit 1.
     let login = match &args.login {
         Some(path) => {
@@ -587,7 +596,18 @@ async fn connect(args: ConnectArgs) -> Result<()> {
     // Quiet unless asked: the output is the server's, the log only connection events.
     init_logging(args.verbose == 0, args.verbose.saturating_sub(1));
     let target = &args.target;
-    let addrs = resolve_target(target).await?;
+    let address = target.address().map_err(anyhow::Error::msg)?;
+    // Through a proxy, the name goes to the proxy unresolved (unless --proxy-dns local).
+    let addrs = if extras::uses_proxy(&args) {
+        Vec::new()
+    } else {
+        resolve_target(target).await?
+    };
+    let hex = extras::hex_sink(args.hex)?;
+    let mut dial = sockit::transport::stream::Dial::default();
+    if let Some((host, port)) = address.inet() {
+        extras::connect_dial(&args, host, port, &hex, &mut dial);
+    }
     let config = ClientConfig {
         transport: target.transport(),
         framing: target.framing(),
@@ -596,7 +616,8 @@ async fn connect(args: ConnectArgs) -> Result<()> {
         retries: args.retries.unwrap_or(cli::DEFAULT_RETRIES),
         quit_after: args.quit_after,
         rudp: target.rudp_config(),
-        dial: Default::default(),
+        dial,
+        write_timeout: (!args.write_timeout.is_zero()).then_some(args.write_timeout),
     };
     let stdin = std::io::stdin();
     let input = if !args.messages.is_empty() {
