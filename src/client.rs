@@ -186,9 +186,7 @@ pub enum ClientError {
     #[error("connection reset by server")]
     Reset,
     /// A write made no progress for the write timeout: the server stopped reading.
-    #[error(
-        "server stopped reading: nothing could be written for {secs} s (--write-timeout)"
-    )]
+    #[error("server stopped reading: nothing could be written for {secs} s (--write-timeout)")]
     WriteStalled {
         /// The write timeout.
         secs: f64,
@@ -240,6 +238,11 @@ fn network_error(e: io::Error) -> ClientError {
     } else {
         ClientError::Io(e)
     }
+}
+
+/// A write that failed because the server stopped reading (see [`ClientConfig::write_timeout`]).
+fn is_stalled(e: &CodecError) -> bool {
+    matches!(e, CodecError::Io(io) if Stalled::find(io).is_some())
 }
 
 fn is_reset(e: &io::Error) -> bool {
@@ -335,8 +338,8 @@ where
     tokio::task::spawn_blocking(move || {
         pipe_blocking(stream, addr, input, output, quit_after, write_timeout)
     })
-        .await
-        .map_err(io::Error::other)?
+    .await
+    .map_err(io::Error::other)?
 }
 
 /// The byte pipe over any stream (unix, TLS, a proxy): the input and the output are read and
@@ -1184,7 +1187,7 @@ where
         let before = printer.printed();
         if let Err(e) = writer.send(&msg).await {
             debug!("sending message {number} failed: {e}");
-            if matches!(&e, CodecError::Io(io) if Stalled::find(io).is_some()) {
+            if is_stalled(&e) {
                 return Err(e.into());
             }
             // The server has closed; what it said last decides the outcome.
@@ -1233,7 +1236,7 @@ where
     }
     if !ended {
         if let Err(e) = writer.close().await
-            && matches!(&e, CodecError::Io(io) if Stalled::find(io).is_some())
+            && is_stalled(&e)
         {
             return Err(e.into());
         }
@@ -1284,7 +1287,10 @@ where
         let next = match input.next().now_or_never() {
             Some(next) => next?,
             None => {
-                if writer.flush().await.is_err() {
+                if let Err(e) = writer.flush().await {
+                    if is_stalled(&e) {
+                        return Err(e.into());
+                    }
                     server_gone = true;
                     break;
                 }
@@ -1298,7 +1304,7 @@ where
         let Some(body) = next else { break };
         let msg = Message::new(body);
         if let Err(e) = writer.feed(&msg).await {
-            if matches!(&e, CodecError::Io(io) if Stalled::find(io).is_some()) {
+            if is_stalled(&e) {
                 return Err(e.into());
             }
             server_gone = true;
@@ -1329,10 +1335,10 @@ where
         }
     }
     if !server_gone {
-        if let Err(CodecError::Io(e)) = writer.close().await
-            && Stalled::find(&e).is_some()
+        if let Err(e) = writer.close().await
+            && is_stalled(&e)
         {
-            return Err(network_error(e));
+            return Err(e.into());
         }
         info!("input ended after {} messages: half-closed", summary.sent);
     }

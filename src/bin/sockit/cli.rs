@@ -856,7 +856,9 @@ pub fn validate_connect(args: &ConnectArgs) -> Result<(), String> {
     let udp = args.target.is_udp();
     if udp || args.target.is_rudp() {
         if args.proxy.is_some() {
-            return Err("--proxy works over TCP only (SOCKS5 and HTTP CONNECT carry streams)".into());
+            return Err(
+                "--proxy works over TCP only (SOCKS5 and HTTP CONNECT carry streams)".into(),
+            );
         }
         if args.hex {
             return Err("--hex applies to stream connections (TCP, unix), not UDP or rudp".into());

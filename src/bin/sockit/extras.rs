@@ -85,37 +85,59 @@ pub fn completions(args: &CompletionsArgs) -> Result<()> {
 
 /// `sockit man [--out DIR]`.
 pub fn man(args: &ManArgs) -> Result<()> {
-    let cmd = Cli::command();
+    let mut cmd = Cli::command().disable_help_subcommand(true);
+    cmd.build();
     match &args.out {
         Some(dir) => {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;
-            clap_mangen::generate_to(cmd, dir)
+            let mut written = 0;
+            write_pages(&cmd, dir, &mut written)
                 .with_context(|| format!("cannot write the man pages into {}", dir.display()))?;
-            let mut pages: Vec<String> = std::fs::read_dir(dir)?
-                .filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with("sockit") && n.ends_with(".1"))
-                .collect();
-            pages.sort();
-            eprintln!("wrote {} man pages into {}", pages.len(), dir.display());
+            eprintln!("wrote {written} man pages into {}", dir.display());
             Ok(())
         }
-        None => {
-            let mut out = Vec::new();
-            clap_mangen::Man::new(cmd)
-                .render(&mut out)
-                .context("cannot render the man page")?;
-            write_stdout(&out)
-        }
+        None => write_stdout(&render_page(cmd)?),
     }
+}
+
+/// One page, with its `.TH` title line first (clap_mangen puts a string definition before
+/// it; a page is expected to begin with its title).
+fn render_page(cmd: clap::Command) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    clap_mangen::Man::new(cmd)
+        .render(&mut out)
+        .context("cannot render the man page")?;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let mut lines: Vec<&str> = text.lines().collect();
+    if let Some(i) = lines.iter().position(|l| l.starts_with(".TH ")) {
+        let title = lines.remove(i);
+        lines.insert(0, title);
+    }
+    let mut page = lines.join("\n");
+    page.push('\n');
+    Ok(page.into_bytes())
+}
+
+/// Writes `cmd`'s page and, recursively, one per visible subcommand (`sockit-serve.1`, …).
+fn write_pages(cmd: &clap::Command, dir: &std::path::Path, written: &mut usize) -> Result<()> {
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        write_pages(sub, dir, written)?;
+    }
+    let name = clap_mangen::Man::new(cmd.clone()).get_filename();
+    std::fs::write(dir.join(&name), render_page(cmd.clone())?)
+        .with_context(|| format!("cannot write {name}"))?;
+    *written += 1;
+    Ok(())
 }
 
 /// Writes all of `bytes` to stdout (a closed pipe, as in `| head`, is not an error).
 fn write_stdout(bytes: &[u8]) -> Result<()> {
     let mut stdout = std::io::stdout().lock();
     match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e).context("cannot write to stdout"),
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(e).context("cannot write to stdout")
+        }
         _ => Ok(()),
     }
 }
