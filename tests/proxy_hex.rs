@@ -839,6 +839,15 @@ fn bad_proxy_arguments_are_usage_errors() {
             "--proxy",
         ),
         (vec!["connect", "--hex", "--udp", "localhost", "9"], "--hex"),
+        (
+            vec![
+                "connect",
+                "--proxy",
+                "socks5://h:1",
+                "unix:/tmp/sockit.sock",
+            ],
+            "unix",
+        ),
         (vec!["serve", "--hex", "--udp", "127.0.0.1", "0"], "--hex"),
     ] {
         let out = sockit(&args, b"", PATIENCE);

@@ -854,6 +854,11 @@ pub const DEFAULT_RETRIES: u32 = 2;
 /// (or one datagram), and `--retries` needs `--udp`.
 pub fn validate_connect(args: &ConnectArgs) -> Result<(), String> {
     let udp = args.target.is_udp();
+    if args.proxy.is_some() && args.target.address().is_ok_and(|a| a.inet().is_none()) {
+        return Err(
+            "--proxy reaches HOST PORT servers; a unix: address is reached directly".into(),
+        );
+    }
     if udp || args.target.is_rudp() {
         if args.proxy.is_some() {
             return Err(
