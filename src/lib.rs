@@ -32,6 +32,8 @@
 //! - [`net`]: the address grammar (`HOST:PORT`, `udp:`, `unix:`, …), [`PeerAddr`], name
 //!   resolution, the lookups behind `sockit resolve`, the service table behind `sockit port`.
 //! - [`ping`]: `sockit ping`, connect-time ping over TCP or UDP.
+//! - [`tls`]: TLS over any stream (rustls on aws-lc-rs): generated and kept certificates,
+//!   pins, CA and mTLS configs, the server and client layers, clear handshake errors.
 //! - [`relay`]: `sockit relay`: forwarding, inspection, faults and the toxiproxy-compatible API.
 //! - [`rudp`]: reliable UDP, sans-IO: connection state machine, stateless-cookie endpoint,
 //!   wire format, and a deterministic network simulator.
@@ -59,6 +61,7 @@ pub mod scan;
 pub mod server;
 pub mod service;
 pub mod shutdown;
+pub mod tls;
 pub mod transport;
 pub mod users;
 

@@ -70,6 +70,9 @@ pub struct BenchConfig {
     pub rudp: crate::rudp::Config,
     /// Stream connections: a unix socket instead of TCP, layers (TLS). Plain by default.
     pub dial: crate::transport::stream::Dial,
+    /// A new connection (and handshake) per message (`--reconnect`): measures connections, or
+    /// TLS handshakes, per second. Streams only.
+    pub reconnect: bool,
 }
 
 /// Latency percentiles, in microseconds.
@@ -102,6 +105,10 @@ pub struct BenchReport {
     pub size: usize,
     /// Measured wall time, seconds.
     pub duration_secs: f64,
+    /// Whether every message had a connection of its own (`--reconnect`): then `messages`
+    /// also counts connections (TLS handshakes).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub reconnect: bool,
     /// Round trips completed with the right reply.
     pub messages: u64,
     /// Round trips per second.
@@ -163,9 +170,10 @@ impl BenchReport {
 impl fmt::Display for BenchReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let l = &self.latency_us;
-        let pace = match self.rate {
-            Some(r) => format!(", open loop at {r}/s each"),
-            None => String::new(),
+        let pace = match (self.rate, self.reconnect) {
+            (Some(r), _) => format!(", open loop at {r}/s each"),
+            (None, true) => ", a new connection per message".to_owned(),
+            (None, false) => String::new(),
         };
         writeln!(
             f,
@@ -584,11 +592,26 @@ pub async fn run(
         check_rate(config.transport, config.framing, config.size, rate)?;
     }
 
+    if config.reconnect {
+        if config.transport != Transport::Tcp {
+            return Err(BenchError::Rate(
+                "--reconnect opens a connection per message: it needs a stream (TCP, TLS, unix)"
+                    .into(),
+            ));
+        }
+        // One connection first, so that an unreachable server is one clear error.
+        if let Err(error) = connect(config).await {
+            return Err(BenchError::Connect {
+                addr: config.addr,
+                error,
+            });
+        }
+    }
     // Connect everyone first, a bounded number at a time; failures leave only a count.
     let mut totals = Totals::default();
     let mut first_connect_error = None;
     let mut sockets = Vec::new();
-    {
+    if !config.reconnect {
         let mut attempts = futures_util::stream::iter(0..config.conns)
             .map(|_| connect(config))
             .buffer_unordered(CONNECT_CONCURRENCY);
@@ -636,38 +659,47 @@ pub async fn run(
         sockets.clear();
     }
     let count = sockets.len().max(1);
-    let clients: Vec<_> = sockets
-        .into_iter()
-        .enumerate()
-        .map(|(k, socket)| {
-            let (shared, cancel) = (shared.clone(), cancel.child_token());
-            if let Some(rate) = config.rate {
-                let interval = Duration::from_secs_f64(1.0 / rate);
-                // Clients spread evenly over one interval, so their sends do not come in bursts.
-                let schedule = rate::Schedule {
-                    start: started,
-                    phase: interval.mul_f64(k as f64 / count as f64),
-                    interval,
-                };
-                return match socket {
-                    Socket::Tcp(s) => tokio::spawn(rate::tcp_client(s, shared, schedule, cancel)),
-                    Socket::Stream(s) => {
-                        tokio::spawn(rate::stream_client(s, shared, schedule, cancel))
-                    }
-                    Socket::Udp(s) => tokio::spawn(rate::udp_client(s, shared, schedule, cancel)),
-                    Socket::Rudp(c) => tokio::spawn(rate::rudp_client(c, shared, schedule, cancel)),
-                };
+    let mut clients: Vec<_> = Vec::new();
+    if config.reconnect && !cancel.is_cancelled() {
+        let redial = Arc::new(tcp::Redial {
+            addr: config.addr,
+            dial: config.dial.clone(),
+        });
+        for _ in 0..config.conns {
+            clients.push(tokio::spawn(tcp::reconnect_client(
+                redial.clone(),
+                shared.clone(),
+                request.clone(),
+                cancel.child_token(),
+            )));
+        }
+    }
+    clients.extend(sockets.into_iter().enumerate().map(|(k, socket)| {
+        let (shared, cancel) = (shared.clone(), cancel.child_token());
+        if let Some(rate) = config.rate {
+            let interval = Duration::from_secs_f64(1.0 / rate);
+            // Clients spread evenly over one interval, so their sends do not come in bursts.
+            let schedule = rate::Schedule {
+                start: started,
+                phase: interval.mul_f64(k as f64 / count as f64),
+                interval,
+            };
+            return match socket {
+                Socket::Tcp(s) => tokio::spawn(rate::tcp_client(s, shared, schedule, cancel)),
+                Socket::Stream(s) => tokio::spawn(rate::stream_client(s, shared, schedule, cancel)),
+                Socket::Udp(s) => tokio::spawn(rate::udp_client(s, shared, schedule, cancel)),
+                Socket::Rudp(c) => tokio::spawn(rate::rudp_client(c, shared, schedule, cancel)),
+            };
+        }
+        match socket {
+            Socket::Tcp(s) => tokio::spawn(tcp::client(s, shared, request.clone(), cancel)),
+            Socket::Stream(s) => {
+                tokio::spawn(tcp::stream_client(s, shared, request.clone(), cancel))
             }
-            match socket {
-                Socket::Tcp(s) => tokio::spawn(tcp::client(s, shared, request.clone(), cancel)),
-                Socket::Stream(s) => {
-                    tokio::spawn(tcp::stream_client(s, shared, request.clone(), cancel))
-                }
-                Socket::Udp(s) => tokio::spawn(udp::client(s, shared, cancel)),
-                Socket::Rudp(c) => tokio::spawn(rudp_client(c, shared, cancel)),
-            }
-        })
-        .collect();
+            Socket::Udp(s) => tokio::spawn(udp::client(s, shared, cancel)),
+            Socket::Rudp(c) => tokio::spawn(rudp_client(c, shared, cancel)),
+        }
+    }));
     for client in clients {
         match client.await {
             Ok(tally) => totals.add(tally),
@@ -700,6 +732,7 @@ pub async fn run(
         conns: config.conns,
         size: config.size,
         duration_secs: secs,
+        reconnect: config.reconnect,
         messages: totals.counts.messages,
         messages_per_sec: if secs > 0.0 {
             totals.counts.messages as f64 / secs
@@ -765,6 +798,7 @@ mod tests {
             conns: 2,
             size: 8,
             duration_secs: 1.0,
+            reconnect: false,
             messages: 10,
             messages_per_sec: 10.0,
             sent: 10,

@@ -193,6 +193,91 @@ pub(super) async fn stream_client(
     run(input, output, shared, request, cancel).await
 }
 
+/// Where a `--reconnect` client connects, and how.
+pub(super) struct Redial {
+    /// The server.
+    pub addr: std::net::SocketAddr,
+    /// Layers (TLS) and the name typed; plain TCP when it has none.
+    pub dial: crate::transport::stream::Dial,
+}
+
+impl Redial {
+    async fn connect(&self, timeout: Duration) -> Result<BoxStream, Stop> {
+        if self.dial.is_plain() {
+            let stream = TcpStream::connect(self.addr).await.map_err(Stop::Io)?;
+            stream.set_nodelay(true).map_err(Stop::Io)?;
+            Ok(Box::new(stream))
+        } else {
+            let (stream, _) = self
+                .dial
+                .connect(&[self.addr], timeout)
+                .await
+                .map_err(|e| Stop::Io(io::Error::other(e.to_string())))?;
+            Ok(stream)
+        }
+    }
+}
+
+/// One `--reconnect` client: a new connection (and handshake) for every message, closed after
+/// its reply; the latency covers connect, handshake and round trip.
+pub(super) async fn reconnect_client(
+    redial: Arc<Redial>,
+    shared: Arc<Shared>,
+    request: Arc<Request>,
+    cancel: CancellationToken,
+) -> Tally {
+    let mut tally = Tally::default();
+    let mut cancelled = pin!(cancel.cancelled());
+    loop {
+        let t0 = Instant::now();
+        if shared.done(tally.counts.sent, t0) {
+            break;
+        }
+        tally.counts.sent += 1;
+        let mut checker = ReplyChecker::new(shared.framing, shared.size);
+        let round = async {
+            let stream = redial.connect(shared.timeout).await?;
+            let (mut input, mut output) = tokio::io::split(stream);
+            let (written, reply) = tokio::join!(
+                request.write(&mut output),
+                read_reply(&mut input, &mut checker)
+            );
+            let (verdict, extra) = reply?;
+            written.map_err(Stop::Io)?;
+            // A clean close (TLS close_notify, then FIN); the server's answer is not awaited.
+            let _ = output.shutdown().await;
+            Ok::<_, Stop>((verdict, extra))
+        };
+        let outcome = tokio::select! {
+            biased;
+            outcome = tokio::time::timeout(shared.timeout, round) => outcome,
+            () = &mut cancelled => break,
+        };
+        match outcome {
+            Ok(Ok((verdict, extra))) => {
+                match verdict {
+                    Verdict::Match => tally.record(t0, &shared),
+                    Verdict::Mismatch(m) => tally.mismatch(&m, shared.size),
+                }
+                tally.counts.mismatches += extra;
+            }
+            Ok(Err(stop)) => {
+                tally.counts.lost += 1;
+                tally.fail(stop);
+                break;
+            }
+            Err(_) => {
+                tally.counts.timeouts += 1;
+                tally.counts.lost += 1;
+                tally.fail(Stop::Timeout(shared.timeout));
+                break;
+            }
+        }
+    }
+    tally.flush(&shared);
+    tally
+}
+
 async fn run<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     mut input: R,
     mut output: W,

@@ -108,6 +108,11 @@ pub struct RelayConfig {
     pub proxy_accept: bool,
     /// Where connection records go.
     pub records: Arc<dyn Fn(&ConnRecord) + Send + Sync>,
+    /// TLS on the listening side (a `tls:` LISTEN): each client's handshake, then the relay
+    /// sees the plaintext.
+    pub listen_tls: Option<Arc<crate::tls::TlsServer>>,
+    /// TLS to the target (a `tls:` TARGET), checked against the target's host name.
+    pub target_tls: Option<Arc<crate::tls::TlsClient>>,
 }
 
 /// How one side of a relayed connection ended.
@@ -146,7 +151,7 @@ impl fmt::Display for Close {
 pub struct ConnRecord {
     /// Connection number, from 1.
     pub conn: u64,
-    /// `tcp`, `unix` or `udp` (of the listening side).
+    /// `tcp`, `tls`, `unix` or `udp` (of the listening side).
     pub proto: &'static str,
     /// The client's address.
     pub client: String,
@@ -244,9 +249,19 @@ impl Relay {
     pub async fn bind(config: RelayConfig) -> io::Result<Relay> {
         let bad = |m: String| io::Error::new(io::ErrorKind::InvalidInput, m);
         let (ls, ts) = (config.listen.scheme, config.target.scheme);
-        if ls == Scheme::Tls || ts == Scheme::Tls {
+        if ls == Scheme::Tls && config.listen_tls.is_none() {
             return Err(bad(
-                "tls: addresses are not supported by the relay yet".into()
+                "a tls: LISTEN address needs the TLS server settings".into()
+            ));
+        }
+        if ts == Scheme::Tls && config.target_tls.is_none() {
+            return Err(bad(
+                "a tls: TARGET address needs the TLS client settings".into()
+            ));
+        }
+        if ls == Scheme::Tls && config.proxy_accept {
+            return Err(bad(
+                "--proxy-accept with a tls: LISTEN address is not supported".into(),
             ));
         }
         if ls == Scheme::Rudp || ts == Scheme::Rudp {

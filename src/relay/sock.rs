@@ -263,6 +263,17 @@ fn put_pipe(pipe: Pipe) {
     }
 }
 
+/// Below this, a chunk is copied through a per-thread buffer rather than spliced: splicing a
+/// few bytes costs more than copying them (the kernel copies a small segment's data into a
+/// page anyway) and takes a pipe from the pool. A read that fills the buffer means a stream
+/// is flowing: the next chunks are spliced until one comes in short again.
+const SMALL: usize = 16 * 1024;
+
+thread_local! {
+    /// The copy buffer of small chunks: one per worker thread, none per connection.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; SMALL]);
+}
+
 /// What one read moved.
 enum Got {
     /// Bytes now in the pipe.
@@ -271,7 +282,22 @@ enum Got {
     Copied(usize),
     /// Nothing read: the faults changed.
     Changed,
+    /// A small chunk copied through the per-thread buffer and written to the destination
+    /// at once: `(read, left)`, where `left` holds what the destination could not take yet.
+    Small(usize, Option<Vec<u8>>),
 }
+
+/// A write error met while copying a small chunk inside the read step.
+#[derive(Debug)]
+struct WriteFailed(io::Error);
+
+impl std::fmt::Display for WriteFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for WriteFailed {}
 
 /// Moves bytes from `src` to `dst` with splice(2) through a pooled pipe, never copying them
 /// to user space, until `src` ends; `count` is called with each amount moved. If no pipe can
@@ -288,6 +314,8 @@ pub(crate) async fn splice_pump(
     let (src_fd, dst_fd) = (src.fd(), dst.fd());
     let mut slot: Option<Pipe> = None;
     let mut buf: Vec<u8> = Vec::new();
+    // Small chunks (interactive traffic) are copied; a full read switches to splice.
+    let mut streaming = false;
     loop {
         let got = src
             .io(Interest::READABLE, || {
@@ -296,6 +324,42 @@ pub(crate) async fn splice_pump(
                         put_pipe(pipe);
                     }
                     return Ok(Got::Changed);
+                }
+                if !streaming {
+                    return SCRATCH.with_borrow_mut(|scratch| {
+                        // SAFETY: `scratch` is valid for its length; `src_fd` is open.
+                        let n = unsafe {
+                            libc::read(src_fd, scratch.as_mut_ptr().cast(), scratch.len())
+                        };
+                        let n = cvt(n)?;
+                        if n == 0 {
+                            return Ok(Got::Copied(0));
+                        }
+                        // Straight on to the destination; what it cannot take now waits in a
+                        // buffer of this connection's own.
+                        let mut sent = 0;
+                        while sent < n {
+                            // SAFETY: as above; MSG_NOSIGNAL turns SIGPIPE into EPIPE.
+                            let m = unsafe {
+                                libc::send(
+                                    dst_fd,
+                                    scratch[sent..n].as_ptr().cast(),
+                                    n - sent,
+                                    libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+                                )
+                            };
+                            match cvt(m) {
+                                Ok(m) => sent += m,
+                                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                                // Reported as a write failure below (nothing is lost that
+                                // could still be delivered).
+                                Err(e) => return Err(io::Error::new(e.kind(), WriteFailed(e))),
+                            }
+                        }
+                        let left = (sent < n).then(|| scratch[sent..n].to_vec());
+                        Ok(Got::Small(n, left))
+                    });
                 }
                 if slot.is_none() {
                     slot = take_pipe().ok();
@@ -343,8 +407,27 @@ pub(crate) async fn splice_pump(
                 count(n);
                 continue;
             }
-            Ok(Got::Spliced(n)) => n,
+            Ok(Got::Small(n, left)) => {
+                if let Some(left) = left {
+                    if let Err(e) = dst.write_all(&left).await {
+                        return End::Write(e);
+                    }
+                }
+                count(n);
+                streaming = n == SMALL;
+                continue;
+            }
+            Ok(Got::Spliced(n)) => {
+                streaming = n >= SMALL;
+                n
+            }
             Ok(Got::Changed) => return End::Reconfigure,
+            Err(e) if e.get_ref().is_some_and(|inner| inner.is::<WriteFailed>()) => {
+                return match e.into_inner().map(|inner| inner.downcast::<WriteFailed>()) {
+                    Some(Ok(w)) => End::Write(w.0),
+                    _ => End::Write(io::ErrorKind::BrokenPipe.into()),
+                };
+            }
             Err(e) => return End::Read(e),
         };
         let Some(mut pipe) = slot.take() else {

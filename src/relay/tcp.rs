@@ -71,7 +71,8 @@ fn fd_capped(max_conns: usize) -> usize {
     if (max_conns as u64) <= room {
         return max_conns;
     }
-    warn!(
+    // The default --max-conns meets a common hard limit of 20,000 here: a note, not a warning.
+    info!(
         "the open file limit ({limit}) holds {room} relayed connections, not --max-conns \
          {max_conns}: relaying at most {room} (raise it with `ulimit -n`)"
     );
@@ -133,7 +134,10 @@ pub(crate) async fn run(
         };
         report.relayed += 1;
         let (config, counters) = (config.clone(), counters.clone());
-        let proto = listener.proto();
+        let proto = match config.listen.scheme {
+            crate::net::Scheme::Tls => "tls",
+            _ => listener.proto(),
+        };
         tokio::spawn(async move {
             let record = handle(id, proto, sock, peer, peer_addr, &config).await;
             if record.target_close == Close::Refused {
@@ -164,7 +168,19 @@ async fn connect(config: &RelayConfig) -> io::Result<(Sock, String)> {
                 match timeout(config.connect_timeout, TcpStream::connect(addr)).await {
                     Ok(Ok(s)) => {
                         let _ = s.set_nodelay(true);
-                        return Ok((Sock::Tcp(s), addr.to_string()));
+                        let tls = config
+                            .target_tls
+                            .as_ref()
+                            .filter(|_| config.target.scheme == crate::net::Scheme::Tls);
+                        let Some(tls) = tls else {
+                            return Ok((Sock::Tcp(s), addr.to_string()));
+                        };
+                        let stream = tls
+                            .connect(&host.to_string(), s)
+                            .await
+                            .map_err(|e| io::Error::other(format!("{addr}: {e}")))?;
+                        let sock = Sock::Unix(crate::tls::bridge(stream)?);
+                        return Ok((sock, format!("tls:{addr}")));
                     }
                     Ok(Err(e)) => last = Some(io::Error::new(e.kind(), format!("{addr}: {e}"))),
                     Err(_) => {
@@ -269,6 +285,29 @@ async fn handle(
             s.local_addr().ok()
         }
         Sock::Unix(_) => None,
+    };
+    // A tls: LISTEN: the handshake, then the plaintext through a socket pair.
+    let client = match (client, &config.listen_tls) {
+        (Sock::Tcp(s), Some(tls)) if config.listen.scheme == crate::net::Scheme::Tls => {
+            match tls.accept(s).await {
+                Ok(stream) => match crate::tls::bridge(stream) {
+                    Ok(u) => Sock::Unix(u),
+                    Err(e) => {
+                        record.error = Some(format!("cannot bridge TLS: {e}"));
+                        record.target_close = Close::Relay;
+                        record.duration_secs = start.elapsed().as_secs_f64();
+                        return record;
+                    }
+                },
+                Err(e) => {
+                    record.error = Some(e.to_string());
+                    record.target_close = Close::Relay;
+                    record.duration_secs = start.elapsed().as_secs_f64();
+                    return record;
+                }
+            }
+        }
+        (client, _) => client,
     };
     if config.proxy_accept {
         match proxy::read_header(&client).await {

@@ -70,10 +70,11 @@ pub enum Command {
     Ping(PingArgs),
     /// Scan a host's ports: which are open, closed or filtered (TCP connect scan, or --udp).
     Scan(ScanArgs),
-    /// Forward a port (TCP, UDP, unix), show what passes (--hex, --trace) and inject faults.
+    /// Forward a port (TCP, UDP, unix, TLS), show what passes (--hex, --trace) and inject faults.
     ///
-    /// LISTEN and TARGET are addresses: HOST:PORT (TCP), udp:HOST:PORT, unix:PATH. TCP and unix
-    /// relay to each other in any pairing; UDP only to UDP. One log line per connection.
+    /// LISTEN and TARGET are addresses: HOST:PORT (TCP), udp:HOST:PORT, unix:PATH,
+    /// tls:HOST:PORT. TCP, TLS and unix relay to each other in any pairing; UDP only to UDP. One
+    /// log line per connection.
     Relay(RelayArgs),
     /// Print a shell completion script: bash, zsh, fish, powershell or elvish.
     ///
@@ -160,6 +161,9 @@ pub struct RelayArgs {
     /// Expect a PROXY protocol header (v1 or v2) from every client; its source is the client
     #[arg(long)]
     pub proxy_accept: bool,
+    /// TLS: a tls:HOST:PORT LISTEN terminates TLS, a tls:HOST:PORT TARGET originates it
+    #[command(flatten)]
+    pub tls: crate::tls_args::RelayTls,
     /// Only warnings and errors (no per-connection lines)
     #[arg(short, long, conflicts_with = "verbose")]
     pub quiet: bool,
@@ -651,6 +655,9 @@ pub struct ServeArgs {
     /// Log more (-v every message, -vv everything)
     #[arg(short, long, action = ArgAction::Count)]
     pub verbose: u8,
+    /// TLS (--tls and its settings).
+    #[command(flatten)]
+    pub tls: crate::tls_args::ServeTls,
 }
 
 /// The server that `connect` and `bench` talk to, and how.
@@ -681,7 +688,7 @@ impl Target {
     /// with `--udp`.
     pub fn address(&self) -> Result<Address, String> {
         let mut address = parse_address(&self.addr, self.port.as_deref(), None)?;
-        check_scheme(&address, &self.addr, self.udp)?;
+        check_scheme_or_tls(&address, &self.addr, self.udp, self.rudp)?;
         check_rudp(&address, &self.addr, self.rudp)?;
         if self.udp {
             address.scheme = Scheme::Udp;
@@ -703,6 +710,11 @@ impl Target {
     /// rudp, by flag or by scheme.
     pub fn is_rudp(&self) -> bool {
         self.rudp || self.address().is_ok_and(|a| a.scheme == Scheme::Rudp)
+    }
+
+    /// Whether the address says `tls:`.
+    pub fn is_tls(&self) -> bool {
+        self.address().is_ok_and(|a| a.scheme == Scheme::Tls)
     }
 
     /// TCP, UDP or rudp.
@@ -777,6 +789,20 @@ fn parse_mtu(s: &str) -> Result<usize, String> {
     }
 }
 
+/// Like [`check_scheme`], but lets `tls:` through (TLS runs over TCP: not with --udp/--rudp).
+fn check_scheme_or_tls(address: &Address, raw: &str, udp: bool, rudp: bool) -> Result<(), String> {
+    if address.scheme != Scheme::Tls {
+        return check_scheme(address, raw, udp);
+    }
+    if udp || rudp {
+        return Err(format!(
+            "'{raw}' says tls: (over TCP) but --{} says otherwise",
+            if udp { "udp" } else { "rudp" }
+        ));
+    }
+    Ok(())
+}
+
 /// Refuses what the address grammar can say but this version cannot do yet, and a scheme that
 /// contradicts `--udp`.
 fn check_scheme(address: &Address, raw: &str, udp: bool) -> Result<(), String> {
@@ -842,9 +868,12 @@ pub struct ConnectArgs {
     /// stopped reading; 0 = wait forever
     #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_secs)]
     pub write_timeout: Duration,
-    /// Log connection events to stderr (-v events, -vv details)
+    /// Log connection events to stderr (-v events and the TLS session, -vv details)
     #[arg(short, long, action = ArgAction::Count)]
     pub verbose: u8,
+    /// TLS (--tls and its settings).
+    #[command(flatten)]
+    pub tls: crate::tls_args::ClientTls,
 }
 
 /// Default number of UDP resends for `connect`.
@@ -954,6 +983,13 @@ pub struct BenchArgs {
     /// addresses round-robin
     #[arg(value_name = "MORE")]
     pub more: Vec<String>,
+    /// A new connection (and with TLS a new handshake) for every message: measures
+    /// connections (handshakes) per second
+    #[arg(long, conflicts_with_all = ["chat", "rate"])]
+    pub reconnect: bool,
+    /// TLS (--tls and its settings).
+    #[command(flatten)]
+    pub tls: crate::tls_args::ClientTls,
 }
 
 /// The servers `bench --chat` loads: ADDR [PORT], then every further address (a second
@@ -1007,6 +1043,8 @@ pub struct Listen {
     pub udp: bool,
     /// rudp, by `--rudp` or by a `rudp:` address.
     pub rudp: bool,
+    /// TLS by a `tls:` address (`--tls` is in the TLS flags).
+    pub tls: bool,
 }
 
 impl Listen {
@@ -1192,7 +1230,7 @@ pub fn listen_addr(args: &ServeArgs) -> Result<Listen, String> {
         ),
         (Some(addr), port) => {
             let address = parse_address(addr, port.as_deref(), Some(DEFAULT_PORT))?;
-            check_scheme(&address, addr, args.udp)?;
+            check_scheme_or_tls(&address, addr, args.udp, args.rudp)?;
             check_rudp(&address, addr, args.rudp)?;
             match address.endpoint {
                 Endpoint::Inet { host, port } => (host, port, address.scheme),
@@ -1205,6 +1243,7 @@ pub fn listen_addr(args: &ServeArgs) -> Result<Listen, String> {
         port,
         udp: args.udp || scheme == Scheme::Udp,
         rudp: args.rudp || scheme == Scheme::Rudp,
+        tls: scheme == Scheme::Tls,
     })
 }
 
@@ -1446,7 +1485,7 @@ fn parse_secs(s: &str) -> Result<Duration, String> {
     }
 }
 
-fn parse_positive_secs(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_positive_secs(s: &str) -> Result<Duration, String> {
     match parse_secs(s)? {
         d if d.is_zero() => Err("must be more than 0 seconds".into()),
         d => Ok(d),
@@ -1527,7 +1566,10 @@ mod tests {
             port,
             udp,
             rudp: false,
+            tls: false,
         };
+        assert!(serve(&["tls:127.0.0.1:0"]).unwrap().tls);
+        assert!(serve(&["--udp", "tls:127.0.0.1:0"]).is_err());
         assert_eq!(serve(&[]).unwrap(), listen(9000, false));
         assert_eq!(serve(&["9001"]).unwrap(), listen(9001, false));
         assert_eq!(serve(&["127.0.0.1:9002"]).unwrap(), listen(9002, false));

@@ -6,6 +6,7 @@ mod cli;
 mod extras;
 mod password;
 mod relay_cmd;
+mod tls_args;
 mod transfer;
 
 use std::fs::File;
@@ -157,6 +158,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
     }
     let addr = resolve_all(&listen.host, listen.port).await?[0];
     let transport = listen.transport();
+    let tls = args.tls.build(listen.tls, &listen.host.to_string())?;
+    if tls.is_some() && transport != Transport::Tcp {
+        bail!("TLS runs over TCP: it cannot be used with --udp or --rudp");
+    }
     let optional = |d: Duration| (!d.is_zero()).then_some(d);
     // One budget for the connections' buffers and the services' own memory (chat room logs).
     let budget = MemoryBudget::new(args.max_memory);
@@ -176,8 +181,20 @@ async fn serve(args: ServeArgs) -> Result<()> {
         budget: Some(budget.clone()),
         udp_rate: args.udp_rate.map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
         rudp: cli::rudp_config(args.mtu),
+        handshake_timeout: tls
+            .as_ref()
+            .map_or(sockit::server::DEFAULT_HANDSHAKE_TIMEOUT, |t| {
+                t.handshake_timeout()
+            }),
+        upgrades: match &tls {
+            Some(t) => vec![std::sync::Arc::new(t.clone()) as _],
+            None => Vec::new(),
+        },
         ..ServerConfig::default()
     };
+    if let Some(t) = &tls {
+        TLS_BANNER.get_or_init(|| t.clone());
+    }
     // --hex goes last, above any other layer (TLS), so that it shows plaintext.
     let mut config = config;
     config
@@ -296,6 +313,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
         }
     }
 }
+
+/// The TLS server, whose certificate the serve banner describes.
+static TLS_BANNER: OnceLock<sockit::tls::TlsServer> = OnceLock::new();
 
 /// The serve banner's cluster line, once the cluster link has started.
 static CLUSTER_BANNER: OnceLock<String> = OnceLock::new();
@@ -462,7 +482,12 @@ async fn serve_with<S: Service>(
     if let Err(e) = print_banner(local, transport, framing, kind) {
         warn!("cannot print the banner: {e}");
     }
-    info!("listening on {transport} {local}: {kind} service, {framing} framing");
+    let layer = if TLS_BANNER.get().is_some() {
+        "tls".to_owned()
+    } else {
+        transport.to_string()
+    };
+    info!("listening on {layer} {local}: {kind} service, {framing} framing");
     // On a worker thread, not in `block_on` on the main thread: the worker that polls the
     // socket then runs the loop itself, with no cross-thread wake-up per datagram.
     let report = tokio::spawn(server.run(shutdown))
@@ -506,10 +531,16 @@ fn print_banner(
         (Transport::Tcp, Framing::Line) | (Transport::Udp | Transport::Rudp, _) => String::new(),
         (Transport::Tcp, f) => format!(" --framing {f}"),
     };
+    let tls = TLS_BANNER.get();
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "sockit: {kind} service listening on {transport} {local} ({})",
+        "sockit: {kind} service listening on {} {local} ({})",
+        if tls.is_some() {
+            "tls".to_owned()
+        } else {
+            transport.to_string()
+        },
         if transport == Transport::Udp {
             "datagrams".to_owned()
         } else if transport == Transport::Rudp {
@@ -518,6 +549,20 @@ fn print_banner(
             format!("{framing} framing")
         }
     )?;
+    if let Some(tls) = tls {
+        for line in tls.banner(&reach, port, &framing_flag) {
+            writeln!(out, "{line}")?;
+        }
+        writeln!(
+            out,
+            "or: openssl s_client -connect {}:{port}  |  ncat --ssl {reach} {port}",
+            if reach.contains(':') {
+                format!("[{reach}]")
+            } else {
+                reach.clone()
+            }
+        )?;
+    }
     if kind == ServiceKind::Files {
         writeln!(
             out,
@@ -533,10 +578,12 @@ fn print_banner(
     } else {
         String::new()
     };
-    writeln!(
-        out,
-        "connect with: sockit connect{udp_flag}{framing_flag} {reach} {port}{nc}"
-    )?;
+    if tls.is_none() {
+        writeln!(
+            out,
+            "connect with: sockit connect{udp_flag}{framing_flag} {reach} {port}{nc}"
+        )?;
+    }
     if let Some(line) = CLUSTER_BANNER.get() {
         writeln!(out, "{line}")?;
     }
@@ -604,7 +651,8 @@ async fn connect(args: ConnectArgs) -> Result<()> {
         resolve_target(target).await?
     };
     let hex = extras::hex_sink(args.hex)?;
-    let mut dial = sockit::transport::stream::Dial::default();
+    // TLS first, then the proxy under it and the hex tap over it.
+    let mut dial = client_dial(target, &args.tls, args.verbose > 0, true)?;
     if let Some((host, port)) = address.inet() {
         extras::connect_dial(&args, host, port, &hex, &mut dial);
     }
@@ -684,6 +732,9 @@ async fn bench(args: BenchArgs) -> Result<()> {
         Err(e) => warn!("cannot raise the open file limit: {e}"),
     }
     let target = &args.target;
+    if args.chat && (args.tls.tls || args.tls.any_setting() || target.is_tls()) {
+        bail!("bench --chat does not speak TLS yet: load a plain TCP chat server");
+    }
     if args.chat {
         let mut addrs = Vec::new();
         for address in cli::chat_targets(&args).map_err(anyhow::Error::msg)? {
@@ -706,7 +757,9 @@ async fn bench(args: BenchArgs) -> Result<()> {
         timeout: args.timeout,
         rate: args.rate,
         rudp: target.rudp_config(),
-        dial: Default::default(),
+        // --reconnect measures handshakes: full ones, not resumed sessions.
+        dial: client_dial(target, &args.tls, false, !args.reconnect)?,
+        reconnect: args.reconnect,
     };
     let report = bench::run(&config, interrupt_token()?).await?;
     finish_bench(
@@ -716,6 +769,33 @@ async fn bench(args: BenchArgs) -> Result<()> {
         report.interrupted,
         report.failure(),
     )
+}
+
+/// How `connect` and `bench` reach `target`: with TLS (by --tls or a tls: address) a TLS
+/// layer verifying the host as typed (`verbose`: describing the session on stderr; `resume`:
+/// resuming earlier sessions).
+fn client_dial(
+    target: &cli::Target,
+    tls: &tls_args::ClientTls,
+    verbose: bool,
+    resume: bool,
+) -> Result<sockit::transport::stream::Dial> {
+    let Some(client) = tls.build(target.is_tls(), resume)? else {
+        return Ok(Default::default());
+    };
+    if target.transport() != Transport::Tcp {
+        bail!("TLS runs over TCP: it cannot be used with --udp or --rudp");
+    }
+    let address = target.address().map_err(anyhow::Error::msg)?;
+    let (host, port) = address
+        .inet()
+        .ok_or_else(|| anyhow::anyhow!("{address}: not an internet address"))?;
+    let client = std::sync::Arc::unwrap_or_clone(client).verbose(verbose);
+    Ok(sockit::transport::stream::Dial {
+        target: Some((host.to_string(), port)),
+        layers: vec![std::sync::Arc::new(client)],
+        ..Default::default()
+    })
 }
 
 /// Ctrl-C stops the work (bench clients, ping probes) and still prints what was done; a second

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use sockit::logging::LogSink;
-use sockit::net::Address;
+use sockit::net::{Address, Scheme};
 use sockit::relay::api::Api;
 use sockit::relay::{ConnRecord, Inspect, Relay, RelayConfig};
 use tokio_util::sync::CancellationToken;
@@ -65,6 +65,15 @@ pub async fn relay(args: RelayArgs) -> Result<()> {
     let (listen, target) = addresses
         .clone()
         .unwrap_or_else(|| (placeholder(), placeholder()));
+    let tls_host = match &listen.endpoint {
+        sockit::net::Endpoint::Inet { host, .. } => host.to_string(),
+        sockit::net::Endpoint::Unix(_) => String::new(),
+    };
+    let (listen_tls, target_tls) = args.tls.build(
+        listen.scheme == Scheme::Tls,
+        target.scheme == Scheme::Tls,
+        &tls_host,
+    )?;
     let config = RelayConfig {
         listen: listen.clone(),
         target: target.clone(),
@@ -81,6 +90,8 @@ pub async fn relay(args: RelayArgs) -> Result<()> {
         faults: sockit::relay::fault::FaultSet::fixed(faults),
         seed,
         records,
+        listen_tls: listen_tls.clone(),
+        target_tls,
     };
     let shutdown = CancellationToken::new();
     let signals = crate::Signals::install().context("cannot install signal handlers")?;
@@ -102,6 +113,24 @@ pub async fn relay(args: RelayArgs) -> Result<()> {
         format!("sockit: relay listening on {} -> {target}", relay.local())
     };
     print_line(&banner);
+    if let (Some(tls), false) = (&listen_tls, json) {
+        let port = relay
+            .local()
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        let host = if tls_host.is_empty() || tls_host == "0.0.0.0" {
+            "127.0.0.1".to_owned()
+        } else if tls_host == "::" {
+            "::1".to_owned()
+        } else {
+            tls_host.clone()
+        };
+        for line in tls.banner(&host, port, "") {
+            print_line(&line);
+        }
+    }
     let report = tokio::spawn(relay.run(shutdown))
         .await
         .context("relay task failed")?;
