@@ -687,6 +687,66 @@ fn hex_on_connect_through_a_proxy_shows_only_the_target_bytes() {
     );
 }
 
+#[test]
+fn tls_through_a_proxy_with_hex_dumps_plaintext_on_both_ends() {
+    let Some(proxy) = microsocks(None) else {
+        return;
+    };
+    let mut serve = Command::new(sockit_bin());
+    serve.args([
+        "serve",
+        "127.0.0.1",
+        "0",
+        "--service",
+        "echo",
+        "--tls",
+        "--tls-ephemeral",
+        "--hex",
+    ]);
+    let mut server = ServeProcess::spawn(serve);
+    let serve_log = {
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        let stderr = server.stderr.take().unwrap();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                sink.lock().unwrap().push(line);
+            }
+        });
+        lines
+    };
+    let url = format!("socks5://127.0.0.1:{}", proxy.port);
+    let port = server.addr.port().to_string();
+    let out = sockit(
+        &[
+            "connect",
+            "--tls",
+            "--tls-insecure",
+            "--hex",
+            "--proxy",
+            &url,
+            "localhost",
+            &port,
+            "-m",
+            "secret",
+        ],
+        b"",
+        PATIENCE,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "secret\n");
+    let expected = [
+        "> conn 1 up 7 bytes at offset 0",
+        "  00000000  73 65 63 72 65 74 0a                              |secret.|",
+        "< conn 1 down 7 bytes at offset 0",
+        "  00000000  73 65 63 72 65 74 0a                              |secret.|",
+    ];
+    let log: Vec<String> = text(&out.stderr).lines().map(str::to_owned).collect();
+    assert_eq!(dump_lines(&log), expected, "connect: {}", log.join("\n"));
+    assert_eq!(wait_dump(&serve_log, 4), expected, "serve");
+}
+
 // ---- --write-timeout ----
 
 /// A server that accepts connections and never reads from them.
