@@ -27,8 +27,6 @@ use crate::net::{Host, parse_host, parse_port};
 pub const SOCKS_DEFAULT_PORT: u16 = 1080;
 /// The most header bytes an HTTP proxy may send before its blank line.
 pub const MAX_HTTP_HEADER: usize = 16 * 1024;
-/// How long the proxy connection and handshake may take when the caller gives no deadline.
-pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The proxy protocols.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

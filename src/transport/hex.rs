@@ -1,6 +1,6 @@
 //! `--hex` on `connect` and `serve`: a stream wrapper that dumps every chunk read and written
 //! to stderr in exactly the format of `sockit relay --hex` (it is the relay's own
-//! [`Tap`](crate::relay::inspect::Tap)): time, direction (`>` client to server, `<` server to
+//! [`Tap`]): time, direction (`>` client to server, `<` server to
 //! client), connection id, length, stream offset, then hex and text rows.
 //!
 //! The dump goes through a [`LogSink`] queue, so a slow terminal never slows the connection
