@@ -38,6 +38,7 @@ use crate::codec::{FrameCodec, Framing, Limits};
 use crate::error::CodecError;
 use crate::message::Message;
 use crate::service::Transport;
+use crate::transport::stall::{Stalled, WriteStall};
 use crate::transport::stream::{BoxStream, Dial, DialError};
 
 /// How long to watch for the server closing after a reply that starts with `error:`: a
@@ -75,7 +76,13 @@ pub struct ClientConfig {
     pub rudp: crate::rudp::Config,
     /// Stream connections: a unix socket instead of TCP, a proxy, layers (TLS, a hex tap).
     pub dial: Dial,
+    /// Stream connections: a write that makes no progress this long fails with
+    /// [`ClientError::WriteStalled`] (the server stopped reading); `None` waits forever.
+    pub write_timeout: Option<Duration>,
 }
+
+/// The default `--write-timeout`.
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Default for ClientConfig {
     fn default() -> Self {
@@ -88,6 +95,7 @@ impl Default for ClientConfig {
             quit_after: None,
             rudp: crate::rudp::Config::default(),
             dial: Dial::default(),
+            write_timeout: Some(DEFAULT_WRITE_TIMEOUT),
         }
     }
 }
@@ -177,6 +185,12 @@ pub enum ClientError {
     /// The server reset the connection.
     #[error("connection reset by server")]
     Reset,
+    /// A write made no progress for the write timeout: the server stopped reading.
+    #[error("server stopped reading: nothing could be written for {secs} s (--write-timeout)")]
+    WriteStalled {
+        /// The write timeout.
+        secs: f64,
+    },
     /// An input line does not fit in one frame.
     #[error("input line {line} is too long for {framing} framing (at most {max} bytes)")]
     LineTooLong {
@@ -215,11 +229,20 @@ impl From<CodecError> for ClientError {
 
 /// A failed socket operation: resets get their own error.
 fn network_error(e: io::Error) -> ClientError {
-    if is_reset(&e) {
+    if let Some(stalled) = Stalled::find(&e) {
+        ClientError::WriteStalled {
+            secs: stalled.limit.as_secs_f64(),
+        }
+    } else if is_reset(&e) {
         ClientError::Reset
     } else {
         ClientError::Io(e)
     }
+}
+
+/// A write that failed because the server stopped reading (see [`ClientConfig::write_timeout`]).
+fn is_stalled(e: &CodecError) -> bool {
+    matches!(e, CodecError::Io(io) if Stalled::find(io).is_some())
 }
 
 fn is_reset(e: &io::Error) -> bool {
@@ -297,21 +320,26 @@ where
     W: Write + AsFd + Send + 'static,
 {
     let quit_after = config.quit_after;
+    let write_timeout = config.write_timeout;
     if !config.dial.is_plain() {
         let (stream, _) = config.dial.connect(addrs, config.timeout).await?;
         let target = config.dial.describe(addrs);
         info!("connected to {target}");
-        let rx = pipe_async(stream, target, input, output)?;
-        return tokio::task::spawn_blocking(move || wait_copies(&rx, quit_after))
+        let rx = pipe_async(stream, target, input, output, write_timeout)?;
+        return tokio::task::spawn_blocking(move || wait_copies(&rx, quit_after, write_timeout))
             .await
             .map_err(io::Error::other)?;
     }
     let (stream, addr) = connect_tcp(addrs, config.timeout).await?;
     let stream = stream.into_std()?;
     stream.set_nonblocking(false)?;
-    tokio::task::spawn_blocking(move || pipe_blocking(stream, addr, input, output, quit_after))
-        .await
-        .map_err(io::Error::other)?
+    // SO_SNDTIMEO: a send that moves nothing for this long fails with EAGAIN.
+    stream.set_write_timeout(write_timeout)?;
+    tokio::task::spawn_blocking(move || {
+        pipe_blocking(stream, addr, input, output, quit_after, write_timeout)
+    })
+    .await
+    .map_err(io::Error::other)?
 }
 
 /// The byte pipe over any stream (unix, TLS, a proxy): the input and the output are read and
@@ -322,6 +350,7 @@ fn pipe_async<R, W>(
     target: String,
     mut input: R,
     mut output: W,
+    write_timeout: Option<Duration>,
 ) -> io::Result<std::sync::mpsc::Receiver<Copied>>
 where
     R: Read + Send + 'static,
@@ -329,7 +358,8 @@ where
 {
     use tokio::io::AsyncReadExt;
     let (tx, rx) = std::sync::mpsc::channel();
-    let (mut rd, mut wr) = tokio::io::split(stream);
+    let (mut rd, wr) = tokio::io::split(stream);
+    let mut wr = WriteStall::new(wr, write_timeout);
     let (in_tx, mut in_rx) = mpsc::channel::<io::Result<Vec<u8>>>(4);
     std::thread::Builder::new()
         .name("sockit-in".into())
@@ -447,6 +477,7 @@ fn pipe_blocking<R, W>(
     mut input: R,
     mut output: W,
     quit_after: Option<Duration>,
+    write_timeout: Option<Duration>,
 ) -> Result<ClientSummary, ClientError>
 where
     R: Read + Send + 'static,
@@ -475,13 +506,14 @@ where
             let _ = tx.send(Copied::Down(result));
         })?;
 
-    wait_copies(&rx, quit_after)
+    wait_copies(&rx, quit_after, write_timeout)
 }
 
 /// Waits for the copies' events and decides how the pipe ends.
 fn wait_copies(
     rx: &std::sync::mpsc::Receiver<Copied>,
     quit_after: Option<Duration>,
+    write_timeout: Option<Duration>,
 ) -> Result<ClientSummary, ClientError> {
     let mut summary = ClientSummary::default();
     let mut deadline: Option<Instant> = None;
@@ -508,6 +540,15 @@ fn wait_copies(
                 // The server stopped reading (`bye`); its close decides how this ends.
                 info!("server stopped reading our input: {e}");
                 deadline = quit_after.map(|d| Instant::now() + d);
+            }
+            Copied::Up(Err(e)) if Stalled::find(&e).is_some() => return Err(network_error(e)),
+            // SO_SNDTIMEO ran out (the blocking TCP pipe).
+            Copied::Up(Err(e))
+                if e.kind() == io::ErrorKind::WouldBlock && write_timeout.is_some() =>
+            {
+                return Err(ClientError::WriteStalled {
+                    secs: write_timeout.unwrap_or_default().as_secs_f64(),
+                });
             }
             Copied::Up(Err(e)) => return Err(ClientError::Input(e)),
             Copied::Down(Ok(n)) => {
@@ -1075,17 +1116,22 @@ where
     if config.transport == Transport::Rudp {
         return connect_rudp(addrs, config, output, flush_each).await;
     }
+    let limit = config.write_timeout;
     let (rd, wr, addr): (BoxRead, BoxWrite, String) = if config.dial.is_plain() {
         let (stream, addr) = connect_tcp(addrs, config.timeout).await?;
         let _ = stream.set_nodelay(true);
         let (rd, wr) = stream.into_split();
-        (Box::new(rd), Box::new(wr), addr.to_string())
+        (
+            Box::new(rd),
+            Box::new(WriteStall::new(wr, limit)),
+            addr.to_string(),
+        )
     } else {
         let (stream, _) = config.dial.connect(addrs, config.timeout).await?;
         let target = config.dial.describe(addrs);
         info!("connected to {target}");
         let (rd, wr) = tokio::io::split(stream);
-        (Box::new(rd), Box::new(wr), target)
+        (Box::new(rd), Box::new(WriteStall::new(wr, limit)), target)
     };
     let writer = FramedWrite::new(wr, FrameCodec::new(config.framing, config.limits));
     let reader = FramedRead::new(rd, FrameCodec::new(config.framing, config.limits));
@@ -1141,6 +1187,9 @@ where
         let before = printer.printed();
         if let Err(e) = writer.send(&msg).await {
             debug!("sending message {number} failed: {e}");
+            if is_stalled(&e) {
+                return Err(e.into());
+            }
             // The server has closed; what it said last decides the outcome.
             printer.wait_end(Some(config.timeout)).await;
             if interactive {
@@ -1186,7 +1235,11 @@ where
         return Ok(summary);
     }
     if !ended {
-        let _ = writer.close().await;
+        if let Err(e) = writer.close().await
+            && is_stalled(&e)
+        {
+            return Err(e.into());
+        }
         debug!("input over: half-closed, waiting for the server to finish");
         // Keep printing until the server closes or stays quiet for the timeout.
         loop {
@@ -1234,7 +1287,10 @@ where
         let next = match input.next().now_or_never() {
             Some(next) => next?,
             None => {
-                if writer.flush().await.is_err() {
+                if let Err(e) = writer.flush().await {
+                    if is_stalled(&e) {
+                        return Err(e.into());
+                    }
                     server_gone = true;
                     break;
                 }
@@ -1247,7 +1303,10 @@ where
         };
         let Some(body) = next else { break };
         let msg = Message::new(body);
-        if writer.feed(&msg).await.is_err() {
+        if let Err(e) = writer.feed(&msg).await {
+            if is_stalled(&e) {
+                return Err(e.into());
+            }
             server_gone = true;
             break;
         }
@@ -1276,7 +1335,11 @@ where
         }
     }
     if !server_gone {
-        let _ = writer.close().await;
+        if let Err(e) = writer.close().await
+            && is_stalled(&e)
+        {
+            return Err(e.into());
+        }
         info!("input ended after {} messages: half-closed", summary.sent);
     }
     let closed = printer.wait_end(config.quit_after).await;

@@ -32,6 +32,7 @@
 //! - [`net`]: the address grammar (`HOST:PORT`, `udp:`, `unix:`, …), [`PeerAddr`], name
 //!   resolution, the lookups behind `sockit resolve`, the service table behind `sockit port`.
 //! - [`ping`]: `sockit ping`, connect-time ping over TCP or UDP.
+//! - [`proxy`]: SOCKS5 (RFC 1928/1929) and HTTP CONNECT clients behind `connect --proxy`.
 //! - [`tls`]: TLS over any stream (rustls on aws-lc-rs): generated and kept certificates,
 //!   pins, CA and mTLS configs, the server and client layers, clear handshake errors.
 //! - [`relay`]: `sockit relay`: forwarding, inspection, faults and the toxiproxy-compatible API.
@@ -56,6 +57,7 @@ pub mod logging;
 pub mod message;
 pub mod net;
 pub mod ping;
+pub mod proxy;
 pub mod relay;
 pub mod rudp;
 pub mod scan;

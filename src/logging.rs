@@ -11,7 +11,7 @@
 
 use std::io::{self, Write};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::time::{Duration, Instant};
 
@@ -19,6 +19,10 @@ use tracing_subscriber::fmt::MakeWriter;
 
 /// Lines that may wait for the writer thread before new ones are dropped.
 const QUEUE_LINES: usize = 4096;
+/// Bytes that may wait for the writer thread before new lines are dropped: a `--hex` dump's
+/// "line" is a whole chunk's rows (about 4.4 bytes per byte of data), so the line count alone
+/// would not bound the memory a stuck stderr can hold.
+const QUEUE_BYTES: usize = 16 << 20;
 
 enum Item {
     Line(Vec<u8>),
@@ -31,6 +35,8 @@ enum Item {
 pub struct LogSink {
     tx: SyncSender<Item>,
     dropped: Arc<AtomicU64>,
+    /// Bytes queued and not yet handled by the writer thread.
+    queued: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for LogSink {
@@ -52,17 +58,30 @@ impl LogSink {
         let (tx, rx) = mpsc::sync_channel(QUEUE_LINES);
         let dropped = Arc::new(AtomicU64::new(0));
         let counter = dropped.clone();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let in_queue = queued.clone();
         std::thread::Builder::new()
             .name("sockit-log".into())
-            .spawn(move || write_loop(rx, out, &counter))?;
-        Ok(LogSink { tx, dropped })
+            .spawn(move || write_loop(rx, out, &counter, &in_queue))?;
+        Ok(LogSink {
+            tx,
+            dropped,
+            queued,
+        })
     }
 
     /// Queues one line (or any bytes) without waiting; counts it as dropped if the queue is full.
     pub fn log(&self, bytes: &[u8]) {
+        let len = bytes.len();
+        if self.queued.fetch_add(len, Ordering::Relaxed) + len > QUEUE_BYTES {
+            self.queued.fetch_sub(len, Ordering::Relaxed);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
             self.tx.try_send(Item::Line(bytes.to_vec()))
         {
+            self.queued.fetch_sub(len, Ordering::Relaxed);
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -81,11 +100,12 @@ impl LogSink {
     }
 }
 
-fn write_loop<W: Write>(rx: Receiver<Item>, mut out: W, dropped: &AtomicU64) {
+fn write_loop<W: Write>(rx: Receiver<Item>, mut out: W, dropped: &AtomicU64, queued: &AtomicUsize) {
     let mut reported = 0u64;
     for item in rx {
         match item {
             Item::Line(line) => {
+                queued.fetch_sub(line.len(), Ordering::Relaxed);
                 if out.write_all(&line).and_then(|()| out.flush()).is_err() {
                     dropped.fetch_add(1, Ordering::Relaxed);
                     continue;
@@ -232,6 +252,18 @@ mod tests {
         fn flush(&mut self) -> io::Result<()> {
             Ok(())
         }
+    }
+
+    #[test]
+    fn a_stuck_stderr_holds_at_most_queue_bytes() {
+        let sink = LogSink::spawn(Stuck).unwrap();
+        let big = vec![b'x'; 1 << 20];
+        for _ in 0..64 {
+            sink.log(&big);
+        }
+        // One line may be in the writer's hands; the rest wait within the byte bound.
+        assert!(sink.queued.load(Ordering::Relaxed) <= QUEUE_BYTES);
+        assert!(sink.dropped() >= 64 - (QUEUE_BYTES >> 20) as u64 - 1);
     }
 
     #[test]

@@ -7,6 +7,8 @@
 //! - [`unix`]: unix socket files: stale ones replaced safely, `--mode`, removal on shutdown.
 //! - [`stream`]: any byte stream (TCP, unix, layered by TLS or a hex tap), the listener that
 //!   accepts them, the layers' traits, and the client's [`stream::Dial`].
+//! - [`hex`]: the `--hex` tap on `serve` and `connect` connections (the relay's dump format).
+//! - [`stall`]: a write deadline, so a peer that stops reading cannot block a writer forever.
 //! - [`messages`]: runs one session over a connection that carries whole messages (rudp).
 //! - [`rudp`](mod@rudp): reliable UDP connections (the [`crate::rudp`] core) on a UDP socket:
 //!   a server serving many connections on one socket, and a client.
@@ -17,8 +19,10 @@
 use tokio::io::{AsyncRead, AsyncWrite};
 
 pub mod framed;
+pub mod hex;
 pub mod messages;
 pub mod rudp;
+pub mod stall;
 pub mod stream;
 pub mod tcp;
 pub mod udp;

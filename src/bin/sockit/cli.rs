@@ -76,6 +76,31 @@ pub enum Command {
     /// tls:HOST:PORT. TCP, TLS and unix relay to each other in any pairing; UDP only to UDP. One
     /// log line per connection.
     Relay(RelayArgs),
+    /// Print a shell completion script: bash, zsh, fish, powershell or elvish.
+    ///
+    /// bash: `sockit completions bash > ~/.local/share/bash-completion/completions/sockit`;
+    /// zsh: into a directory on $fpath as `_sockit`; fish: `~/.config/fish/completions/sockit.fish`.
+    Completions(CompletionsArgs),
+    /// Print the man page, sockit(1), to stdout; with --out DIR write one page per subcommand.
+    ///
+    /// Read it with `sockit man | man -l -`.
+    Man(ManArgs),
+}
+
+/// `sockit completions`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell
+    #[arg(value_name = "SHELL")]
+    pub shell: clap_complete::Shell,
+}
+
+/// `sockit man`.
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Write sockit.1 and sockit-SUBCOMMAND.1 pages into this directory instead
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<std::path::PathBuf>,
 }
 
 /// `sockit relay`.
@@ -630,6 +655,10 @@ pub struct ServeArgs {
     /// unix:PATH: the socket file's permissions, in octal (0660: owner and group only)
     #[arg(long, value_name = "OCTAL", value_parser = sockit::transport::unix::parse_mode)]
     pub mode: Option<u32>,
+    /// Dump every chunk received and sent on each connection to stderr, as `sockit relay
+    /// --hex` does: time, direction (> from the client, < to it), connection, offset, hex, text
+    #[arg(long)]
+    pub hex: bool,
     /// Log only warnings and errors
     #[arg(short, long, conflicts_with = "verbose")]
     pub quiet: bool,
@@ -863,6 +892,24 @@ pub struct ConnectArgs {
     /// Like --exec, but CMD runs through /bin/sh -c
     #[arg(long, value_name = "CMD", conflicts_with_all = ["messages", "wait_reply", "udp", "rudp", "framing"])]
     pub sh_exec: Option<String>,
+    /// Reach the server through a proxy: socks5://[USER:PASS@]HOST[:PORT] (port 1080 by
+    /// default), socks5h://… (the same) or http://[USER:PASS@]HOST:PORT (HTTP CONNECT). The
+    /// server's name is resolved by the proxy (see --proxy-dns); as an SSH ProxyCommand:
+    /// `sockit connect --proxy URL %h %p`
+    #[arg(long, value_name = "URL", value_parser = parse_proxy)]
+    pub proxy: Option<sockit::proxy::ProxySpec>,
+    /// Who resolves the server's name with --proxy: remote (the proxy) or local (here, and
+    /// the proxy is given an address)
+    #[arg(long, value_name = "WHERE", default_value = "remote", value_parser = parse_proxy_dns, requires = "proxy")]
+    pub proxy_dns: sockit::proxy::ProxyDns,
+    /// Dump every chunk sent and received to stderr, as `sockit relay --hex` does: time,
+    /// direction (> sent, < received), connection, offset, hex and text
+    #[arg(long)]
+    pub hex: bool,
+    /// Fail (exit 1) when a write to the server makes no progress for this long: the server
+    /// stopped reading; 0 = wait forever
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_secs)]
+    pub write_timeout: Duration,
     /// Log connection events to stderr (-v events and the TLS session, -vv details)
     #[arg(short, long, action = ArgAction::Count)]
     pub verbose: u8,
@@ -883,6 +930,21 @@ pub fn validate_connect(args: &ConnectArgs) -> Result<(), String> {
         return Err(
             "--framing applies to streams only: over unixgram every datagram is one message".into(),
         );
+    }
+    if args.proxy.is_some() && args.target.address().is_ok_and(|a| a.inet().is_none()) {
+        return Err(
+            "--proxy reaches HOST PORT servers; a unix: address is reached directly".into(),
+        );
+    }
+    if udp || args.target.is_rudp() {
+        if args.proxy.is_some() {
+            return Err(
+                "--proxy works over TCP only (SOCKS5 and HTTP CONNECT carry streams)".into(),
+            );
+        }
+        if args.hex {
+            return Err("--hex applies to stream connections (TCP, unix), not UDP or rudp".into());
+        }
     }
     if args.retries.is_some() && !udp {
         return Err(
@@ -1127,7 +1189,9 @@ fn validate(cli: &Cli) -> Result<(), (&'static str, String)> {
             check_target_rudp(&a.target).map_err(|e| ("bench", e))?;
             ("bench", a.target.is_udp(), a.target.framing)
         }
-        Command::User(_) | Command::Port(_) => return Ok(()),
+        Command::User(_) | Command::Port(_) | Command::Completions(_) | Command::Man(_) => {
+            return Ok(());
+        }
         Command::Send(a) => return a.split().map(drop).map_err(|e| ("send", e)),
         Command::Get(a) => return a.split().map(drop).map_err(|e| ("get", e)),
         Command::Ls(a) => return a.address().map(drop).map_err(|e| ("ls", e)),
@@ -1340,6 +1404,9 @@ fn check_exec_serve(args: &ServeArgs, listen: &Listen) -> Result<(), String> {
 fn validate_serve(args: &ServeArgs, listen: &Listen) -> Result<(), String> {
     let udp = listen.udp;
     check_exec_serve(args, listen)?;
+    if args.hex && (udp || listen.rudp) {
+        return Err("--hex applies to stream connections (TCP, unix), not UDP or rudp".into());
+    }
     let files = args.service == ServiceKind::Files;
     if files {
         if udp || listen.rudp {
@@ -1549,6 +1616,16 @@ pub(crate) fn parse_positive_secs(s: &str) -> Result<Duration, String> {
         d if d.is_zero() => Err("must be more than 0 seconds".into()),
         d => Ok(d),
     }
+}
+
+/// A `--proxy` URL.
+fn parse_proxy(s: &str) -> Result<sockit::proxy::ProxySpec, String> {
+    s.parse()
+}
+
+/// `remote` or `local`.
+fn parse_proxy_dns(s: &str) -> Result<sockit::proxy::ProxyDns, String> {
+    s.parse()
 }
 
 /// A byte count with an optional binary suffix: `65536`, `64K`, `8M`, `1G` (also `KiB` etc.).

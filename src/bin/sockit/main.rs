@@ -3,6 +3,7 @@
 //! 2 bad arguments (printed by clap with the usage line). A closed stdout is not an error.
 
 mod cli;
+mod extras;
 mod password;
 mod relay_cmd;
 mod tls_args;
@@ -71,6 +72,8 @@ fn main() -> ExitCode {
             Command::Get(args) => transfer::get(args).await,
             Command::Ls(args) => transfer::ls(args).await,
             Command::Relay(args) => relay_cmd::relay(args).await,
+            Command::Completions(args) => extras::completions(&args),
+            Command::Man(args) => extras::man(&args),
         }
     });
     // Do not wait on a thread still blocked reading a terminal.
@@ -79,6 +82,7 @@ fn main() -> ExitCode {
         // The last lines (the shutdown summary) are worth a short wait, never a long one.
         sink.flush(Duration::from_millis(500));
     }
+    extras::flush_hex();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
@@ -201,6 +205,11 @@ async fn serve(args: ServeArgs) -> Result<()> {
     if let Some(t) = &tls {
         TLS_BANNER.get_or_init(|| t.clone());
     }
+    // --hex goes last, above any other layer (TLS), so that it shows plaintext.
+    let mut config = config;
+    config
+        .upgrades
+        .extend(extras::serve_hex(extras::hex_sink(args.hex)?));
     // Checked before binding: a malformed users file is an error naming its line, exit 1.
     let login = match &args.login {
         Some(path) => {
@@ -737,13 +746,22 @@ async fn connect(args: ConnectArgs) -> Result<()> {
         let retries = args.retries.unwrap_or(cli::DEFAULT_RETRIES);
         return unixexec::connect_unixgram(&name, messages, args.timeout, retries).await;
     }
+    let address = target.address().map_err(anyhow::Error::msg)?;
     let unix = target.unix();
-    let addrs = match unix {
-        Some(_) => Vec::new(),
-        None => resolve_target(target).await?,
+    // Through a proxy, the name goes to the proxy unresolved (unless --proxy-dns local).
+    let addrs = if unix.is_some() || extras::uses_proxy(&args) {
+        Vec::new()
+    } else {
+        resolve_target(target).await?
     };
+    let hex = extras::hex_sink(args.hex)?;
+    // TLS first, then the proxy under it and the hex tap over it.
     let mut dial = client_dial(target, &args.tls, args.verbose > 0, true)?;
     dial.unix = unix;
+    match address.inet() {
+        Some((host, port)) => extras::connect_dial(&args, host, port, &hex, &mut dial),
+        None => extras::hex_layer(&hex, &mut dial),
+    }
     if let Some(command) = unixexec::exec_command(args.exec.as_deref(), args.sh_exec.as_deref())? {
         let code = unixexec::connect_exec(&addrs, &dial, args.timeout, command, interrupt_token()?)
             .await?;
@@ -764,6 +782,7 @@ async fn connect(args: ConnectArgs) -> Result<()> {
         quit_after: args.quit_after,
         rudp: target.rudp_config(),
         dial,
+        write_timeout: (!args.write_timeout.is_zero()).then_some(args.write_timeout),
     };
     let stdin = std::io::stdin();
     let input = if !args.messages.is_empty() {
