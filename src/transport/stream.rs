@@ -420,7 +420,10 @@ impl Dial {
                             target,
                             error: io::Error::new(
                                 io::ErrorKind::TimedOut,
-                                format!("no answer within {secs}s"),
+                                format!(
+                                    "no answer within {secs}s (does the server speak {}?)",
+                                    layer.name()
+                                ),
                             ),
                         });
                     }
