@@ -897,3 +897,71 @@ fn a_client_that_never_finishes_its_handshake_is_closed_after_the_timeout() {
     ]);
     assert_eq!(text(&out).0.trim(), "after", "{:?}", text(&out));
 }
+
+#[test]
+fn tls_runs_over_a_unix_socket_with_the_banners_pin() {
+    let data = tempfile::tempdir().unwrap();
+    let path = data.path().join("tls.sock");
+    let place = format!("unix:{}", path.display());
+    let mut child = Command::new(sockit_bin())
+        .args([
+            "serve",
+            &place,
+            "--service",
+            "echo",
+            "--tls",
+            "--tls-ephemeral",
+        ])
+        .env("XDG_DATA_HOME", data.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn sockit");
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut banner = Vec::new();
+    loop {
+        let mut line = String::new();
+        assert!(
+            stdout.read_line(&mut line).unwrap() > 0,
+            "banner ended early: {banner:?}"
+        );
+        let done = line.starts_with("connect with:");
+        banner.push(line.trim_end().to_owned());
+        if done {
+            break;
+        }
+    }
+    assert!(
+        banner[0].contains("listening on unix") && banner[0].contains("tls"),
+        "{banner:?}"
+    );
+    let connect_line = banner.last().unwrap();
+    assert!(connect_line.contains(&format!("sockit connect {place} --tls --tls-pin sha256:")));
+    let pin = connect_line
+        .split_whitespace()
+        .find(|w| w.starts_with("sha256:"))
+        .unwrap()
+        .to_owned();
+    let out = sockit(&[
+        "connect",
+        &place,
+        "--tls",
+        "--tls-pin",
+        &pin,
+        "-m",
+        "over unix",
+    ]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    assert_eq!(text(&out).0.trim(), "over unix");
+    // Without the pin the self-signed certificate is not trusted: one line, exit 1.
+    let out = sockit(&["connect", &place, "--tls", "-m", "x"]);
+    assert_eq!(out.status.code(), Some(1), "{:?}", text(&out));
+    assert!(
+        text(&out).1.contains("not signed by a trusted CA"),
+        "{:?}",
+        text(&out)
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}

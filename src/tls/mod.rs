@@ -190,6 +190,16 @@ impl TlsServer {
     /// `sockit connect` line pinning it (for `host`:`port`, as a client would type them, with
     /// `flags` such as ` --framing len32` after `connect`).
     pub fn banner(&self, host: &str, port: u16, flags: &str) -> Vec<String> {
+        let host = if host.contains(':') && !host.starts_with('[') {
+            format!("[{host}]")
+        } else {
+            host.to_owned()
+        };
+        self.banner_at(&format!("{host} {port}"), flags)
+    }
+
+    /// The banner lines for a server reached as `place` (`HOST PORT`, or `unix:PATH`).
+    pub fn banner_at(&self, place: &str, flags: &str) -> Vec<String> {
         let from = match &self.source {
             CertSource::Given(p) => format!("certificate {}", p.display()),
             CertSource::Stored(p) => format!("certificate {} (kept from before)", p.display()),
@@ -213,13 +223,8 @@ impl TlsServer {
         ];
         if let Some(spki) = self.leaf.spki {
             lines.push(format!("tls: public key  sha256 {}", spki.colon_hex()));
-            let host = if host.contains(':') && !host.starts_with('[') {
-                format!("[{host}]")
-            } else {
-                host.to_owned()
-            };
             lines.push(format!(
-                "connect with: sockit connect{flags} {host} {port} --tls --tls-pin {spki}"
+                "connect with: sockit connect{flags} {place} --tls --tls-pin {spki}"
             ));
         }
         lines

@@ -169,9 +169,6 @@ async fn serve(args: ServeArgs) -> Result<()> {
     if tls.is_some() && transport != Transport::Tcp {
         bail!("TLS runs over TCP: it cannot be used with --udp or --rudp");
     }
-    if tls.is_some() && listen.unix.is_some() {
-        bail!("TLS runs over TCP: it cannot be used with a unix socket");
-    }
     let optional = |d: Duration| (!d.is_zero()).then_some(d);
     // One budget for the connections' buffers and the services' own memory (chat room logs).
     let budget = MemoryBudget::new(args.max_memory);
@@ -527,6 +524,7 @@ async fn serve_with<S: Service>(
     }
     let place = match &unix {
         Some(name) if transport == Transport::Udp => format!("unixgram:{name}"),
+        Some(name) if TLS_BANNER.get().is_some() => format!("unix:{name} (tls)"),
         Some(name) => format!("unix:{name}"),
         None if TLS_BANNER.get().is_some() => format!("tls {local}"),
         None => format!("{transport} {local}"),
@@ -582,8 +580,15 @@ fn print_banner(
             (false, Framing::Line) => ("line framing".to_owned(), String::new()),
             (false, f) => (format!("{f} framing"), format!(" --framing {f}")),
         };
-        writeln!(out, "sockit: {kind} listening on unix {name} ({how})")?;
-        writeln!(out, "{}", unixexec::unix_hint(name, &framing_flag))?;
+        if let Some(tls) = TLS_BANNER.get() {
+            writeln!(out, "sockit: {kind} listening on unix {name} (tls, {how})")?;
+            for line in tls.banner_at(&format!("unix:{name}"), &framing_flag) {
+                writeln!(out, "{line}")?;
+            }
+        } else {
+            writeln!(out, "sockit: {kind} listening on unix {name} ({how})")?;
+            writeln!(out, "{}", unixexec::unix_hint(name, &framing_flag))?;
+        }
         out.flush()?;
         return Ok(());
     }
@@ -911,12 +916,15 @@ fn client_dial(
         bail!("TLS runs over TCP: it cannot be used with --udp or --rudp");
     }
     let address = target.address().map_err(anyhow::Error::msg)?;
-    let (host, port) = address
-        .inet()
-        .ok_or_else(|| anyhow::anyhow!("{address}: not an internet address"))?;
+    // Over a unix socket there is no host: the server's certificate is checked for
+    // `localhost` (which sockit's own certificates name), unless --tls-sni names another.
+    let (host, port) = match address.inet() {
+        Some((host, port)) => (host.to_string(), port),
+        None => ("localhost".to_owned(), 0),
+    };
     let client = std::sync::Arc::unwrap_or_clone(client).verbose(verbose);
     Ok(sockit::transport::stream::Dial {
-        target: Some((host.to_string(), port)),
+        target: Some((host, port)),
         layers: vec![std::sync::Arc::new(client)],
         ..Default::default()
     })
