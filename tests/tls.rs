@@ -32,6 +32,16 @@ impl TlsServe {
     /// Runs `sockit ARGS` with XDG_DATA_HOME=`data`, reading stdout up to the `connect with:`
     /// line (a serve or relay banner with TLS ends there).
     fn start(data: &Path, args: &[&str]) -> TlsServe {
+        TlsServe::spawn(data, args, read_banner)
+    }
+
+    /// Runs `sockit ARGS` with XDG_DATA_HOME=`data`; `banner` reads what stdout says first,
+    /// whose first line holds the address.
+    fn spawn(
+        data: &Path,
+        args: &[&str],
+        banner: impl FnOnce(&mut BufReader<std::process::ChildStdout>) -> Vec<String>,
+    ) -> TlsServe {
         let mut child = Command::new(sockit_bin())
             .args(args)
             .env("XDG_DATA_HOME", data)
@@ -41,17 +51,7 @@ impl TlsServe {
             .spawn()
             .expect("spawn sockit");
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut banner = Vec::new();
-        loop {
-            let mut line = String::new();
-            let n = stdout.read_line(&mut line).unwrap();
-            assert!(n > 0, "banner ended early: {banner:?}");
-            let done = line.starts_with("connect with:");
-            banner.push(line.trim_end().to_owned());
-            if done {
-                break;
-            }
-        }
+        let banner = banner(&mut stdout);
         let addr = banner[0]
             .split_whitespace()
             .find_map(|w| w.parse::<SocketAddr>().ok())
@@ -117,6 +117,21 @@ impl TlsServe {
             }
         }
         panic!("no log line with {needle:?}; saw {seen:?}");
+    }
+}
+
+/// A TLS serve or relay banner, up to and including its `connect with:` line.
+fn read_banner(stdout: &mut impl BufRead) -> Vec<String> {
+    let mut banner = Vec::new();
+    loop {
+        let mut line = String::new();
+        let n = stdout.read_line(&mut line).unwrap();
+        assert!(n > 0, "banner ended early: {banner:?}");
+        let done = line.starts_with("connect with:");
+        banner.push(line.trim_end().to_owned());
+        if done {
+            return banner;
+        }
     }
 }
 
@@ -752,37 +767,12 @@ fn relay_terminates_tls_in_front_of_tcp_and_originates_it_towards_tls() {
 impl TlsServe {
     /// A relay whose banner is one line (no TLS on its listening side).
     fn start_relay_plain(data: &Path, args: &[&str]) -> TlsServe {
-        let mut child = Command::new(sockit_bin())
-            .args(args)
-            .env("XDG_DATA_HOME", data)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn sockit");
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
-        let addr = line
-            .split_whitespace()
-            .find_map(|w| w.parse::<SocketAddr>().ok())
-            .unwrap_or_else(|| panic!("no address in {line:?}"));
-        let mut stderr = child.stderr.take().unwrap();
-        let (tx, log) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut reader = BufReader::new(&mut stderr);
+        // A relay without a tls: LISTEN prints one line, with no `connect with:` after it.
+        TlsServe::spawn(data, args, |stdout| {
             let mut line = String::new();
-            while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
-                let _ = tx.send(std::mem::take(&mut line));
-            }
-        });
-        TlsServe {
-            child,
-            addr,
-            banner: vec![line],
-            log,
-            _stdout: stdout,
-        }
+            stdout.read_line(&mut line).unwrap();
+            vec![line]
+        })
     }
 }
 
@@ -918,20 +908,7 @@ fn tls_runs_over_a_unix_socket_with_the_banners_pin() {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn sockit");
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut banner = Vec::new();
-    loop {
-        let mut line = String::new();
-        assert!(
-            stdout.read_line(&mut line).unwrap() > 0,
-            "banner ended early: {banner:?}"
-        );
-        let done = line.starts_with("connect with:");
-        banner.push(line.trim_end().to_owned());
-        if done {
-            break;
-        }
-    }
+    let banner = read_banner(&mut BufReader::new(child.stdout.take().unwrap()));
     assert!(
         banner[0].contains("listening on unix") && banner[0].contains("tls"),
         "{banner:?}"
