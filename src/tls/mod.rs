@@ -329,7 +329,7 @@ impl TlsClient {
         let algorithms = provider.signature_verification_algorithms;
         let (verifier, trust): (Arc<dyn ServerCertVerifier>, Trust) = if opts.insecure {
             (
-                Arc::new(verify::InsecureVerifier::new(algorithms)),
+                Arc::new(verify::PinVerifier::insecure(algorithms)),
                 Trust::Insecure,
             )
         } else if !opts.pins.is_empty() {

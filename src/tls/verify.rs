@@ -25,17 +25,30 @@ pub struct PinMismatch {
     pub pinned: String,
 }
 
-/// Accepts the server's certificate if it, or its public key, has one of the pinned digests.
+/// Checks the server's certificate by pin (it, or its public key, has one of the pinned
+/// digests) or not at all (`--tls-insecure`); either way the handshake signature is verified.
 #[derive(Debug)]
 pub struct PinVerifier {
-    pins: Vec<Pin>,
+    /// `None`: any certificate (`--tls-insecure`).
+    pins: Option<Vec<Pin>>,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
 impl PinVerifier {
     /// A verifier for `pins`, checking signatures with `algorithms`.
     pub fn new(pins: Vec<Pin>, algorithms: WebPkiSupportedAlgorithms) -> PinVerifier {
-        PinVerifier { pins, algorithms }
+        PinVerifier {
+            pins: Some(pins),
+            algorithms,
+        }
+    }
+
+    /// A verifier that accepts any certificate (`--tls-insecure`) and checks only signatures.
+    pub fn insecure(algorithms: WebPkiSupportedAlgorithms) -> PinVerifier {
+        PinVerifier {
+            pins: None,
+            algorithms,
+        }
     }
 }
 
@@ -48,9 +61,11 @@ impl ServerCertVerifier for PinVerifier {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
+        let Some(pins) = &self.pins else {
+            return Ok(ServerCertVerified::assertion());
+        };
         let info = CertInfo::of(end_entity);
-        let hit = self
-            .pins
+        let hit = pins
             .iter()
             .any(|p| p.0 == info.fingerprint || Some(p.0) == info.spki);
         if hit {
@@ -59,8 +74,7 @@ impl ServerCertVerifier for PinVerifier {
         let mismatch = PinMismatch {
             cert: info.fingerprint.to_string(),
             spki: info.spki.map_or_else(|| "?".into(), |s| s.to_string()),
-            pinned: self
-                .pins
+            pinned: pins
                 .iter()
                 .map(|p| p.0.to_string())
                 .collect::<Vec<_>>()
@@ -69,54 +83,6 @@ impl ServerCertVerifier for PinVerifier {
         Err(Error::InvalidCertificate(CertificateError::Other(
             OtherError(Arc::new(mismatch)),
         )))
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
-}
-
-/// Accepts any server certificate (`--tls-insecure`); signatures are still checked.
-#[derive(Debug)]
-pub struct InsecureVerifier {
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl InsecureVerifier {
-    /// A verifier checking only signatures, with `algorithms`.
-    pub fn new(algorithms: WebPkiSupportedAlgorithms) -> InsecureVerifier {
-        InsecureVerifier { algorithms }
-    }
-}
-
-impl ServerCertVerifier for InsecureVerifier {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, Error> {
-        Ok(ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
