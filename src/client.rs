@@ -395,11 +395,12 @@ where
                 }
             }
         };
-        // Like `nc -N`: our input is over, keep reading the replies.
-        let _ = wr.shutdown().await;
+        // Logged first: the server's close, once it sees the shutdown, can end the run.
         if let Ok(n) = &result {
             info!("input ended after {n} bytes: half-closed the connection to {target}");
         }
+        // Like `nc -N`: our input is over, keep reading the replies.
+        let _ = wr.shutdown().await;
         let _ = up_tx.send(Copied::Up(result));
     });
     let (out_tx, out_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
@@ -491,12 +492,13 @@ where
         .name("sockit-up".into())
         .spawn(move || {
             let result = io::copy(&mut input, &mut up);
-            // Like `nc -N`: tell the server our input is over, keep reading its replies.
-            let _ = up.shutdown(Shutdown::Write);
-            // Logged here: the server's close may reach the other thread before we report.
+            // Logged before the shutdown: once the server sees it, its close can end the run
+            // (and the process) before this thread gets to log anything.
             if let Ok(n) = &result {
                 info!("input ended after {n} bytes: half-closed the connection to {addr}");
             }
+            // Like `nc -N`: tell the server our input is over, keep reading its replies.
+            let _ = up.shutdown(Shutdown::Write);
             let _ = up_tx.send(Copied::Up(result));
         })?;
     std::thread::Builder::new()
