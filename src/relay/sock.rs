@@ -48,6 +48,47 @@ impl Sock {
         }
     }
 
+    /// Like [`Sock::io`], but `f` may set its flag to say it emptied the socket's queue (a
+    /// read that came back short): the readiness is then cleared along with the result, which
+    /// saves the next read, whose only answer would be `WouldBlock`. Safe against a race:
+    /// tokio clears only the readiness it saw before `f` ran, and bytes that arrive after the
+    /// read raise a new edge.
+    pub(crate) async fn io_drain<R>(
+        &self,
+        interest: Interest,
+        mut f: impl FnMut(&mut bool) -> io::Result<R>,
+    ) -> io::Result<R> {
+        loop {
+            let ready = match self {
+                Sock::Tcp(s) => s.ready(interest).await,
+                Sock::Unix(s) => s.ready(interest).await,
+            };
+            ready?;
+            let mut kept = None;
+            let mut g = || {
+                let mut drained = false;
+                match f(&mut drained) {
+                    Ok(v) if drained => {
+                        kept = Some(v);
+                        Err(io::ErrorKind::WouldBlock.into())
+                    }
+                    r => r,
+                }
+            };
+            let r = match self {
+                Sock::Tcp(s) => s.try_io(interest, &mut g),
+                Sock::Unix(s) => s.try_io(interest, &mut g),
+            };
+            if let Some(v) = kept {
+                return Ok(v);
+            }
+            match r {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                r => return r,
+            }
+        }
+    }
+
     /// Reads some bytes; 0 is the end of the stream.
     pub(crate) async fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
         let fd = self.fd();
@@ -318,7 +359,7 @@ pub(crate) async fn splice_pump(
     let mut streaming = false;
     loop {
         let got = src
-            .io(Interest::READABLE, || {
+            .io_drain(Interest::READABLE, |drained| {
                 if changed() {
                     if let Some(pipe) = slot.take() {
                         put_pipe(pipe);
@@ -358,6 +399,8 @@ pub(crate) async fn splice_pump(
                             }
                         }
                         let left = (sent < n).then(|| scratch[sent..n].to_vec());
+                        // A short read emptied the socket: no need to read again to learn it.
+                        *drained = n < scratch.len();
                         Ok(Got::Small(n, left))
                     });
                 }
