@@ -13,6 +13,7 @@
 //! `tcp` and `udp` hold the two client loops; [`chat`] is the chat-room load (`--chat`).
 
 pub mod chat;
+pub mod pace;
 pub mod rate;
 mod reply;
 mod tcp;

@@ -292,6 +292,9 @@ async fn run<P: Pipe>(
     let mut sent = 0u64;
     let mut sending = true;
     let mut last_send = Instant::now();
+    // One sleep for as long as its deadline holds: replies in between do not queue more
+    // deadlines on the pacer.
+    let mut sleep = Box::pin(super::pace::sleep_until(schedule.due(0)));
     loop {
         let answered = tally.counts.messages + tally.counts.mismatches;
         if !sending && answered >= sent {
@@ -302,6 +305,9 @@ async fn run<P: Pipe>(
         } else {
             last_send + drain_time(&shared)
         };
+        if sleep.deadline() != wait_until {
+            sleep = Box::pin(super::pace::sleep_until(wait_until));
+        }
         tokio::select! {
             biased;
             () = cancel.cancelled() => break,
@@ -310,7 +316,7 @@ async fn run<P: Pipe>(
                 Ok(None) => { tally.fail("the server closed the connection"); break; }
                 Err(e) => { tally.fail(e); break; }
             },
-            () = tokio::time::sleep_until(wait_until.into()) => {
+            () = sleep.as_mut() => {
                 if !sending {
                     break;
                 }
