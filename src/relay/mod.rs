@@ -9,6 +9,7 @@
 //! one [`ConnRecord`].
 
 pub mod api;
+mod batch;
 pub mod fault;
 pub mod inspect;
 pub mod proxy;

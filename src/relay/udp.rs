@@ -2,8 +2,9 @@
 //! peer per client and its replies find their way back), an idle timeout per flow, and a
 //! bounded flow table that evicts the least recently used flow.
 //!
-//! Without faults and taps a datagram is forwarded inline by the receiving task (one
-//! `recvfrom` + one `send`); with them, each direction of a flow has an egress task that runs
+//! Without faults and taps a datagram is forwarded inline by the receiving task: one
+//! recvmmsg(2) takes what is queued (see [`crate::relay::batch`]) and each datagram is sent on
+//! at once; with them, each direction of a flow has an egress task that runs
 //! the faults and sends at the scheduled times, behind a queue of at most [`QUEUE`] datagrams.
 
 use std::cmp::Reverse;
@@ -21,8 +22,8 @@ use tokio::time::sleep_until;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::codec::MAX_DATAGRAM;
 use crate::net::resolve;
+use crate::relay::batch;
 use crate::relay::fault::{self, Dir, FaultKind, Rng};
 use crate::relay::inspect::Tap;
 use crate::relay::{Close, ConnRecord, RelayConfig, RelayReport, admitted};
@@ -68,58 +69,70 @@ pub(crate) async fn run(
     let table: Table = Arc::new(Mutex::new(LruCache::new(cap)));
     let mut report = RelayReport::default();
     let mut next_id = 0u64;
-    let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+    // Datagrams the batch could not send at once: from clients without a flow yet (opening
+    // one awaits), or met with a full send buffer (and everything after them, to keep order).
+    let mut fresh: Vec<(Vec<u8>, SocketAddr)> = Vec::new();
+    let mut later: Vec<(Arc<Flow>, Vec<u8>)> = Vec::new();
     loop {
-        let (n, client) = tokio::select! {
+        let got = tokio::select! {
             _ = shutdown.cancelled() => break,
-            r = sock.recv_from(&mut buf) => match r {
-                Ok(r) => r,
-                Err(e) => {
-                    // ICMP errors from earlier sends surface here on some systems.
-                    debug!("udp receive: {e}");
-                    continue;
+            r = batch::recv_each(&sock, |data, from| {
+                let Some(client) = from else { return };
+                let flow = if fresh.is_empty() && later.is_empty() {
+                    table.lock().ok().and_then(|mut t| t.get(&client).cloned())
+                } else {
+                    None
+                };
+                let Some(flow) = flow else {
+                    fresh.push((data.to_vec(), client));
+                    return;
+                };
+                if !forward_up(&flow, data) {
+                    later.push((flow, data.to_vec()));
                 }
-            },
+            }) => r,
         };
-        let existing = table.lock().ok().and_then(|mut t| t.get(&client).cloned());
-        let flow = match existing {
-            Some(f) => f,
-            None => {
-                if !admitted(&config, Some(client.ip())) {
-                    report.refused += 1;
-                    debug!("udp datagram from {client} dropped: not allowed by --allow/--deny");
-                    continue;
-                }
-                next_id += 1;
-                // Live faults (the API) may come later: such flows keep the fault stage.
-                let inline = !config.inspect.is_on()
-                    && !config.faults.is_live()
-                    && !config.faults.load().iter().any(|f| f.kind.for_udp());
-                match new_flow(next_id, client, &sock, &config, &table, inline).await {
-                    Ok(f) => {
-                        report.relayed += 1;
-                        f
-                    }
-                    Err(e) => {
-                        report.target_failed += 1;
-                        warn!("udp flow from {client}: cannot open an upstream socket: {e}");
+        if let Err(e) = got {
+            // ICMP errors from earlier sends surface here on some systems.
+            debug!("udp receive: {e}");
+        }
+        for (flow, data) in later.drain(..) {
+            if let Err(e) = flow.upstream.send(&data).await {
+                debug!("udp flow {}: send to target: {e}", flow.id);
+            }
+        }
+        for (data, client) in std::mem::take(&mut fresh) {
+            let existing = table.lock().ok().and_then(|mut t| t.get(&client).cloned());
+            let flow = match existing {
+                Some(f) => f,
+                None => {
+                    if !admitted(&config, Some(client.ip())) {
+                        report.refused += 1;
+                        debug!("udp datagram from {client} dropped: not allowed by --allow/--deny");
                         continue;
                     }
+                    next_id += 1;
+                    // Live faults (the API) may come later: such flows keep the fault stage.
+                    let inline = !config.inspect.is_on()
+                        && !config.faults.is_live()
+                        && !config.faults.load().iter().any(|f| f.kind.for_udp());
+                    match new_flow(next_id, client, &sock, &config, &table, inline).await {
+                        Ok(f) => {
+                            report.relayed += 1;
+                            f
+                        }
+                        Err(e) => {
+                            report.target_failed += 1;
+                            warn!("udp flow from {client}: cannot open an upstream socket: {e}");
+                            continue;
+                        }
+                    }
                 }
-            }
-        };
-        flow.touch();
-        flow.up.fetch_add(1, Ordering::Relaxed);
-        flow.up_bytes.fetch_add(n as u64, Ordering::Relaxed);
-        match &flow.up_tx {
-            None => {
-                if let Err(e) = flow.upstream.send(&buf[..n]).await {
+            };
+            if !forward_up(&flow, &data) {
+                if let Err(e) = flow.upstream.send(&data).await {
                     debug!("udp flow {}: send to target: {e}", flow.id);
                 }
-            }
-            Some(tx) => {
-                // A full queue drops, as a congested link would.
-                let _ = tx.try_send(buf[..n].to_vec());
             }
         }
     }
@@ -130,6 +143,31 @@ pub(crate) async fn run(
         t.clear();
     }
     report
+}
+
+/// Counts a client's datagram and sends it on without waiting: to the target, or to the
+/// flow's fault stage. False when the upstream socket's buffer is full (the caller sends it
+/// once there is room).
+fn forward_up(flow: &Flow, data: &[u8]) -> bool {
+    flow.touch();
+    flow.up.fetch_add(1, Ordering::Relaxed);
+    flow.up_bytes
+        .fetch_add(data.len() as u64, Ordering::Relaxed);
+    match &flow.up_tx {
+        None => match flow.upstream.try_send(data) {
+            Ok(_) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
+            Err(e) => {
+                debug!("udp flow {}: send to target: {e}", flow.id);
+                true
+            }
+        },
+        Some(tx) => {
+            // A full queue drops, as a congested link would.
+            let _ = tx.try_send(data.to_vec());
+            true
+        }
+    }
 }
 
 async fn new_flow(
@@ -232,39 +270,47 @@ async fn downstream(
     table: Table,
 ) {
     let idle = config.idle_timeout.unwrap_or(DEFAULT_IDLE);
-    let mut buf = vec![0u8; MAX_DATAGRAM + 1];
     let mut error = None;
+    // Replies the listening socket could not take at once, in order.
+    let mut later: Vec<Vec<u8>> = Vec::new();
+    // One timer for the idle timeout, moved on only when it fires (not per datagram).
+    let idle_timer = sleep_until(tokio::time::Instant::from_std(flow.start + idle));
+    tokio::pin!(idle_timer);
     let close = loop {
-        let last = Duration::from_millis(flow.last.load(Ordering::Relaxed));
-        let deadline = tokio::time::Instant::from_std(flow.start + last + idle);
         tokio::select! {
             _ = flow.cancel.cancelled() => {
                 break if flow.evicted.load(Ordering::Relaxed) { Close::Relay } else { Close::Shutdown };
             }
-            _ = sleep_until(deadline) => {
+            () = &mut idle_timer => {
                 let last = Duration::from_millis(flow.last.load(Ordering::Relaxed));
                 if flow.start.elapsed() >= last + idle {
                     break Close::Timeout;
                 }
+                idle_timer.as_mut().reset(tokio::time::Instant::from_std(flow.start + last + idle));
             }
-            r = flow.upstream.recv(&mut buf) => match r {
-                Ok(n) => {
-                    flow.touch();
-                    flow.down.fetch_add(1, Ordering::Relaxed);
-                    flow.down_bytes.fetch_add(n as u64, Ordering::Relaxed);
-                    match &down_tx {
-                        None => {
-                            if let Err(e) = listen.send_to(&buf[..n], flow.client).await {
-                                debug!("udp flow {}: send to client: {e}", flow.id);
-                            }
-                        }
-                        Some(tx) => {
-                            let _ = tx.try_send(buf[..n].to_vec());
-                        }
+            r = batch::recv_each(&flow.upstream, |data, _| {
+                flow.touch();
+                flow.down.fetch_add(1, Ordering::Relaxed);
+                flow.down_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+                match &down_tx {
+                    None if later.is_empty() => match listen.try_send_to(data, flow.client) {
+                        Ok(_) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => later.push(data.to_vec()),
+                        Err(e) => debug!("udp flow {}: send to client: {e}", flow.id),
+                    },
+                    None => later.push(data.to_vec()),
+                    Some(tx) => {
+                        let _ = tx.try_send(data.to_vec());
+                    }
+                }
+            }) => {
+                for data in later.drain(..) {
+                    if let Err(e) = listen.send_to(&data, flow.client).await {
+                        debug!("udp flow {}: send to client: {e}", flow.id);
                     }
                 }
                 // Usually an ICMP "port unreachable": the target is not there (now).
-                Err(e) => {
+                if let Err(e) = r {
                     if error.is_none() {
                         info!("udp flow {} ({}): target: {e}", flow.id, flow.client);
                     }
