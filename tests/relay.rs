@@ -671,6 +671,37 @@ fn numbered(args: &[&str], n: usize) -> Vec<Vec<u8>> {
 }
 
 #[test]
+fn udp_bursts_from_several_clients_arrive_complete_and_in_order() {
+    // Back-to-back datagrams queue up and reach the relay's batched receive together; each
+    // client's must come back complete, in order, and only to it.
+    let target = udp_echo();
+    let (_relay, addr) = udp_relay(&target, &[]);
+    let clients: Vec<UdpSocket> = (0..4).map(|_| udp_client()).collect();
+    for i in 0..25 {
+        for (k, c) in clients.iter().enumerate() {
+            c.send_to(format!("c{k} {i:04}").as_bytes(), addr).unwrap();
+        }
+    }
+    for (k, c) in clients.iter().enumerate() {
+        let got: Vec<String> = recv_all(c, Duration::from_millis(800))
+            .iter()
+            .map(|d| String::from_utf8_lossy(d).into_owned())
+            .collect();
+        let want: Vec<String> = (0..25).map(|i| format!("c{k} {i:04}")).collect();
+        assert_eq!(got, want, "client {k}");
+    }
+    // The largest datagram IPv4 carries, both ways, byte for byte.
+    let c = udp_client();
+    let big: Vec<u8> = (0..65_507u32).map(|i| (i % 251) as u8).collect();
+    c.send_to(&big, addr).unwrap();
+    assert_eq!(
+        recv(&c).as_deref(),
+        Some(&big[..]),
+        "a 65,507-byte datagram"
+    );
+}
+
+#[test]
 fn udp_faults_duplicate_drop_truncate_corrupt_blackhole() {
     let got = numbered(&["--fault", "up:duplicate=100%"], 5);
     assert_eq!(got.len(), 10, "every datagram twice");
