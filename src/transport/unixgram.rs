@@ -4,11 +4,15 @@
 //! The same policy as UDP ([`crate::transport::udp`]): quit words, an idle limit per peer, and
 //! a bounded peer table whose least recently active peer makes room for a newcomer. Sessions
 //! with traffic of their own (a chat room) are polled for it ([`Session::poll_feed`]) whenever
-//! they wake the driver, a bounded number of batches per turn. A client
-//! socket that is not bound to a path (socat's `UNIX-SENDTO` without `bind=`, or one bound to an
-//! abstract name) has no address a reply could go to: its datagrams are dropped with a debug
-//! line, as they carry no way to answer.
+//! they wake the driver, a bounded number of batches per turn. A client bound to an abstract
+//! name (Linux) is answered at that name; it is kept as a path made of a NUL byte and the name,
+//! which no file path can be, and shown as `@name`. A client socket that is not bound at all
+//! (socat's `UNIX-SENDTO` without `bind=`) has no address a reply could go to: its datagrams
+//! are dropped with a debug line, as they carry no way to answer.
 
+use std::borrow::Cow;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -114,10 +118,10 @@ pub async fn serve_unixgram<Sv: Service>(
             Some((path, push)) = push_rx.recv() => driver.on_push(path, push).await,
             Some(path) = feed_rx.recv() => driver.feed(&path).await,
             received = driver.socket.recv_from(&mut buf) => match received {
-                Ok((n, addr)) => match addr.as_pathname() {
+                Ok((n, addr)) => match peer_key(&addr) {
                     Some(path) => {
                         let datagram = Bytes::copy_from_slice(&buf[..n]);
-                        driver.on_datagram(path.to_path_buf(), datagram).await;
+                        driver.on_datagram(path, datagram).await;
                     }
                     None => {
                         driver.report.datagrams_in += 1;
@@ -137,7 +141,7 @@ pub async fn serve_unixgram<Sv: Service>(
     }
     while let Some((path, mut peer)) = driver.peers.pop_lru() {
         peer.session.on_close();
-        debug!("peer {} closed: server shutting down", path.display());
+        debug!("peer {} closed: server shutting down", shown(&path));
     }
     driver.report
 }
@@ -156,7 +160,7 @@ impl<Sv: Service> Driver<Sv> {
         peer.datagrams += 1;
         debug!(
             "datagram from unixgram:{}: {} bytes",
-            path.display(),
+            shown(&path),
             datagram.len()
         );
         let msg = peer.codec.decode_datagram(datagram);
@@ -226,14 +230,14 @@ impl<Sv: Service> Driver<Sv> {
                         "peer table full ({} peers): evicted {n} least recently active peer(s) \
                          (latest {})",
                         self.settings.max_peers,
-                        old.display()
+                        shown(&old)
                     );
                 }
             }
         }
         self.next_id += 1;
         self.report.peers += 1;
-        info!("new unixgram peer {}", path.display());
+        info!("new unixgram peer {}", shown(path));
         let info = PeerInfo {
             id: self.next_id,
             addr: PeerAddr::Unix(Some(path.to_path_buf())),
@@ -293,12 +297,12 @@ impl<Sv: Service> Driver<Sv> {
             if peer.codec.encode(&msg, wbuf).is_err() {
                 continue;
             }
-            match socket.send_to(wbuf, path).await {
+            match send_to_peer(socket, wbuf, path).await {
                 Ok(_) => report.datagrams_out += 1,
                 Err(e) => debug!(
                     "cannot send {} bytes to unixgram:{}: {e}",
                     wbuf.len(),
-                    path.display()
+                    shown(path)
                 ),
             }
         }
@@ -309,7 +313,7 @@ impl<Sv: Service> Driver<Sv> {
             peer.session.on_close();
             info!(
                 "unixgram peer {} {why} ({} datagrams)",
-                path.display(),
+                shown(path),
                 peer.datagrams
             );
         }
@@ -326,13 +330,62 @@ impl<Sv: Service> Driver<Sv> {
                 peer.session.on_close();
                 info!(
                     "unixgram peer {} expired after {}s of silence ({} datagrams)",
-                    path.display(),
+                    shown(&path),
                     idle.as_secs_f64(),
                     peer.datagrams
                 );
             }
         }
     }
+}
+
+/// The key of a sender: its bound path, or for an abstract name a NUL byte and the name
+/// (no file path holds a NUL); `None` for an unbound socket.
+fn peer_key(addr: &tokio::net::unix::SocketAddr) -> Option<PathBuf> {
+    if let Some(path) = addr.as_pathname() {
+        return Some(path.to_path_buf());
+    }
+    let std: std::os::unix::net::SocketAddr = addr.clone().into();
+    use std::os::linux::net::SocketAddrExt;
+    let name = std.as_abstract_name()?;
+    let mut key = Vec::with_capacity(name.len() + 1);
+    key.push(0);
+    key.extend_from_slice(name);
+    Some(PathBuf::from(OsStr::from_bytes(&key)))
+}
+
+/// The abstract name in a peer key, if it is one.
+fn abstract_name(path: &Path) -> Option<&[u8]> {
+    path.as_os_str().as_bytes().strip_prefix(b"\0")
+}
+
+/// A peer key as people write it: the path, or `@name` for an abstract name.
+fn shown(path: &Path) -> Cow<'_, str> {
+    match abstract_name(path) {
+        Some(name) => Cow::Owned(format!("@{}", String::from_utf8_lossy(name))),
+        None => path.to_string_lossy(),
+    }
+}
+
+/// Sends one datagram to a peer key: a path, or an abstract name.
+async fn send_to_peer(socket: &UnixDatagram, buf: &[u8], path: &Path) -> std::io::Result<usize> {
+    let Some(name) = abstract_name(path) else {
+        return socket.send_to(buf, path).await;
+    };
+    use std::os::fd::AsRawFd;
+    use std::os::linux::net::SocketAddrExt;
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+    let fd = socket.as_raw_fd();
+    socket
+        .async_io(tokio::io::Interest::WRITABLE, || {
+            // SAFETY: `fd` is the socket's, open while `socket` is borrowed; ManuallyDrop keeps
+            // this temporary std view from closing it.
+            let view = std::mem::ManuallyDrop::new(unsafe {
+                <std::os::unix::net::UnixDatagram as std::os::fd::FromRawFd>::from_raw_fd(fd)
+            });
+            view.send_to_addr(buf, &addr)
+        })
+        .await
 }
 
 /// Binds a unix datagram socket at `name` (no stale-file handling: see
@@ -349,7 +402,7 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn bound_peers_get_replies_and_unbound_ones_nothing() {
+    async fn bound_and_abstract_peers_get_replies_and_unbound_ones_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let server_path = dir.path().join("srv.sock");
         let socket = UnixDatagram::bind(&server_path).unwrap();
@@ -393,11 +446,27 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(&buf[..n], b"bye");
+        // A client bound to an abstract name is answered there.
+        let name = format!("sockit-test-{}", std::process::id());
+        let abs = {
+            use std::os::linux::net::SocketAddrExt;
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+            let s = std::os::unix::net::UnixDatagram::bind_addr(&addr).unwrap();
+            s.set_nonblocking(true).unwrap();
+            UnixDatagram::from_std(s).unwrap()
+        };
+        abs.send_to(b"abstract", &server_path).await.unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(5), abs.recv(&mut buf))
+            .await
+            .expect("a reply to the abstract name")
+            .unwrap();
+        assert_eq!(&buf[..n], b"abstract");
         stop.cancel();
         let report = running.await.unwrap();
-        assert_eq!(report.datagrams_in, 6);
-        assert_eq!(report.datagrams_out, 5);
-        // The first client was evicted by the later ones, and came back for its `bye`.
-        assert_eq!((report.peers, report.evicted), (5, 3), "{report:?}");
+        assert_eq!(report.datagrams_in, 7);
+        assert_eq!(report.datagrams_out, 6);
+        // The first client was evicted by the later ones, and came back for its `bye` (which
+        // freed its place for the abstract client).
+        assert_eq!((report.peers, report.evicted), (6, 3), "{report:?}");
     }
 }
