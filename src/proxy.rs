@@ -550,15 +550,21 @@ impl crate::transport::stream::Via for Proxy {
         host: &str,
         port: u16,
         timeout: Duration,
-    ) -> crate::transport::stream::BoxFuture<'static, io::Result<crate::transport::stream::BoxStream>>
-    {
+    ) -> crate::transport::stream::BoxFuture<
+        'static,
+        io::Result<(
+            crate::transport::stream::BoxStream,
+            Option<std::net::SocketAddr>,
+        )>,
+    > {
         let host = parse_host(host).unwrap_or_else(|_| Host::Name(host.to_owned()));
         let target = Target { host, port };
         let proxy = self.clone();
         Box::pin(async move {
             let stream = Proxy::connect(&proxy, &target, timeout).await?;
+            let local = stream.get_ref().local_addr().ok();
             let stream: crate::transport::stream::BoxStream = Box::new(stream);
-            Ok(stream)
+            Ok((stream, local))
         })
     }
 }

@@ -244,6 +244,28 @@ fn socks5_without_auth_reaches_the_server_by_name() {
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "again\n");
+    // connect --exec through the proxy: the program's local address is that of the
+    // connection to the proxy. It reads the echo before exiting (microsocks drops what is
+    // still coming once the client half-closes).
+    let out = sockit(
+        &[
+            "connect",
+            "--proxy",
+            &url,
+            "localhost",
+            &port,
+            "--sh-exec",
+            "echo local $SOCKIT_LOCAL_ADDR ${SOCKIT_LOCAL_PORT:+port}; head -n 1 >&2",
+        ],
+        b"",
+        PATIENCE,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("local 127.0.0.1 port\n"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]

@@ -583,13 +583,14 @@ fn exec_runs_under_tls_and_connect_exec_dials_tls() {
             "--tls",
             "--tls-insecure",
             "--sh-exec",
-            "echo $SOCKIT_PROTO; exec 1>&-; cat >&2",
+            "echo $SOCKIT_PROTO $SOCKIT_LOCAL_ADDR ${SOCKIT_LOCAL_PORT:+port} $TCPLOCALIP; exec 1>&-; cat >&2",
         ],
         "",
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
+    // The local address is the TCP socket's under TLS.
     assert!(
-        text(&out.stderr).contains("tls\nTLS\n"),
+        text(&out.stderr).contains("tls\nTLS 127.0.0.1 PORT 127.0.0.1\n"),
         "{}",
         text(&out.stderr)
     );

@@ -270,12 +270,13 @@ pub trait Via: Send + Sync + 'static {
     fn describe(&self) -> String;
 
     /// Connects to `host:port` through it; `host` is passed as typed (the proxy may resolve it).
+    /// Also returns the local address of the connection to the proxy, if it has one.
     fn connect(
         &self,
         host: &str,
         port: u16,
         timeout: Duration,
-    ) -> BoxFuture<'static, io::Result<BoxStream>>;
+    ) -> BoxFuture<'static, io::Result<(BoxStream, Option<SocketAddr>)>>;
 }
 
 impl fmt::Debug for dyn Via {
@@ -370,38 +371,51 @@ impl Dial {
         addrs: &[SocketAddr],
         timeout: Duration,
     ) -> Result<(BoxStream, PeerAddr), DialError> {
+        let (stream, peer, _) = self.connect_local(addrs, timeout).await?;
+        Ok((stream, peer))
+    }
+
+    /// [`Dial::connect`], also returning the local address of the socket under the layers
+    /// (for a proxy: of the connection to it; none for an unbound unix socket).
+    pub async fn connect_local(
+        &self,
+        addrs: &[SocketAddr],
+        timeout: Duration,
+    ) -> Result<(BoxStream, PeerAddr, Option<PeerAddr>), DialError> {
         let secs = timeout.as_secs_f64();
-        let (mut stream, peer): (BoxStream, PeerAddr) = if let Some(name) = &self.unix {
-            let target = format!("unix:{name}");
-            match tokio::time::timeout(timeout, connect_unix(name)).await {
-                Ok(Ok(s)) => (Box::new(s), PeerAddr::Unix(None)),
-                Ok(Err(error)) => return Err(DialError::Connect { target, error }),
-                Err(_) => return Err(DialError::Timeout { target, secs }),
-            }
-        } else if let Some(via) = &self.via {
-            let (host, port) = match &self.target {
-                Some((host, port)) => (host.clone(), *port),
-                None => match addrs.first() {
-                    Some(a) => (a.ip().to_string(), a.port()),
-                    None => {
-                        return Err(DialError::Connect {
-                            target: via.describe(),
-                            error: io::Error::new(io::ErrorKind::InvalidInput, "no target"),
-                        });
-                    }
-                },
+        let (mut stream, peer, local): (BoxStream, PeerAddr, Option<PeerAddr>) =
+            if let Some(name) = &self.unix {
+                let target = format!("unix:{name}");
+                match tokio::time::timeout(timeout, connect_unix(name)).await {
+                    Ok(Ok(s)) => (Box::new(s), PeerAddr::Unix(None), None),
+                    Ok(Err(error)) => return Err(DialError::Connect { target, error }),
+                    Err(_) => return Err(DialError::Timeout { target, secs }),
+                }
+            } else if let Some(via) = &self.via {
+                let (host, port) = match &self.target {
+                    Some((host, port)) => (host.clone(), *port),
+                    None => match addrs.first() {
+                        Some(a) => (a.ip().to_string(), a.port()),
+                        None => {
+                            return Err(DialError::Connect {
+                                target: via.describe(),
+                                error: io::Error::new(io::ErrorKind::InvalidInput, "no target"),
+                            });
+                        }
+                    },
+                };
+                let target = format!("{host}:{port} via {}", via.describe());
+                // The proxy's own connect and handshake are bounded inside; this bounds the whole.
+                match tokio::time::timeout(timeout * 2, via.connect(&host, port, timeout)).await {
+                    Ok(Ok((s, local))) => (s, PeerAddr::Unix(None), local.map(PeerAddr::Inet)),
+                    Ok(Err(error)) => return Err(DialError::Connect { target, error }),
+                    Err(_) => return Err(DialError::Timeout { target, secs }),
+                }
+            } else {
+                let (s, addr) = connect_tcp_any(addrs, timeout).await?;
+                let local = s.local_addr().ok().map(PeerAddr::Inet);
+                (Box::new(s), PeerAddr::Inet(addr), local)
             };
-            let target = format!("{host}:{port} via {}", via.describe());
-            // The proxy's own connect and handshake are bounded inside; this bounds the whole.
-            match tokio::time::timeout(timeout * 2, via.connect(&host, port, timeout)).await {
-                Ok(Ok(s)) => (s, PeerAddr::Unix(None)),
-                Ok(Err(error)) => return Err(DialError::Connect { target, error }),
-                Err(_) => return Err(DialError::Timeout { target, secs }),
-            }
-        } else {
-            let (s, addr) = connect_tcp_any(addrs, timeout).await?;
-            (Box::new(s), PeerAddr::Inet(addr))
-        };
         if !self.layers.is_empty() {
             let target = self.layer_target(&peer);
             for layer in &self.layers {
@@ -430,7 +444,7 @@ impl Dial {
                 };
             }
         }
-        Ok((stream, peer))
+        Ok((stream, peer, local))
     }
 }
 

@@ -83,12 +83,12 @@ pub async fn connect_exec(
             let local = stream.local_addr().ok().map(PeerAddr::Inet);
             (Box::new(stream), PeerAddr::Inet(addr), local)
         } else {
-            let (stream, peer) = dial.connect(addrs, timeout).await?;
+            let (stream, peer, local) = dial.connect_local(addrs, timeout).await?;
             let peer = match (&dial.unix, peer) {
                 (Some(UnixName::Path(path)), _) => PeerAddr::Unix(Some(path.clone())),
                 (_, peer) => peer,
             };
-            (stream, peer, None)
+            (stream, peer, local)
         };
     tracing::info!("connected to {}: running `{command}`", dial.describe(addrs));
     let env = ExecEnv {
