@@ -855,3 +855,97 @@ fn a_server_that_is_not_a_files_server_is_named_as_such() {
         assert_eq!(err.lines().count(), 1, "{err}");
     }
 }
+
+#[test]
+fn send_get_and_ls_over_tls_and_over_a_unix_socket() {
+    let local = tempfile::tempdir().unwrap();
+    let data = random_bytes(3 << 20, 41);
+    let f = local.path().join("blob.bin");
+    std::fs::write(&f, &data).unwrap();
+    let fs = f.to_str().unwrap();
+
+    // TLS: serve --tls, and clients with --tls or a tls: address.
+    let tls_dir = tempfile::tempdir().unwrap();
+    let server = serve(tls_dir.path(), &["--tls", "--tls-ephemeral"]);
+    let tls_addr = format!("tls:{}", server.addr);
+    let out = sockit(&["send", &tls_addr, fs, "--tls-insecure"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        std::fs::read(tls_dir.path().join("blob.bin")).unwrap(),
+        data
+    );
+    let out = sockit(&["ls", &server.addr.to_string(), "--tls", "--tls-insecure"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("blob.bin"),
+        "{}",
+        text(&out.stdout)
+    );
+    let back = local.path().join("back.bin");
+    let out = sockit(&[
+        "get",
+        &tls_addr,
+        "blob.bin",
+        "-o",
+        back.to_str().unwrap(),
+        "--tls-insecure",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(std::fs::read(&back).unwrap(), data);
+    // An unknown certificate is refused, and a plain client is told the server speaks TLS.
+    let out = sockit(&["send", &tls_addr, fs]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("not signed by a trusted CA"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = send(server.addr, &[&f], &["--timeout", "5"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("answered with TLS"),
+        "{}",
+        text(&out.stderr)
+    );
+    server.stop();
+
+    // A unix socket.
+    let unix_dir = tempfile::tempdir().unwrap();
+    let sock = local.path().join("files.sock");
+    let mut child = Command::new(sockit_bin())
+        .args(["serve", &format!("unix:{}", sock.display())])
+        .args([
+            "--service",
+            "files",
+            "--dir",
+            unix_dir.path().to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the unix server never came up"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    let unix_addr = format!("unix:{}", sock.display());
+    let out = sockit(&["send", &unix_addr, fs]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = sockit(&["ls", &unix_addr, "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("\"blob.bin\""),
+        "{}",
+        text(&out.stdout)
+    );
+    let back2 = local.path().join("back2.bin");
+    let out = sockit(&["get", &unix_addr, "blob.bin", "-o", back2.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(std::fs::read(&back2).unwrap(), data);
+    let _ = child.kill();
+    let _ = child.wait();
+}

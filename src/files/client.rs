@@ -13,9 +13,8 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 use indicatif::ProgressBar;
 use serde::Deserialize;
 use thiserror::Error;
-use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::task::JoinHandle;
 
 use crate::codec::ByteOrder;
@@ -64,6 +63,10 @@ impl From<WireError> for TransferError {
                 "no answer from the server for {}s",
                 d.as_secs_f64()
             )),
+            WireError::HeaderTooLarge(n) if looks_like_tls(*n) => TransferError::Connection(
+                "the server answered with TLS: connect with --tls (or a tls:HOST:PORT address)"
+                    .into(),
+            ),
             WireError::HeaderTooLarge(_) | WireError::Malformed(_) => {
                 TransferError::Connection(format!(
                     "the server's answer is not file transfer ({e}): is it `sockit serve \
@@ -73,6 +76,16 @@ impl From<WireError> for TransferError {
             other => TransferError::Connection(other.to_string()),
         }
     }
+}
+
+/// Whether a frame's 4-byte length, read big-endian, is the start of a TLS record: a content
+/// type of 20-23 (an alert, when a TLS server meets a plain client) and version 3.x.
+fn looks_like_tls(n: u64) -> bool {
+    let Ok(n) = u32::try_from(n) else {
+        return false;
+    };
+    let [kind, major, minor, _] = n.to_be_bytes();
+    (20..=23).contains(&kind) && major == 3 && minor <= 4
 }
 
 fn conn_err(e: io::Error) -> TransferError {
@@ -125,14 +138,23 @@ pub enum Output {
     Stdout,
 }
 
-type Reader = FrameReader<BufReader<OwnedReadHalf>>;
+/// The reading half of the connection: TCP's own half, or a split TLS or unix stream.
+type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
+type Reader = FrameReader<BufReader<ReadHalf>>;
 
 /// A connection to a `files` server.
-#[derive(Debug)]
 pub struct Client {
     reader: Option<Reader>,
-    writer: OwnedWriteHalf,
+    writer: Box<dyn AsyncWrite + Send + Unpin>,
     timeout: Duration,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Client {
@@ -148,7 +170,26 @@ impl Client {
             })?
             .map_err(|e| TransferError::Connection(format!("cannot connect to {addr}: {e}")))?;
         let (rd, wr) = stream.into_split();
-        Ok(Client {
+        Ok(Client::over(Box::new(rd), Box::new(wr), timeout))
+    }
+
+    /// Connects through `dial` (a unix socket, a proxy, TLS) to the first of `addrs` that
+    /// answers; `timeout` bounds each step and every wait for the server.
+    pub async fn connect_dial(
+        dial: &crate::transport::stream::Dial,
+        addrs: &[SocketAddr],
+        timeout: Duration,
+    ) -> Result<Client, TransferError> {
+        let (stream, _) = dial
+            .connect(addrs, timeout)
+            .await
+            .map_err(|e| TransferError::Connection(e.to_string()))?;
+        let (rd, wr) = tokio::io::split(stream);
+        Ok(Client::over(Box::new(rd), Box::new(wr), timeout))
+    }
+
+    fn over(rd: ReadHalf, wr: Box<dyn AsyncWrite + Send + Unpin>, timeout: Duration) -> Client {
+        Client {
             reader: Some(FrameReader::new(
                 BufReader::with_capacity(256 * 1024, rd),
                 ByteOrder::Big,
@@ -156,7 +197,7 @@ impl Client {
             )),
             writer: wr,
             timeout,
-        })
+        }
     }
 
     fn reader(&mut self) -> Result<&mut Reader, TransferError> {

@@ -205,7 +205,7 @@ impl RelayArgs {
 /// `sockit send`.
 #[derive(Debug, Args)]
 pub struct SendArgs {
-    /// Server address: HOST PORT, or one argument HOST:PORT or [V6]:PORT
+    /// Server address: HOST PORT, HOST:PORT, [V6]:PORT, tls:HOST:PORT or unix:PATH
     #[arg(value_name = "ADDR")]
     pub addr: String,
     /// The server's PORT (unless ADDR has it), then the files to upload
@@ -217,12 +217,14 @@ pub struct SendArgs {
     /// Seconds to wait for the connection and for each answer
     #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_positive_secs)]
     pub timeout: Duration,
+    #[command(flatten)]
+    pub tls: crate::tls_args::ClientTls,
 }
 
 /// `sockit get`.
 #[derive(Debug, Args)]
 pub struct GetArgs {
-    /// Server address: HOST PORT, or one argument HOST:PORT or [V6]:PORT
+    /// Server address: HOST PORT, HOST:PORT, [V6]:PORT, tls:HOST:PORT or unix:PATH
     #[arg(value_name = "ADDR")]
     pub addr: String,
     /// The server's PORT (unless ADDR has it), then the NAME to download
@@ -235,12 +237,14 @@ pub struct GetArgs {
     /// Seconds to wait for the connection and for each answer
     #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_positive_secs)]
     pub timeout: Duration,
+    #[command(flatten)]
+    pub tls: crate::tls_args::ClientTls,
 }
 
 /// `sockit ls`.
 #[derive(Debug, Args)]
 pub struct LsArgs {
-    /// Server address: HOST PORT, or one argument HOST:PORT or [V6]:PORT
+    /// Server address: HOST PORT, HOST:PORT, [V6]:PORT, tls:HOST:PORT or unix:PATH
     #[arg(value_name = "ADDR")]
     pub addr: String,
     /// Server port, when ADDR is a host alone
@@ -252,6 +256,8 @@ pub struct LsArgs {
     /// Seconds to wait for the connection and for each answer
     #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_positive_secs)]
     pub timeout: Duration,
+    #[command(flatten)]
+    pub tls: crate::tls_args::ClientTls,
 }
 
 /// Splits `ADDR [PORT] REST...`: when ADDR carries no port, the first of the rest is the port.
@@ -271,10 +277,10 @@ pub fn file_server_address(addr: &str, first: Option<&str>) -> Result<(Address, 
         },
     };
     match address.scheme {
-        Scheme::Tcp => {}
+        Scheme::Tcp | Scheme::Tls | Scheme::Unix => {}
         other => {
             return Err(format!(
-                "'{addr}': file transfer runs over plain TCP, not {other:?}"
+                "'{addr}': file transfer runs over a stream (TCP, TLS or a unix socket), not {other:?}"
             ));
         }
     }

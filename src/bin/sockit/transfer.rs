@@ -8,16 +8,50 @@ use anyhow::{Result, bail};
 use sockit::files::client::{Client, Listed, Output, TransferError, format_mtime};
 use sockit::files::{FileName, progress_bar, summary};
 use sockit::logging::stderr_line;
-use sockit::net::Address;
+use sockit::net::{Address, Endpoint, Scheme};
+use sockit::transport::stream::Dial;
 
 use crate::cli::{GetArgs, LsArgs, SendArgs};
+use crate::tls_args::ClientTls;
 use crate::{fail_after, print_line, resolve_all};
 
-async fn resolve_address(address: &Address) -> Result<std::net::SocketAddr> {
-    let Some((host, port)) = address.inet() else {
-        bail!("file transfer needs a HOST and PORT");
-    };
-    Ok(resolve_all(host, port).await?[0])
+/// Where the file server is and how to reach it: a plain TCP address, or a dial that goes
+/// over a unix socket and/or TLS (by `--tls` or a `tls:` address).
+enum Server {
+    Tcp(std::net::SocketAddr),
+    Dial(Dial, Vec<std::net::SocketAddr>),
+}
+
+impl Server {
+    async fn resolve(address: &Address, tls: &ClientTls) -> Result<Server> {
+        let tls = tls.build(address.scheme == Scheme::Tls, false)?;
+        let mut dial = Dial::default();
+        let (addrs, host) = match (&address.endpoint, address.inet()) {
+            (Endpoint::Unix(name), _) => {
+                dial.unix = Some(name.clone());
+                // No host to check a certificate against: sockit's own name `localhost`.
+                (Vec::new(), ("localhost".to_owned(), 0))
+            }
+            (_, Some((host, port))) => (resolve_all(host, port).await?, (host.to_string(), port)),
+            (_, None) => bail!("file transfer needs a HOST and PORT, or unix:PATH"),
+        };
+        match tls {
+            None if dial.unix.is_none() => Ok(Server::Tcp(addrs[0])),
+            None => Ok(Server::Dial(dial, addrs)),
+            Some(client) => {
+                dial.target = Some(host);
+                dial.layers.push(client);
+                Ok(Server::Dial(dial, addrs))
+            }
+        }
+    }
+
+    async fn connect(&self, timeout: std::time::Duration) -> Result<Client, TransferError> {
+        match self {
+            Server::Tcp(addr) => Client::connect(*addr, timeout).await,
+            Server::Dial(dial, addrs) => Client::connect_dial(dial, addrs, timeout).await,
+        }
+    }
 }
 
 /// `sockit send`: every PATH in order over one connection (a new one after a failure that
@@ -34,13 +68,13 @@ pub async fn send(args: SendArgs) -> Result<()> {
     if plan.is_empty() && failures.is_empty() {
         bail!("nothing to send: the directories given hold no files");
     }
-    let addr = resolve_address(&address).await?;
+    let server = Server::resolve(&address, &args.tls).await?;
     let visible = std::io::stderr().is_terminal();
     let mut client: Option<Client> = None;
     for (path, name) in plan {
         let conn = match &mut client {
             Some(c) => c,
-            None => match Client::connect(addr, args.timeout).await {
+            None => match server.connect(args.timeout).await {
                 Ok(c) => client.insert(c),
                 Err(e) => {
                     failures.push(e.to_string());
@@ -174,8 +208,8 @@ pub async fn get(args: GetArgs) -> Result<()> {
         Some(p) => Output::File(p.clone()),
         None => Output::File(PathBuf::from(last)),
     };
-    let addr = resolve_address(&address).await?;
-    let mut client = Client::connect(addr, args.timeout).await?;
+    let server = Server::resolve(&address, &args.tls).await?;
+    let mut client = server.connect(args.timeout).await?;
     let bar = progress_bar(0, name, std::io::stderr().is_terminal());
     match client.get_file(name, &output, &bar).await {
         Ok(done) => {
@@ -205,8 +239,8 @@ pub async fn get(args: GetArgs) -> Result<()> {
 /// `sockit ls`.
 pub async fn ls(args: LsArgs) -> Result<()> {
     let address = args.address().map_err(anyhow::Error::msg)?;
-    let addr = resolve_address(&address).await?;
-    let mut client = Client::connect(addr, args.timeout).await?;
+    let server = Server::resolve(&address, &args.tls).await?;
+    let mut client = server.connect(args.timeout).await?;
     let mut failed = None;
     let json = args.json;
     client
