@@ -210,55 +210,33 @@ fn socks5_without_auth_reaches_the_server_by_name() {
         return;
     };
     let server = ServeProcess::start(&[]);
-    let url = format!("socks5://127.0.0.1:{}", proxy.port);
     let port = server.addr.port().to_string();
-    let out = sockit(
-        &[
-            "connect",
-            "--proxy",
-            &url,
-            "localhost",
-            &port,
-            "-m",
-            "hello",
-        ],
-        b"",
-        PATIENCE,
+    // `connect --proxy URL localhost PORT ARGS…`
+    let via = |url: &str, args: &[&str]| {
+        let mut all = vec!["connect", "--proxy", url, "localhost", &port];
+        all.extend_from_slice(args);
+        sockit(&all, b"", PATIENCE)
+    };
+    let out = via(
+        &format!("socks5://127.0.0.1:{}", proxy.port),
+        &["-m", "hello"],
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "hello\n");
     // socks5h:// is the same thing.
     let url = format!("socks5h://127.0.0.1:{}", proxy.port);
-    let out = sockit(
-        &[
-            "connect",
-            "--proxy",
-            &url,
-            "localhost",
-            &port,
-            "-m",
-            "again",
-        ],
-        b"",
-        PATIENCE,
-    );
+    let out = via(&url, &["-m", "again"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "again\n");
     // connect --exec through the proxy: the program's local address is that of the
     // connection to the proxy. It reads the echo before exiting (microsocks drops what is
     // still coming once the client half-closes).
-    let out = sockit(
+    let out = via(
+        &url,
         &[
-            "connect",
-            "--proxy",
-            &url,
-            "localhost",
-            &port,
             "--sh-exec",
             "echo local $SOCKIT_LOCAL_ADDR ${SOCKIT_LOCAL_PORT:+port}; head -n 1 >&2",
         ],
-        b"",
-        PATIENCE,
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(

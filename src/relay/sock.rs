@@ -31,21 +31,7 @@ impl Sock {
         interest: Interest,
         mut f: impl FnMut() -> io::Result<R>,
     ) -> io::Result<R> {
-        loop {
-            let ready = match self {
-                Sock::Tcp(s) => s.ready(interest).await,
-                Sock::Unix(s) => s.ready(interest).await,
-            };
-            ready?;
-            let r = match self {
-                Sock::Tcp(s) => s.try_io(interest, &mut f),
-                Sock::Unix(s) => s.try_io(interest, &mut f),
-            };
-            match r {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                r => return r,
-            }
-        }
+        self.io_drain(interest, |_| f()).await
     }
 
     /// Like [`Sock::io`], but `f` may set its flag to say it emptied the socket's queue (a
