@@ -702,6 +702,52 @@ fn udp_bursts_from_several_clients_arrive_complete_and_in_order() {
 }
 
 #[test]
+fn udp_and_tcp_relay_over_ipv6() {
+    // The batched receive decodes IPv6 senders as well as IPv4 ones.
+    let Ok(target) = UdpSocket::bind("[::1]:0") else {
+        return; // no IPv6 loopback here
+    };
+    let target_addr = target.local_addr().unwrap();
+    thread::spawn(move || {
+        let mut buf = [0u8; 65536];
+        while let Ok((n, from)) = target.recv_from(&mut buf) {
+            let _ = target.send_to(&buf[..n], from);
+        }
+    });
+    let relay = Relay::start("udp:[::1]:0", &format!("udp:{target_addr}"), &[]);
+    assert!(relay.addr.is_ipv6(), "{}", relay.addr);
+    for k in 0..2 {
+        let c = UdpSocket::bind("[::1]:0").unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c.send_to(format!("six {k}").as_bytes(), relay.addr)
+            .unwrap();
+        assert_eq!(
+            recv(&c),
+            Some(format!("six {k}").into_bytes()),
+            "client {k}"
+        );
+    }
+    let echo = TcpListener::bind("[::1]:0").unwrap();
+    let echo_addr = echo.local_addr().unwrap();
+    thread::spawn(move || {
+        for s in echo.incoming() {
+            let Ok(mut s) = s else { break };
+            thread::spawn(move || {
+                let mut r = s.try_clone().unwrap();
+                let _ = std::io::copy(&mut r, &mut s);
+            });
+        }
+    });
+    let relay = Relay::start("[::1]:0", &echo_addr.to_string(), &[]);
+    let mut s = TcpStream::connect(relay.addr).unwrap();
+    s.write_all(b"over v6").unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut got = String::new();
+    s.read_to_string(&mut got).unwrap();
+    assert_eq!(got, "over v6");
+}
+
+#[test]
 fn udp_faults_duplicate_drop_truncate_corrupt_blackhole() {
     let got = numbered(&["--fault", "up:duplicate=100%"], 5);
     assert_eq!(got.len(), 10, "every datagram twice");
