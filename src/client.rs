@@ -392,6 +392,13 @@ where
                         break Err(e);
                     }
                     total += chunk.len() as u64;
+                    // Nothing more to send now: push out what a layer (TLS) still holds, or
+                    // a line typed at a terminal could wait for the next one.
+                    if in_rx.is_empty() {
+                        if let Err(e) = wr.flush().await {
+                            break Err(e);
+                        }
+                    }
                 }
             }
         };

@@ -859,7 +859,7 @@ fn a_server_that_is_not_a_files_server_is_named_as_such() {
 #[test]
 fn send_get_and_ls_over_tls_and_over_a_unix_socket() {
     let local = tempfile::tempdir().unwrap();
-    let data = random_bytes(3 << 20, 41);
+    let data = random_bytes(16 << 20, 41);
     let f = local.path().join("blob.bin");
     std::fs::write(&f, &data).unwrap();
     let fs = f.to_str().unwrap();

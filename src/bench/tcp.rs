@@ -84,16 +84,20 @@ impl Request {
 
     async fn write<W: AsyncWrite + Unpin>(&self, out: &mut W) -> io::Result<()> {
         if let Some(whole) = &self.whole {
-            return out.write_all(whole).await;
+            out.write_all(whole).await?;
+        } else {
+            out.write_all(&self.head).await?;
+            let mut left = self.size;
+            while left > 0 {
+                let n = left.min(self.fill.len());
+                out.write_all(&self.fill[..n]).await?;
+                left -= n;
+            }
+            out.write_all(self.tail).await?;
         }
-        out.write_all(&self.head).await?;
-        let mut left = self.size;
-        while left > 0 {
-            let n = left.min(self.fill.len());
-            out.write_all(&self.fill[..n]).await?;
-            left -= n;
-        }
-        out.write_all(self.tail).await
+        // The request must leave before its reply is awaited: TLS may still hold its last
+        // records when the socket was full. (A no-op on TCP.)
+        out.flush().await
     }
 }
 

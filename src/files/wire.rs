@@ -320,16 +320,38 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(
     // Small bodies go in the same write as their header; large ones follow it directly.
     if body.len() <= 16 * 1024 {
         first.extend_from_slice(body);
-        w.write_all(&first).await
+        w.write_all(&first).await?;
     } else {
         w.write_all(&first).await?;
-        w.write_all(body).await
+        w.write_all(body).await?;
     }
+    // A layer such as TLS may still hold the frame's last records when the socket was full:
+    // a frame must leave before its writer goes on to wait for an answer. (A no-op on TCP.)
+    w.flush().await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_frame_leaves_a_buffering_writer_before_write_frame_returns() {
+        // TLS holds records the socket could not take; a BufWriter stands in for it. The peer
+        // must get the whole frame with nothing written after it.
+        let (a, b) = tokio::io::duplex(1 << 20);
+        let mut w = tokio::io::BufWriter::new(a);
+        write_frame(&mut w, ByteOrder::Big, &Head::new(Op::Ok), b"done")
+            .await
+            .unwrap();
+        let mut r = FrameReader::new(b, ByteOrder::Big, Some(Duration::from_secs(5)));
+        let h = tokio::time::timeout(Duration::from_secs(5), r.head())
+            .await
+            .expect("the frame arrived without a later write")
+            .unwrap()
+            .unwrap();
+        assert_eq!((h.op, h.len), (Op::Ok, 4));
+        drop(w);
+    }
 
     #[tokio::test]
     async fn a_frame_round_trips_in_both_orders() {
