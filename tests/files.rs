@@ -948,4 +948,45 @@ fn send_get_and_ls_over_tls_and_over_a_unix_socket() {
     assert_eq!(std::fs::read(&back2).unwrap(), data);
     let _ = child.kill();
     let _ = child.wait();
+
+    // TLS over a unix socket, with the send line the banner prints (its --tls --tls-pin).
+    let sock2 = local.path().join("tls-files.sock");
+    let mut child = Command::new(sockit_bin())
+        .args(["serve", &format!("unix:{}", sock2.display()), "--tls"])
+        .args(["--tls-ephemeral", "--service", "files", "--dir"])
+        .arg(unix_dir.path())
+        .arg("--overwrite")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut banner = std::io::BufReader::new(child.stdout.take().unwrap());
+    let use_line = loop {
+        let mut line = String::new();
+        let n = std::io::BufRead::read_line(&mut banner, &mut line).unwrap();
+        assert!(n > 0, "the banner has no use: line");
+        if let Some(rest) = line.strip_prefix("use: sockit ") {
+            break rest.split("  |").next().unwrap().to_owned();
+        }
+    };
+    let args: Vec<String> = use_line
+        .split_whitespace()
+        .map(|w| {
+            if w == "FILE..." {
+                fs.to_owned()
+            } else {
+                w.to_owned()
+            }
+        })
+        .collect();
+    assert!(args.contains(&"--tls-pin".to_owned()), "{use_line}");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = sockit(&args);
+    assert!(out.status.success(), "{use_line}: {}", text(&out.stderr));
+    assert_eq!(
+        std::fs::read(unix_dir.path().join("blob.bin")).unwrap(),
+        data
+    );
+    let _ = child.kill();
+    let _ = child.wait();
 }

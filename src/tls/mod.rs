@@ -230,6 +230,15 @@ impl TlsServer {
         lines
     }
 
+    /// What a client passes to `--tls-pin` for this server (its public key's fingerprint, else
+    /// its certificate's).
+    pub fn pin(&self) -> String {
+        match self.leaf.spki {
+            Some(spki) => spki.to_string(),
+            None => self.leaf.fingerprint.to_string(),
+        }
+    }
+
     /// The handshake timeout.
     pub fn handshake_timeout(&self) -> Duration {
         self.timeout

@@ -580,7 +580,20 @@ fn print_banner(
             (false, Framing::Line) => ("line framing".to_owned(), String::new()),
             (false, f) => (format!("{f} framing"), format!(" --framing {f}")),
         };
-        if let Some(tls) = TLS_BANNER.get() {
+        if matches!(kind, Label::Service(ServiceKind::Files)) {
+            let tls = TLS_BANNER.get();
+            writeln!(
+                out,
+                "sockit: {kind} listening on unix {name} ({}header framing)",
+                if tls.is_some() { "tls, " } else { "" }
+            )?;
+            if let Some(tls) = tls {
+                for line in tls.banner_at(&format!("unix:{name}"), " --framing header") {
+                    writeln!(out, "{line}")?;
+                }
+            }
+            writeln!(out, "{}", files_hint(&format!("unix:{name}"), tls))?;
+        } else if let Some(tls) = TLS_BANNER.get() {
             writeln!(out, "sockit: {kind} listening on unix {name} (tls, {how})")?;
             for line in tls.banner_at(&format!("unix:{name}"), &framing_flag) {
                 writeln!(out, "{line}")?;
@@ -663,10 +676,12 @@ fn print_banner(
         )?;
     }
     if files {
-        writeln!(
-            out,
-            "use: sockit send {reach} {port} FILE...  |  sockit get {reach} {port} NAME  |  sockit ls {reach} {port}"
-        )?;
+        let place = match tls {
+            Some(_) if reach.contains(':') => format!("tls:[{reach}]:{port}"),
+            Some(_) => format!("tls:{reach}:{port}"),
+            None => format!("{reach} {port}"),
+        };
+        writeln!(out, "{}", files_hint(&place, tls))?;
         out.flush()?;
         return Ok(());
     }
@@ -688,6 +703,22 @@ fn print_banner(
     }
     out.flush()?;
     Ok(())
+}
+
+/// The banner line of a files server reached as `place`, pinning its certificate under TLS.
+fn files_hint(place: &str, tls: Option<&sockit::tls::TlsServer>) -> String {
+    // A tls: address says TLS by itself; a unix: one needs --tls.
+    let flag = if place.starts_with("unix:") {
+        " --tls"
+    } else {
+        ""
+    };
+    let pin = tls
+        .map(|t| format!("{flag} --tls-pin {}", t.pin()))
+        .unwrap_or_default();
+    format!(
+        "use: sockit send {place} FILE...{pin}  |  sockit get {place} NAME{pin}  |  sockit ls {place}{pin}"
+    )
 }
 
 /// Re-reads the service's files (knowledge base, users) on every SIGHUP, off the async threads:
