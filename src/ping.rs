@@ -1,6 +1,8 @@
 //! `sockit ping`: connect-time ping, like tcping. Each TCP probe times a full connect (SYN to
-//! established) and closes the connection; each UDP probe sends a small datagram from a fresh
-//! socket to a sockit echo or ack service and times the first reply. Refused and timed-out
+//! established) and closes the connection; a TLS probe times the connect and the whole TLS
+//! handshake (certificate checks included); a unix probe times a connect to the socket; each
+//! UDP probe sends a small datagram from a fresh socket to a sockit echo or ack service and
+//! times the first reply. Refused and timed-out
 //! probes are reported as such and counted as lost; the summary gives sent, received, loss and
 //! min/avg/max/mdev of the round-trip times, like `ping`.
 
@@ -16,13 +18,31 @@ use tokio_util::sync::CancellationToken;
 /// Default number of probes.
 pub const DEFAULT_COUNT: u64 = 4;
 
+/// What a probe does.
+#[derive(Clone, Debug)]
+pub enum Probing {
+    /// A TCP connect to the address.
+    Tcp(SocketAddr),
+    /// A datagram to the address and its reply.
+    Udp(SocketAddr),
+    /// A connect through a dial (a unix socket, TLS): `protocol` names it (`unix`, `tls`).
+    Dial {
+        /// How to connect.
+        dial: crate::transport::stream::Dial,
+        /// The addresses it tries (none for a unix socket).
+        addrs: Vec<SocketAddr>,
+        /// `unix` or `tls`.
+        protocol: &'static str,
+    },
+}
+
 /// What to ping and how.
 #[derive(Clone, Debug)]
 pub struct PingConfig {
-    /// The address probed.
-    pub addr: SocketAddr,
-    /// UDP (a datagram and its reply) instead of a TCP connect.
-    pub udp: bool,
+    /// The address probed, as shown (`127.0.0.1:443`, `unix:/run/app.sock`).
+    pub name: String,
+    /// What each probe does.
+    pub probing: Probing,
     /// Probes to send; `None` until cancelled.
     pub count: Option<u64>,
     /// Time between the starts of two probes.
@@ -35,7 +55,7 @@ pub struct PingConfig {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
-    /// TCP: the connection was established.
+    /// TCP, unix, TLS: the connection was established (with TLS: the handshake finished).
     Connected,
     /// UDP: a reply came back.
     Reply,
@@ -54,8 +74,8 @@ pub struct Probe {
     #[serde(rename = "type")]
     pub kind: &'static str,
     /// The address probed.
-    pub address: SocketAddr,
-    /// `tcp` or `udp`.
+    pub address: String,
+    /// `tcp`, `udp`, `tls` or `unix`.
     pub protocol: &'static str,
     /// 1, 2, 3, …
     pub seq: u64,
@@ -80,7 +100,7 @@ impl Probe {
 
 impl fmt::Display for Probe {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let (addr, seq) = (self.address, self.seq);
+        let (addr, seq) = (&self.address, self.seq);
         match (&self.status, self.time_ms) {
             (Status::Connected, Some(ms)) => {
                 write!(f, "connected to {addr}: seq={seq} time={ms:.3} ms")
@@ -108,8 +128,8 @@ pub struct Summary {
     #[serde(rename = "type")]
     pub kind: &'static str,
     /// The address probed.
-    pub address: SocketAddr,
-    /// `tcp` or `udp`.
+    pub address: String,
+    /// `tcp`, `udp`, `tls` or `unix`.
     pub protocol: &'static str,
     /// Probes sent.
     pub sent: u64,
@@ -138,8 +158,8 @@ pub struct Summary {
 impl Summary {
     /// Builds the summary of `probes`.
     pub fn of(
-        addr: SocketAddr,
-        udp: bool,
+        address: String,
+        protocol: &'static str,
         probes: &[Probe],
         elapsed: Duration,
         interrupted: bool,
@@ -163,8 +183,8 @@ impl Summary {
         let count = |s: Status| probes.iter().filter(|p| p.status == s).count() as u64;
         Summary {
             kind: "summary",
-            address: addr,
-            protocol: protocol(udp),
+            address,
+            protocol,
             sent,
             received,
             loss_percent: if sent == 0 {
@@ -221,8 +241,15 @@ fn ms(x: f64) -> f64 {
     (x * 1e3).round() / 1e3
 }
 
-fn protocol(udp: bool) -> &'static str {
-    if udp { "udp" } else { "tcp" }
+impl Probing {
+    /// `tcp`, `udp`, `unix` or `tls`.
+    pub fn protocol(&self) -> &'static str {
+        match self {
+            Probing::Tcp(_) => "tcp",
+            Probing::Udp(_) => "udp",
+            Probing::Dial { protocol, .. } => protocol,
+        }
+    }
 }
 
 /// Runs the probes, calling `on_probe` after each; stops early when `cancel` fires (the probe
@@ -254,8 +281,8 @@ pub async fn run(
         }
     }
     Ok(Summary::of(
-        config.addr,
-        config.udp,
+        config.name.clone(),
+        config.probing.protocol(),
         &probes,
         start.elapsed(),
         interrupted,
@@ -265,16 +292,18 @@ pub async fn run(
 /// One probe.
 async fn probe_once(config: &PingConfig, seq: u64) -> Probe {
     let began = Instant::now();
-    let outcome = if config.udp {
-        tokio::time::timeout(config.timeout, udp_probe(config.addr, seq)).await
-    } else {
-        tokio::time::timeout(config.timeout, tcp_probe(config.addr)).await
+    let outcome = match &config.probing {
+        Probing::Udp(addr) => tokio::time::timeout(config.timeout, udp_probe(*addr, seq)).await,
+        Probing::Tcp(addr) => tokio::time::timeout(config.timeout, tcp_probe(*addr)).await,
+        Probing::Dial { dial, addrs, .. } => {
+            tokio::time::timeout(config.timeout, dial_probe(dial, addrs, config.timeout)).await
+        }
     };
     let elapsed_ms = ms(began.elapsed().as_secs_f64() * 1e3);
     let mut probe = Probe {
         kind: "probe",
-        address: config.addr,
-        protocol: protocol(config.udp),
+        address: config.name.clone(),
+        protocol: config.probing.protocol(),
         seq,
         status: Status::Error,
         time_ms: None,
@@ -283,7 +312,7 @@ async fn probe_once(config: &PingConfig, seq: u64) -> Probe {
     };
     match outcome {
         Ok(Ok(())) => {
-            probe.status = if config.udp {
+            probe.status = if matches!(config.probing, Probing::Udp(_)) {
                 Status::Reply
             } else {
                 Status::Connected
@@ -292,6 +321,10 @@ async fn probe_once(config: &PingConfig, seq: u64) -> Probe {
         }
         Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => {
             probe.status = Status::Refused;
+        }
+        Ok(Err(e)) if e.kind() == io::ErrorKind::TimedOut => {
+            probe.status = Status::Timeout;
+            probe.timeout_ms = Some(config.timeout.as_secs_f64() * 1e3);
         }
         Ok(Err(e)) => probe.error = Some(e.to_string()),
         Err(_) => {
@@ -314,6 +347,24 @@ async fn tcp_probe(addr: SocketAddr) -> io::Result<()> {
         ));
     }
     Ok(())
+}
+
+/// Connects through `dial` (a unix socket, or TCP and a TLS handshake) and closes. A refused
+/// connect keeps its kind, so it counts as refused; a failed handshake is an error that says why.
+async fn dial_probe(
+    dial: &crate::transport::stream::Dial,
+    addrs: &[SocketAddr],
+    timeout: Duration,
+) -> io::Result<()> {
+    use crate::transport::stream::DialError;
+    match dial.connect(addrs, timeout).await {
+        Ok(_) => Ok(()),
+        Err(DialError::Connect { error, .. }) => Err(error),
+        Err(e @ DialError::Timeout { .. }) => {
+            Err(io::Error::new(io::ErrorKind::TimedOut, e.to_string()))
+        }
+        Err(e) => Err(io::Error::other(e.to_string())),
+    }
 }
 
 /// Sends `sockit ping seq=N` from a fresh socket and waits for any reply to it.
@@ -349,7 +400,7 @@ mod tests {
     fn probe(status: Status, time_ms: Option<f64>) -> Probe {
         Probe {
             kind: "probe",
-            address: "127.0.0.1:9".parse().unwrap(),
+            address: "127.0.0.1:9".into(),
             protocol: "tcp",
             seq: 1,
             status,
@@ -368,8 +419,8 @@ mod tests {
             probe(Status::Timeout, None),
         ];
         let s = Summary::of(
-            probes[0].address,
-            false,
+            probes[0].address.clone(),
+            "tcp",
             &probes,
             Duration::from_secs(3),
             false,
@@ -393,8 +444,8 @@ mod tests {
     #[test]
     fn no_replies_no_times() {
         let s = Summary::of(
-            "127.0.0.1:9".parse().unwrap(),
-            true,
+            "127.0.0.1:9".into(),
+            "udp",
             &[probe(Status::Refused, None)],
             Duration::ZERO,
             false,
@@ -402,7 +453,7 @@ mod tests {
         assert_eq!(s.loss_percent, 100.0);
         assert_eq!(s.avg_ms, None);
         assert!(!s.to_string().contains("rtt"));
-        let empty = Summary::of(s.address, true, &[], Duration::ZERO, true);
+        let empty = Summary::of(s.address, "udp", &[], Duration::ZERO, true);
         assert_eq!(empty.loss_percent, 0.0);
     }
 

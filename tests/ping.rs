@@ -223,3 +223,73 @@ fn ctrl_c_ends_an_endless_ping_with_the_summary() {
     assert!(rest.contains("0.0% loss"), "{rest}");
     assert!(rest.contains("rtt min/avg/max/mdev"), "{rest}");
 }
+
+#[test]
+fn tls_probes_time_the_handshake_and_unix_probes_the_socket() {
+    // TLS: each probe is a connect and a full handshake with the certificate checked.
+    let server = ServeProcess::start(&["--tls", "--tls-ephemeral"]);
+    let tls_addr = format!("tls:{}", server.addr);
+    let out = ping(&[
+        &tls_addr,
+        "-c",
+        "2",
+        "-i",
+        "0.05",
+        "--tls-insecure",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let lines = json_lines(&out);
+    for probe in &lines[..2] {
+        assert_eq!(probe["protocol"], "tls");
+        assert_eq!(probe["status"], "connected", "{probe}");
+        assert!(probe["time_ms"].as_f64().unwrap() > 0.0);
+    }
+    assert_eq!(lines[2]["received"], 2);
+    // An unknown certificate fails every probe, with the reason, and exits 1.
+    let out = ping(&[&tls_addr, "-c", "1"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("not signed by a trusted CA"), "{text}");
+    // A plain TCP server does not finish a handshake.
+    let plain = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = plain.local_addr().unwrap().port().to_string();
+    let out = ping(&[
+        "127.0.0.1",
+        &port,
+        "--tls",
+        "--tls-insecure",
+        "-c",
+        "1",
+        "--timeout",
+        "0.5",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    server.stop();
+
+    // unix: a live socket is connected to; a stale socket file refuses.
+    let dir = tempfile::tempdir().unwrap();
+    let live = dir.path().join("live.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&live).unwrap();
+    let out = ping(&[
+        &format!("unix:{}", live.display()),
+        "-c",
+        "2",
+        "-i",
+        "0.05",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let lines = json_lines(&out);
+    assert_eq!(lines[0]["protocol"], "unix");
+    assert_eq!(lines[0]["address"], format!("unix:{}", live.display()));
+    assert_eq!(lines[2]["received"], 2);
+    let stale = dir.path().join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    let out = ping(&[&format!("unix:{}", stale.display()), "-c", "1", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(json_lines(&out)[1]["refused"], 1);
+    // A unix stream socket cannot be pinged with --udp.
+    let out = ping(&[&format!("unix:{}", live.display()), "--udp"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}

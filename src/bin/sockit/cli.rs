@@ -414,19 +414,28 @@ pub struct PingArgs {
     /// One JSON object per probe, then one for the summary
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub tls: crate::tls_args::ClientTls,
 }
 
 impl PingArgs {
-    /// The validated target: host and a non-zero port.
-    pub fn target(&self) -> Result<(Host, u16), String> {
-        let address = parse_address(&self.host, self.port.as_deref(), None)?;
-        check_scheme(&address, &self.host, self.udp)?;
-        match address.endpoint {
-            Endpoint::Inet { port: 0, .. } => {
+    /// The validated target: `HOST PORT` (any scheme but unixgram and rudp) or `unix:PATH`.
+    pub fn target(&self) -> Result<Address, String> {
+        let address = if self.port.is_none() && self.host.to_ascii_lowercase().starts_with("unix") {
+            Address::parse(&self.host, None).map_err(|e| e.to_string())?
+        } else {
+            parse_address(&self.host, self.port.as_deref(), None)?
+        };
+        check_scheme_or_tls(&address, &self.host, self.udp, false)?;
+        match (&address.scheme, &address.endpoint) {
+            (Scheme::Unixgram | Scheme::Rudp, _) => Err(format!(
+                "'{}': ping probes TCP, TLS, UDP or a unix stream socket",
+                self.host
+            )),
+            (_, Endpoint::Inet { port: 0, .. }) => {
                 Err("port 0 cannot be pinged (ports are 1-65535)".into())
             }
-            Endpoint::Inet { host, port } => Ok((host, port)),
-            Endpoint::Unix(_) => Err("unix sockets are not supported".into()),
+            _ => Ok(address),
         }
     }
 

@@ -1177,20 +1177,74 @@ async fn resolve_names(args: ResolveArgs) -> Result<()> {
 
 /// `sockit ping`: one line per probe, then the summary; exit 1 when no probe got an answer.
 async fn ping(args: PingArgs) -> Result<()> {
-    use sockit::ping::{self, PingConfig};
-    let (host, port) = args.target().map_err(anyhow::Error::msg)?;
-    let addr = resolve_all(&host, port).await?[0];
+    use sockit::net::{Endpoint, Scheme};
+    use sockit::ping::{self, PingConfig, Probing};
+    let address = args.target().map_err(anyhow::Error::msg)?;
     let udp = args.is_udp();
+    let tls = args.tls.build(address.scheme == Scheme::Tls, false)?;
+    if tls.is_some() && udp {
+        bail!("TLS runs over TCP: it cannot be used with --udp");
+    }
+    let (name, shown, probing) = match (&address.endpoint, tls) {
+        (Endpoint::Unix(name), tls) => {
+            let mut dial = sockit::transport::stream::Dial {
+                unix: Some(name.clone()),
+                ..Default::default()
+            };
+            let protocol = match tls {
+                Some(client) => {
+                    // No host to check: sockit's own certificates name `localhost`.
+                    dial.target = Some(("localhost".to_owned(), 0));
+                    dial.layers.push(client);
+                    "tls"
+                }
+                None => "unix",
+            };
+            let place = format!("unix:{name}");
+            (
+                place.clone(),
+                place,
+                Probing::Dial {
+                    dial,
+                    addrs: Vec::new(),
+                    protocol,
+                },
+            )
+        }
+        (Endpoint::Inet { host, port }, tls) => {
+            let addr = resolve_all(host, *port).await?[0];
+            let shown = format!("{host} ({addr})");
+            let probing = match tls {
+                Some(client) => Probing::Dial {
+                    dial: sockit::transport::stream::Dial {
+                        target: Some((host.to_string(), *port)),
+                        layers: vec![client],
+                        ..Default::default()
+                    },
+                    addrs: vec![addr],
+                    protocol: "tls",
+                },
+                None if udp => Probing::Udp(addr),
+                None => Probing::Tcp(addr),
+            };
+            (addr.to_string(), shown, probing)
+        }
+    };
     let config = PingConfig {
-        addr,
-        udp,
+        name: name.clone(),
+        probing,
         count: (!args.forever).then_some(args.count),
         interval: args.interval,
         timeout: args.timeout,
     };
     if !args.json {
-        let via = if udp { "udp round trip" } else { "tcp connect" };
-        print_line(&format!("PING {host} ({addr}) {via}"))?;
+        let via = match config.probing.protocol() {
+            "udp" => "udp round trip",
+            "tls" => "tls connect and handshake",
+            "unix" => "unix connect",
+            _ => "tcp connect",
+        };
+        print_line(&format!("PING {shown} {via}"))?;
     }
     let json = args.json;
     let cancel = interrupt_token()?;
@@ -1211,7 +1265,7 @@ async fn ping(args: PingArgs) -> Result<()> {
     print_line(&text)?;
     if summary.received == 0 && summary.sent > 0 {
         bail!(
-            "no answer from {addr} ({} of {} probes lost)",
+            "no answer from {name} ({} of {} probes lost)",
             summary.sent,
             summary.sent
         );
