@@ -389,7 +389,8 @@ pub struct ResolveArgs {
 /// `sockit ping`.
 #[derive(Debug, Args)]
 pub struct PingArgs {
-    /// The host: a name or an address; or HOST:PORT, [V6]:PORT
+    /// The host: a name or an address; or HOST:PORT, [V6]:PORT, udp:HOST:PORT, tls:HOST:PORT,
+    /// unix:PATH
     #[arg(value_name = "HOST")]
     pub host: String,
     /// The port (1-65535)
