@@ -66,7 +66,8 @@ pub enum Command {
     Port(PortArgs),
     /// Resolve names with the system resolver, addresses to names (-r), or --fqdn.
     Resolve(ResolveArgs),
-    /// Connect-time ping: time TCP connects, or UDP round trips to a sockit echo/ack service.
+    /// Connect-time ping: time TCP or unix connects, TLS handshakes, or UDP round trips to a
+    /// sockit echo/ack service.
     Ping(PingArgs),
     /// Scan a host's ports: which are open, closed or filtered (TCP connect scan, or --udp).
     Scan(ScanArgs),
