@@ -1185,50 +1185,25 @@ async fn ping(args: PingArgs) -> Result<()> {
     if tls.is_some() && udp {
         bail!("TLS runs over TCP: it cannot be used with --udp");
     }
-    let (name, shown, probing) = match (&address.endpoint, tls) {
-        (Endpoint::Unix(name), tls) => {
-            let mut dial = sockit::transport::stream::Dial {
-                unix: Some(name.clone()),
-                ..Default::default()
-            };
-            let protocol = match tls {
-                Some(client) => {
-                    // No host to check: sockit's own certificates name `localhost`.
-                    dial.target = Some(("localhost".to_owned(), 0));
-                    dial.layers.push(client);
-                    "tls"
-                }
-                None => "unix",
-            };
-            let place = format!("unix:{name}");
-            (
-                place.clone(),
-                place,
-                Probing::Dial {
-                    dial,
-                    addrs: Vec::new(),
-                    protocol,
-                },
-            )
-        }
-        (Endpoint::Inet { host, port }, tls) => {
-            let addr = resolve_all(host, *port).await?[0];
-            let shown = format!("{host} ({addr})");
-            let probing = match tls {
-                Some(client) => Probing::Dial {
-                    dial: sockit::transport::stream::Dial {
-                        target: Some((host.to_string(), *port)),
-                        layers: vec![client],
-                        ..Default::default()
-                    },
-                    addrs: vec![addr],
-                    protocol: "tls",
-                },
-                None if udp => Probing::Udp(addr),
-                None => Probing::Tcp(addr),
-            };
-            (addr.to_string(), shown, probing)
-        }
+    let protocol = match (&address.endpoint, tls.is_some()) {
+        (_, true) => "tls",
+        (Endpoint::Unix(_), false) => "unix",
+        _ if udp => "udp",
+        _ => "tcp",
+    };
+    let (dial, addrs) = transfer::stream_dial(&address, tls).await?;
+    let (name, shown) = match (&address.endpoint, addrs.first()) {
+        (Endpoint::Inet { host, .. }, Some(addr)) => (addr.to_string(), format!("{host} ({addr})")),
+        _ => (address.to_string(), address.to_string()),
+    };
+    let probing = match (protocol, addrs.first()) {
+        ("udp", Some(addr)) => Probing::Udp(*addr),
+        ("tcp", Some(addr)) => Probing::Tcp(*addr),
+        _ => Probing::Dial {
+            dial,
+            addrs,
+            protocol,
+        },
     };
     let config = PingConfig {
         name: name.clone(),

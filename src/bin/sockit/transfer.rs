@@ -15,6 +15,29 @@ use crate::cli::{GetArgs, LsArgs, SendArgs};
 use crate::tls_args::ClientTls;
 use crate::{fail_after, print_line, resolve_all};
 
+/// How to reach a stream address (`HOST PORT` or `unix:PATH`), with `tls` as a layer when
+/// given: the dial and the resolved addresses (none for a unix socket). Over a unix socket a
+/// certificate is checked for `localhost`, the name sockit's own certificates carry.
+pub async fn stream_dial(
+    address: &Address,
+    tls: Option<std::sync::Arc<sockit::tls::TlsClient>>,
+) -> Result<(Dial, Vec<std::net::SocketAddr>)> {
+    let mut dial = Dial::default();
+    let (addrs, host) = match (&address.endpoint, address.inet()) {
+        (Endpoint::Unix(name), _) => {
+            dial.unix = Some(name.clone());
+            (Vec::new(), ("localhost".to_owned(), 0))
+        }
+        (_, Some((host, port))) => (resolve_all(host, port).await?, (host.to_string(), port)),
+        (_, None) => bail!("'{address}' is not a HOST and PORT nor a unix:PATH"),
+    };
+    if let Some(client) = tls {
+        dial.target = Some(host);
+        dial.layers.push(client);
+    }
+    Ok((dial, addrs))
+}
+
 /// Where the file server is and how to reach it: a plain TCP address, or a dial that goes
 /// over a unix socket and/or TLS (by `--tls` or a `tls:` address).
 enum Server {
@@ -25,25 +48,13 @@ enum Server {
 impl Server {
     async fn resolve(address: &Address, tls: &ClientTls) -> Result<Server> {
         let tls = tls.build(address.scheme == Scheme::Tls, false)?;
-        let mut dial = Dial::default();
-        let (addrs, host) = match (&address.endpoint, address.inet()) {
-            (Endpoint::Unix(name), _) => {
-                dial.unix = Some(name.clone());
-                // No host to check a certificate against: sockit's own name `localhost`.
-                (Vec::new(), ("localhost".to_owned(), 0))
-            }
-            (_, Some((host, port))) => (resolve_all(host, port).await?, (host.to_string(), port)),
-            (_, None) => bail!("file transfer needs a HOST and PORT, or unix:PATH"),
-        };
-        match tls {
-            None if dial.unix.is_none() => Ok(Server::Tcp(addrs[0])),
-            None => Ok(Server::Dial(dial, addrs)),
-            Some(client) => {
-                dial.target = Some(host);
-                dial.layers.push(client);
-                Ok(Server::Dial(dial, addrs))
-            }
-        }
+        let plain = tls.is_none() && address.inet().is_some();
+        let (dial, addrs) = stream_dial(address, tls).await?;
+        Ok(if plain {
+            Server::Tcp(addrs[0])
+        } else {
+            Server::Dial(dial, addrs)
+        })
     }
 
     async fn connect(&self, timeout: std::time::Duration) -> Result<Client, TransferError> {
